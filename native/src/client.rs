@@ -1,0 +1,303 @@
+//! The PyO3 boundary (`shovel._native`): argument conversion and error mapping only.
+//!
+//! Every method returns without waiting except `close` and the constructor, which do blocking
+//! file work with the GIL released. No Rust thread ever calls into Python: the event loop learns
+//! of progress by watching `notify_fd()` and reading the counters.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pyo3::create_exception;
+use pyo3::exceptions::{PyException, PyValueError};
+use pyo3::prelude::*;
+
+use crate::store::{CloseError, Store, StoreConfig, StoreError, Submitted};
+
+create_exception!(
+    shovel._native,
+    StorageError,
+    PyException,
+    "Base class of every storage client error."
+);
+create_exception!(
+    shovel._native,
+    StorageIOError,
+    StorageError,
+    "An operating-system error while writing, syncing or checkpointing; has `errno` and `filename`."
+);
+create_exception!(
+    shovel._native,
+    DirectoryLockedError,
+    StorageError,
+    "Another process holds the output directory."
+);
+create_exception!(
+    shovel._native,
+    CorruptStoreError,
+    StorageError,
+    "The output directory is damaged in a way a crash cannot leave."
+);
+create_exception!(
+    shovel._native,
+    ClientClosedError,
+    StorageError,
+    "The client is closed and takes no more writes."
+);
+create_exception!(
+    shovel._native,
+    CloseTimeoutError,
+    StorageError,
+    "close() gave up before everything was durable; says how much is not."
+);
+
+/// Converts a store error into the matching Python exception.
+fn to_py(py: Python<'_>, err: StoreError) -> PyErr {
+    let msg = err.to_string();
+    match err {
+        StoreError::Io { errno, path, .. } => {
+            let e = StorageIOError::new_err(msg);
+            let value = e.value(py);
+            // Attribute setting on a fresh exception instance cannot fail in practice; if it
+            // did, the message still carries the same facts.
+            let _ = value.setattr("errno", errno);
+            let _ = value.setattr("filename", path);
+            e
+        }
+        StoreError::Locked { .. } => DirectoryLockedError::new_err(msg),
+        StoreError::Corrupt { .. } => CorruptStoreError::new_err(msg),
+        StoreError::Closed => ClientClosedError::new_err(msg),
+        StoreError::Config(_) | StoreError::Invalid(_) => PyValueError::new_err(msg),
+        StoreError::Panic(_) => StorageError::new_err(msg),
+    }
+}
+
+fn close_to_py(py: Python<'_>, err: CloseError) -> PyErr {
+    match err {
+        CloseError::Failed(e) => to_py(py, e),
+        timed_out @ CloseError::TimedOut {
+            writes,
+            records,
+            bytes,
+            committed_offset,
+        } => {
+            let e = CloseTimeoutError::new_err(timed_out.to_string());
+            let value = e.value(py);
+            let _ = value.setattr("writes_not_durable", writes);
+            let _ = value.setattr("records_not_durable", records);
+            let _ = value.setattr("bytes_not_durable", bytes);
+            let _ = value.setattr("committed_offset", committed_offset);
+            e
+        }
+    }
+}
+
+/// A point-in-time copy of the client's counters.
+#[pyclass(frozen, get_all, skip_from_py_object, module = "shovel._native")]
+#[derive(Debug, Clone, Copy)]
+pub struct Stats {
+    /// Writes accepted and not yet durable.
+    pub inflight_writes: u64,
+    /// Bytes of those writes.
+    pub inflight_bytes: u64,
+    /// Records of those writes.
+    pub inflight_records: u64,
+    /// Records made durable since open.
+    pub records_durable: u64,
+    /// Bytes made durable since open.
+    pub bytes_durable: u64,
+    /// fsync groups completed (each followed by a checkpoint).
+    pub fsyncs: u64,
+    /// Source offset of the last persisted checkpoint.
+    pub committed_offset: u64,
+    /// Errors met by the writer.
+    pub errors: u64,
+    /// Sequence number of the last durable write.
+    pub durable_seq: u64,
+    /// Bytes in all segments per the last checkpoint, across runs.
+    pub stored_bytes_total: u64,
+}
+
+/// What a successful `close()` reports.
+#[pyclass(frozen, get_all, skip_from_py_object, module = "shovel._native")]
+#[derive(Debug, Clone, Copy)]
+pub struct CloseReport {
+    /// The committed source offset on disk.
+    pub committed_offset: u64,
+    /// Records in all segments, across runs.
+    pub records_total: u64,
+    /// Bytes in all segments, across runs.
+    pub bytes_total: u64,
+    /// Records made durable since open.
+    pub records_durable: u64,
+    /// Bytes made durable since open.
+    pub bytes_durable: u64,
+}
+
+/// The storage client: owns an output directory, its lock, and a writer on a runtime thread.
+#[pyclass(frozen, weakref, module = "shovel._native")]
+pub struct StorageClient {
+    /// The store; shared so that a blocking `close` can run with the GIL released.
+    store: Arc<Store>,
+}
+
+#[pymethods]
+impl StorageClient {
+    /// Locks and recovers `directory`, then starts the writer.
+    #[new]
+    #[pyo3(signature = (directory, *, segment_max_bytes, fsync_interval_ms, fsync_max_bytes, max_inflight_bytes))]
+    fn new(
+        py: Python<'_>,
+        directory: PathBuf,
+        segment_max_bytes: u64,
+        fsync_interval_ms: u64,
+        fsync_max_bytes: u64,
+        max_inflight_bytes: u64,
+    ) -> PyResult<Self> {
+        let config = StoreConfig {
+            dir: directory,
+            segment_max_bytes,
+            fsync_interval: Duration::from_millis(fsync_interval_ms),
+            fsync_max_bytes,
+            max_inflight_bytes,
+        };
+        let store = py
+            .detach(move || Store::open(config))
+            .map_err(|e| to_py(py, e))?;
+        Ok(StorageClient {
+            store: Arc::new(store),
+        })
+    }
+
+    /// Hands a batch to the writer; returns its sequence number, or `None` when full.
+    fn submit(
+        &self,
+        py: Python<'_>,
+        data: &[u8],
+        records: u64,
+        end_offset: u64,
+    ) -> PyResult<Option<u64>> {
+        match self.store.submit(data, records, end_offset) {
+            Ok(Submitted::Accepted(seq)) => Ok(Some(seq)),
+            Ok(Submitted::Full) => Ok(None),
+            Err(e) => Err(to_py(py, e)),
+        }
+    }
+
+    /// Sequence number of the last durable write.
+    #[getter]
+    fn durable_seq(&self) -> u64 {
+        self.store.stats().durable_seq
+    }
+
+    /// The counters, now.
+    fn stats(&self) -> Stats {
+        let s = self.store.stats();
+        Stats {
+            inflight_writes: s.inflight_writes,
+            inflight_bytes: s.inflight_bytes,
+            inflight_records: s.inflight_records,
+            records_durable: s.records_durable,
+            bytes_durable: s.bytes_durable,
+            fsyncs: s.fsyncs,
+            committed_offset: s.committed_offset,
+            errors: s.errors,
+            durable_seq: s.durable_seq,
+            stored_bytes_total: s.stored_bytes_total,
+        }
+    }
+
+    /// Raises the first storage error, if one happened.
+    fn check(&self, py: Python<'_>) -> PyResult<()> {
+        match self.store.error() {
+            Some(e) => Err(to_py(py, e)),
+            None => Ok(()),
+        }
+    }
+
+    /// File descriptor that becomes readable after durable progress or an error.
+    fn notify_fd(&self) -> i32 {
+        self.store.notify_fd()
+    }
+
+    /// Consumes pending wake-ups; returns how many there were.
+    fn drain_notifications(&self) -> usize {
+        self.store.drain_notifications()
+    }
+
+    /// Committed source offset found at open (where the source resumes).
+    #[getter]
+    fn initial_committed_offset(&self) -> u64 {
+        self.store.initial_checkpoint().committed_offset
+    }
+
+    /// Records stored in the directory when it was opened.
+    #[getter]
+    fn initial_records(&self) -> u64 {
+        self.store.initial_checkpoint().records
+    }
+
+    /// Bytes stored in the directory when it was opened.
+    #[getter]
+    fn initial_bytes(&self) -> u64 {
+        self.store.initial_checkpoint().bytes
+    }
+
+    /// What recovery repaired at open, one sentence each.
+    #[getter]
+    fn recovery_notes(&self) -> Vec<String> {
+        self.store.recovery_notes().to_vec()
+    }
+
+    /// Whether close has begun.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.store.is_closed()
+    }
+
+    /// The output directory.
+    #[getter]
+    fn directory(&self) -> PathBuf {
+        self.store.config().dir.clone()
+    }
+
+    /// Refuses new writes, waits up to `timeout_s` for every accepted write to be durable and
+    /// checkpointed, then stops the runtime thread. Idempotent. Blocks with the GIL released.
+    fn close(&self, py: Python<'_>, timeout_s: f64) -> PyResult<CloseReport> {
+        if !timeout_s.is_finite() || timeout_s < 0.0 {
+            return Err(PyValueError::new_err(format!(
+                "timeout_s must be a finite number >= 0, got {timeout_s}"
+            )));
+        }
+        let store = Arc::clone(&self.store);
+        let timeout = Duration::from_secs_f64(timeout_s);
+        match py.detach(move || store.close(timeout)) {
+            Ok(r) => Ok(CloseReport {
+                committed_offset: r.checkpoint.committed_offset,
+                records_total: r.checkpoint.records,
+                bytes_total: r.checkpoint.bytes,
+                records_durable: r.records_durable,
+                bytes_durable: r.bytes_durable,
+            }),
+            Err(e) => Err(close_to_py(py, e)),
+        }
+    }
+}
+
+/// Adds the classes and exceptions to the module.
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add_class::<StorageClient>()?;
+    m.add_class::<Stats>()?;
+    m.add_class::<CloseReport>()?;
+    m.add("StorageError", py.get_type::<StorageError>())?;
+    m.add("StorageIOError", py.get_type::<StorageIOError>())?;
+    m.add(
+        "DirectoryLockedError",
+        py.get_type::<DirectoryLockedError>(),
+    )?;
+    m.add("CorruptStoreError", py.get_type::<CorruptStoreError>())?;
+    m.add("ClientClosedError", py.get_type::<ClientClosedError>())?;
+    m.add("CloseTimeoutError", py.get_type::<CloseTimeoutError>())?;
+    Ok(())
+}

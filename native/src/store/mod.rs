@@ -1,0 +1,19 @@
+//! The durable store, free of Python: recovery, segment writes, grouped fsyncs, checkpoints.
+
+mod checkpoint;
+mod error;
+mod handle;
+mod lock;
+mod notify;
+mod recovery;
+mod segment;
+mod shared;
+mod stats;
+mod writer;
+
+pub use checkpoint::{Checkpoint, CHECKPOINT_FILE};
+pub use error::{errno_name, StoreError, StoreResult};
+pub use handle::{CloseError, CloseReport, Store, StoreConfig, Submitted};
+pub use lock::LOCK_FILE;
+pub use segment::SEGMENTS_DIR;
+pub use stats::StatsSnapshot;

@@ -1,0 +1,328 @@
+//! The writer task: the one owner of the open segment.
+//!
+//! It appends batches in submission order, groups fsyncs (by bytes or by time), and after each
+//! fsync persists a checkpoint and only then publishes the new durable watermark. An fsync runs
+//! on a blocking thread while the writer keeps appending: the fsync covers every byte written
+//! before it started, which is exactly the watermark captured with it.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::task::{JoinError, JoinHandle};
+use tokio::time::Instant;
+
+use super::checkpoint::{self, Checkpoint};
+use super::error::{StoreError, StoreResult};
+use super::segment;
+use super::shared::Shared;
+
+/// One batch of records handed to the writer.
+#[derive(Debug)]
+pub struct WriteRequest {
+    /// Position in submission order, from 1.
+    pub seq: u64,
+    /// The records' bytes, each ending with `\n`.
+    pub data: Vec<u8>,
+    /// How many records `data` holds.
+    pub records: u64,
+    /// Source offset just past the last record of the batch.
+    pub end_offset: u64,
+}
+
+/// Tuning of the writer.
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    /// Start a new segment once the current one holds at least this many bytes.
+    pub segment_max_bytes: u64,
+    /// fsync at the latest this long after the first unsynced write.
+    pub fsync_interval: Duration,
+    /// fsync as soon as this many bytes are unsynced.
+    pub fsync_max_bytes: u64,
+}
+
+/// A position in the written stream: the writes up to `seq` and the checkpoint describing them.
+#[derive(Debug, Clone, Copy, Default)]
+struct Watermark {
+    seq: u64,
+    cp: Checkpoint,
+}
+
+/// A written write waiting for its fsync, kept to release its in-flight counts.
+#[derive(Debug)]
+struct Pending {
+    seq: u64,
+    bytes: u64,
+    records: u64,
+}
+
+/// The writer's state; see the module docs.
+pub struct Writer {
+    /// The output directory (checkpoint lives here).
+    dir: PathBuf,
+    /// Its segments sub-directory.
+    seg_dir: PathBuf,
+    config: WriterConfig,
+    shared: Arc<Shared>,
+    /// Held for as long as the writer may write; dropped (unlocked) when it ends.
+    _lock: File,
+    /// The current segment, shared with the blocking threads that write and fsync it.
+    file: Arc<File>,
+    /// Everything appended so far (not necessarily durable).
+    written: Watermark,
+    /// Everything covered by the last persisted checkpoint.
+    durable: Watermark,
+    /// Written writes not yet durable, oldest first.
+    pending: VecDeque<Pending>,
+    /// When the oldest unsynced write was appended; `None` when all is synced or syncing.
+    dirty_since: Option<Instant>,
+    /// A write failed after earlier writes succeeded: make those durable once more.
+    salvage: bool,
+}
+
+/// What the writer reports when it has drained: the final checkpoint, or the first error.
+pub type WriterOutcome = StoreResult<Checkpoint>;
+
+async fn wait_job<T>(job: &mut Option<JoinHandle<T>>) -> Result<T, JoinError> {
+    match job {
+        Some(handle) => handle.await,
+        None => std::future::pending().await,
+    }
+}
+
+fn panic_message(err: JoinError) -> StoreError {
+    if err.is_panic() {
+        let payload = err.into_panic();
+        let msg = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "non-string panic payload".to_string());
+        StoreError::Panic(msg)
+    } else {
+        StoreError::Panic("blocking task was cancelled".to_string())
+    }
+}
+
+type SyncJob = JoinHandle<StoreResult<Watermark>>;
+
+impl Writer {
+    /// A writer appending to `file`, whose state is exactly `cp` (as left by recovery).
+    pub fn new(
+        dir: PathBuf,
+        config: WriterConfig,
+        shared: Arc<Shared>,
+        lock: File,
+        file: File,
+        cp: Checkpoint,
+    ) -> Writer {
+        let mark = Watermark { seq: 0, cp };
+        Writer {
+            seg_dir: dir.join(segment::SEGMENTS_DIR),
+            dir,
+            config,
+            shared,
+            _lock: lock,
+            file: Arc::new(file),
+            written: mark,
+            durable: mark,
+            pending: VecDeque::new(),
+            dirty_since: None,
+            salvage: false,
+        }
+    }
+
+    fn unsynced(&self) -> bool {
+        self.written.seq > self.durable.seq
+    }
+
+    fn segment_path(&self) -> PathBuf {
+        segment::segment_path(&self.seg_dir, self.written.cp.segment)
+    }
+
+    /// Runs until `rx` is closed and drained, then reports on `reply`.
+    pub async fn run(
+        mut self,
+        mut rx: UnboundedReceiver<WriteRequest>,
+        reply: std::sync::mpsc::SyncSender<WriterOutcome>,
+    ) {
+        let mut job: Option<SyncJob> = None;
+        let mut draining = false;
+        loop {
+            let failed = self.shared.failed();
+            if job.is_none() && self.unsynced() && (!failed || self.salvage) {
+                let due = draining
+                    || self.salvage
+                    || self.written.cp.bytes - self.durable.cp.bytes >= self.config.fsync_max_bytes
+                    || self
+                        .dirty_since
+                        .is_some_and(|t| t.elapsed() >= self.config.fsync_interval);
+                if due {
+                    self.salvage = false;
+                    job = Some(self.start_sync());
+                }
+            }
+            if draining && job.is_none() && (!self.unsynced() || self.shared.failed()) {
+                break;
+            }
+            let deadline = self
+                .dirty_since
+                .map(|t| t + self.config.fsync_interval)
+                .filter(|_| job.is_none() && !draining && !self.shared.failed());
+            tokio::select! {
+                res = wait_job(&mut job), if job.is_some() => {
+                    job = None;
+                    self.on_synced(res);
+                }
+                req = rx.recv(), if !draining => match req {
+                    Some(req) => self.write(req, &mut job).await,
+                    None => draining = true,
+                },
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {}
+            }
+        }
+        let outcome = match self.shared.first_error() {
+            Some(err) => Err(err),
+            None => Ok(self.durable.cp),
+        };
+        let _ = reply.send(outcome);
+    }
+
+    fn start_sync(&mut self) -> SyncJob {
+        let mark = self.written;
+        let file = Arc::clone(&self.file);
+        let dir = self.dir.clone();
+        let seg_path = self.segment_path();
+        self.dirty_since = None;
+        tokio::task::spawn_blocking(move || {
+            file.sync_data()
+                .map_err(|e| StoreError::io("fsync segment", &seg_path, &e))?;
+            checkpoint::persist(&dir, &mark.cp)?;
+            Ok(mark)
+        })
+    }
+
+    fn on_synced(&mut self, res: Result<StoreResult<Watermark>, JoinError>) {
+        match res {
+            Ok(Ok(mark)) => self.publish(mark),
+            Ok(Err(err)) => self.fail(err),
+            Err(join) => self.fail(panic_message(join)),
+        }
+    }
+
+    /// Makes `mark` the durable watermark: counters move, then the event loop is woken.
+    fn publish(&mut self, mark: Watermark) {
+        let stats = &self.shared.stats;
+        let (mut writes, mut bytes, mut records) = (0u64, 0u64, 0u64);
+        while self.pending.front().is_some_and(|p| p.seq <= mark.seq) {
+            if let Some(p) = self.pending.pop_front() {
+                writes += 1;
+                bytes += p.bytes;
+                records += p.records;
+            }
+        }
+        stats.records_durable.fetch_add(records, Ordering::AcqRel);
+        stats.bytes_durable.fetch_add(bytes, Ordering::AcqRel);
+        stats
+            .committed_offset
+            .store(mark.cp.committed_offset, Ordering::Release);
+        stats
+            .stored_bytes_total
+            .store(mark.cp.bytes, Ordering::Release);
+        stats.fsyncs.fetch_add(1, Ordering::AcqRel);
+        stats.inflight_records.fetch_sub(records, Ordering::AcqRel);
+        stats.inflight_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        stats.inflight_writes.fetch_sub(writes, Ordering::AcqRel);
+        stats.durable_seq.store(mark.seq, Ordering::Release);
+        self.durable = mark;
+        self.shared.notifier.notify();
+    }
+
+    fn fail(&mut self, err: StoreError) {
+        self.shared.fail(err);
+    }
+
+    async fn write(&mut self, req: WriteRequest, job: &mut Option<SyncJob>) {
+        if self.shared.failed() {
+            // Not written: it stays counted in flight, i.e. not durable, which is the truth.
+            return;
+        }
+        if self.written.cp.segment_len >= self.config.segment_max_bytes && !req.data.is_empty() {
+            self.rollover(job).await;
+            if self.shared.failed() {
+                return;
+            }
+        }
+        let file = Arc::clone(&self.file);
+        let path = self.segment_path();
+        let len = req.data.len() as u64;
+        let res = tokio::task::spawn_blocking(move || {
+            (&*file)
+                .write_all(&req.data)
+                .map_err(|e| StoreError::io("write segment", &path, &e))
+        })
+        .await;
+        match res {
+            Ok(Ok(())) => {
+                let cp = &mut self.written.cp;
+                cp.committed_offset = req.end_offset;
+                cp.records += req.records;
+                cp.bytes += len;
+                cp.segment_len += len;
+                self.written.seq = req.seq;
+                self.pending.push_back(Pending {
+                    seq: req.seq,
+                    bytes: len,
+                    records: req.records,
+                });
+                self.dirty_since.get_or_insert_with(Instant::now);
+            }
+            Ok(Err(err)) => {
+                self.salvage = self.unsynced();
+                self.fail(err);
+            }
+            Err(join) => self.fail(panic_message(join)),
+        }
+    }
+
+    /// Seals the current segment (fsync), creates the next one, and checkpoints the switch.
+    async fn rollover(&mut self, job: &mut Option<SyncJob>) {
+        if let Some(handle) = job.take() {
+            let res = handle.await;
+            self.on_synced(res);
+            if self.shared.failed() {
+                return;
+            }
+        }
+        let old = Arc::clone(&self.file);
+        let old_path = self.segment_path();
+        let seg_dir = self.seg_dir.clone();
+        let dir = self.dir.clone();
+        let mut mark = self.written;
+        mark.cp.segment += 1;
+        mark.cp.segment_len = 0;
+        let res = tokio::task::spawn_blocking(move || {
+            old.sync_data()
+                .map_err(|e| StoreError::io("fsync segment", &old_path, &e))?;
+            let next = segment::create(&seg_dir, mark.cp.segment)?;
+            checkpoint::persist(&dir, &mark.cp)?;
+            Ok::<File, StoreError>(next)
+        })
+        .await;
+        match res {
+            Ok(Ok(next)) => {
+                self.file = Arc::new(next);
+                self.written = mark;
+                self.dirty_since = None;
+                self.publish(mark);
+            }
+            Ok(Err(err)) => self.fail(err),
+            Err(join) => self.fail(panic_message(join)),
+        }
+    }
+}

@@ -1,0 +1,34 @@
+"""Command line entry: install the stop-signal recorder, parse settings, log, run, exit code."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from shovel import signals
+
+# Must match runner.ExitCode.USAGE (kept here so that a bad flag needs no heavy import).
+EXIT_USAGE = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python -m shovel` and the `shovel` script; returns the exit code."""
+    signals.install_early()
+    # Imported after the handlers are in place: these imports take a noticeable moment, and a
+    # SIGTERM during them must still mean a clean stop.
+    from shovel.settings import ConfigError, load_settings
+
+    try:
+        settings = load_settings(sys.argv[1:] if argv is None else argv)
+    except ConfigError as e:
+        sys.stderr.write(f"python -m shovel: error: {e}\n")
+        return EXIT_USAGE
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from shovel.runner import run_service
+
+    return asyncio.run(run_service(settings))

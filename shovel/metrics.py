@@ -1,0 +1,188 @@
+"""Every Prometheus metric shovel exports, and the HTTP endpoints /metrics, /healthz, /readyz.
+
+Counters and gauges that mirror live state (queue depth, the native client's in-flight and
+durable counters, records read) are read at scrape time by a collector, so a scrape always sees
+the state of that instant, including during the drain. The server runs on its own thread and
+keeps answering until the process is about to exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, Gauge, Histogram, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class LiveState:
+    """What the collector reads at scrape time."""
+
+    records_read: int
+    bytes_read: int
+    queue_records: int
+    queue_batches: int
+    inflight_writes: int
+    inflight_bytes: int
+    inflight_records: int
+    records_stored: int
+    bytes_stored: int
+    committed_offset: int
+    fsyncs: int
+    storage_errors: int
+
+
+class _LiveCollector(Collector):
+    def __init__(self) -> None:
+        self.read_state: Callable[[], LiveState] | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        state = self.read_state() if self.read_state is not None else None
+
+        def value(name: str) -> float:
+            return float(getattr(state, name)) if state is not None else 0.0
+
+        yield CounterMetricFamily(
+            "shovel_records_read", "Records read from the source", value("records_read")
+        )
+        yield CounterMetricFamily(
+            "shovel_bytes_read", "Bytes of records read from the source", value("bytes_read")
+        )
+        yield CounterMetricFamily(
+            "shovel_records_stored", "Records made durable (fsynced)", value("records_stored")
+        )
+        yield CounterMetricFamily(
+            "shovel_bytes_stored", "Bytes made durable (fsynced)", value("bytes_stored")
+        )
+        yield GaugeMetricFamily(
+            "shovel_queue_records", "Records waiting in the reader-to-storage queue",
+            value("queue_records"),
+        )
+        yield GaugeMetricFamily(
+            "shovel_queue_batches", "Batches waiting in the reader-to-storage queue",
+            value("queue_batches"),
+        )
+        yield GaugeMetricFamily(
+            "shovel_storage_inflight_writes",
+            "Writes inside the native client that are not yet durable",
+            value("inflight_writes"),
+        )
+        yield GaugeMetricFamily(
+            "shovel_storage_inflight_bytes",
+            "Bytes inside the native client that are not yet durable",
+            value("inflight_bytes"),
+        )
+        yield GaugeMetricFamily(
+            "shovel_storage_inflight_records",
+            "Records inside the native client that are not yet durable",
+            value("inflight_records"),
+        )
+        yield GaugeMetricFamily(
+            "shovel_committed_offset",
+            "Source offset up to which every record is durable and committed",
+            value("committed_offset"),
+        )
+        yield CounterMetricFamily(
+            "shovel_storage_fsyncs", "fsync groups completed (each with a checkpoint)",
+            value("fsyncs"),
+        )
+        yield CounterMetricFamily(
+            "shovel_storage_errors", "Errors met by the native storage writer",
+            value("storage_errors"),
+        )
+
+
+class Metrics:
+    """The registry and the metrics set by the service."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self._live = _LiveCollector()
+        self.registry.register(self._live)
+        self.write_duration = Histogram(
+            "shovel_storage_write_duration_seconds",
+            "Time from handing a batch to storage until it is durable",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry,
+        )
+        self.shutdown_in_progress = Gauge(
+            "shovel_shutdown_in_progress", "1 while shovel is draining to stop", registry=self.registry
+        )
+        self.shutdown_duration = Gauge(
+            "shovel_shutdown_duration_seconds",
+            "How long the last drain took (set when it ends)",
+            registry=self.registry,
+        )
+        self.undelivered = Gauge(
+            "shovel_undelivered_records",
+            "Records read but not durable when shovel stopped",
+            registry=self.registry,
+        )
+        self.ready = False
+
+    def read_live_state_from(self, read_state: Callable[[], LiveState]) -> None:
+        """Makes scrapes read `read_state()`; it runs on the server thread."""
+        self._live.read_state = read_state
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib name)
+        log.debug("http: " + format, *args)
+
+
+StartResponse = Callable[..., Any]
+
+
+class MetricsServer:
+    """Serves /metrics, /healthz and /readyz on a thread of its own."""
+
+    def __init__(self, metrics: Metrics, host: str, port: int) -> None:
+        self._metrics = metrics
+        self._prometheus = make_wsgi_app(metrics.registry)
+        self._server = make_server(host, port, self._app, _Server, handler_class=_QuietHandler)
+        self.port: int = self._server.server_port
+        self.host = host
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="shovel-metrics", daemon=True
+        )
+
+    def _app(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        text = [("Content-Type", "text/plain; charset=utf-8")]
+        if path == "/healthz":
+            start_response("200 OK", text)
+            return [b"ok\n"]
+        if path == "/readyz":
+            if self._metrics.ready:
+                start_response("200 OK", text)
+                return [b"ready\n"]
+            start_response("503 Service Unavailable", text)
+            return [b"not ready\n"]
+        if path == "/metrics":
+            body: Iterable[bytes] = self._prometheus(environ, start_response)
+            return body
+        start_response("404 Not Found", text)
+        return [b"not found: try /metrics, /healthz or /readyz\n"]
+
+    def start(self) -> None:
+        """Starts serving."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stops serving and releases the port."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()

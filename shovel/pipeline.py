@@ -1,0 +1,43 @@
+"""The two tasks of the pipeline and what they count.
+
+The reader takes batches from the source and queues them; the storage task takes them off the
+queue and hands them to storage. Neither decides when to stop: the runner cancels the reader,
+closes the queue, and lets the storage task drain it.
+"""
+
+from __future__ import annotations
+
+from contextlib import aclosing
+from dataclasses import dataclass
+
+from shovel.batches import BatchQueue
+from shovel.sources import Source
+from shovel.storage import Storage
+
+
+@dataclass(slots=True)
+class ReadTally:
+    """Records and bytes read from the source in this run (read = taken into the pipeline)."""
+
+    records: int = 0
+    bytes: int = 0
+
+
+async def run_reader(source: Source, start_offset: int, queue: BatchQueue, tally: ReadTally) -> None:
+    """Reads the source from `start_offset` into `queue` until the source ends or the task is
+    cancelled. A batch held at cancellation is spilled into the queue, never dropped."""
+    async with aclosing(source.batches(start_offset)) as batches:
+        async for batch in batches:
+            tally.records += batch.records
+            tally.bytes += len(batch.data)
+            await queue.put(batch)
+
+
+async def run_storage(queue: BatchQueue, storage: Storage) -> int:
+    """Hands every queued batch to storage until the queue is closed and empty. Returns the
+    number of batches handed over."""
+    handed = 0
+    while (batch := await queue.get()) is not None:
+        await storage.write(batch)
+        handed += 1
+    return handed

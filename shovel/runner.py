@@ -1,0 +1,317 @@
+"""The service's lifecycle: start, run, and the ordered stop.
+
+Sequence (see SHUTDOWN.md): signal handlers first; open storage; resume the source at the
+committed offset; run the reader and storage tasks in one TaskGroup. On the first stop signal
+(or the end of a finite source): readiness goes 503, the reader is cancelled, the queue is
+closed and the storage task drains it; then the client is closed (drain, fsync, checkpoint)
+within what is left of --shutdown-timeout-s. A second signal, or the deadline, stops the
+queue drain; the client is still closed so that what is durable is committed. Only this
+module's own tasks are ever cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from shovel.batches import BatchQueue
+from shovel.metrics import LiveState, Metrics, MetricsServer
+from shovel.pipeline import ReadTally, run_reader, run_storage
+from shovel.settings import Settings
+from shovel.signals import StopRequest
+from shovel.sources import Source, SourceError, open_source
+from shovel.storage import (
+    CloseTimeoutError,
+    CorruptStoreError,
+    DirectoryLockedError,
+    Storage,
+    StorageConfig,
+    StorageError,
+)
+
+log = logging.getLogger("shovel")
+
+
+class ExitCode(IntEnum):
+    """The process exit codes (documented in --help)."""
+
+    OK = 0
+    FATAL = 1
+    USAGE = 2  # must match cli.EXIT_USAGE
+    UNDELIVERED = 3
+
+
+class Phase:
+    """A timed step of the stop sequence: one log line with its duration."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.started = time.monotonic()
+
+    def done(self, detail: str = "") -> float:
+        """Logs the phase with its duration; returns the duration."""
+        took = time.monotonic() - self.started
+        suffix = f": {detail}" if detail else ""
+        log.info("stop phase '%s' took %.3fs%s", self.name, took, suffix)
+        return took
+
+
+@dataclass(slots=True)
+class RunState:
+    """What the run has done, for metrics, status lines and the summary."""
+
+    tally: ReadTally = field(default_factory=ReadTally)
+    storage: Storage | None = None
+    queue: BatchQueue | None = None
+    stop_started: float | None = None
+    fatal: str | None = None
+    close_timed_out: bool = False
+
+
+def _live_state(state: RunState) -> LiveState:
+    st = state.storage.stats() if state.storage is not None else None
+    q = state.queue
+    return LiveState(
+        records_read=state.tally.records,
+        bytes_read=state.tally.bytes,
+        queue_records=q.records if q is not None else 0,
+        queue_batches=q.batches if q is not None else 0,
+        inflight_writes=st.inflight_writes if st else 0,
+        inflight_bytes=st.inflight_bytes if st else 0,
+        inflight_records=st.inflight_records if st else 0,
+        records_stored=st.records_durable if st else 0,
+        bytes_stored=st.bytes_durable if st else 0,
+        committed_offset=st.committed_offset if st else 0,
+        fsyncs=st.fsyncs if st else 0,
+        storage_errors=st.errors if st else 0,
+    )
+
+
+async def _until(event: asyncio.Event, task: asyncio.Task[object], timeout: float | None = None) -> None:
+    """Waits until `event` is set or `task` is done (or `timeout` passes)."""
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({waiter, task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+
+
+def _log_status(state: RunState) -> None:
+    s = _live_state(state)
+    log.info(
+        "status: read %d records, stored %d, queued %d, in flight %d (%d bytes), committed offset %d",
+        s.records_read,
+        s.records_stored,
+        s.queue_records,
+        s.inflight_records,
+        s.inflight_bytes,
+        s.committed_offset,
+    )
+
+
+class _StatusTimer:
+    """Cancels whichever call_later handle is current."""
+
+    def __init__(self, current: Callable[[], asyncio.TimerHandle]) -> None:
+        self._current = current
+
+    def cancel(self) -> None:
+        self._current().cancel()
+
+
+def _schedule_status(loop: asyncio.AbstractEventLoop, state: RunState, every_s: float) -> _StatusTimer:
+    # A self-rescheduling callback rather than a task: nothing to cancel in the TaskGroup.
+    handle: asyncio.TimerHandle
+
+    def tick() -> None:
+        nonlocal handle
+        _log_status(state)
+        handle = loop.call_later(every_s, tick)
+
+    handle = loop.call_later(every_s, tick)
+    return _StatusTimer(lambda: handle)
+
+
+async def _pipeline(
+    settings: Settings, stop: StopRequest, storage: Storage, source: Source, state: RunState, metrics: Metrics
+) -> float:
+    """Runs reader and storage until stop or end of source, then drains in order. Returns the
+    drain deadline (loop time)."""
+    loop = asyncio.get_running_loop()
+    queue = BatchQueue(settings.queue_max_batches)
+    state.queue = queue
+    deadline = 0.0
+    async with asyncio.TaskGroup() as tg:
+        reader = tg.create_task(
+            run_reader(source, storage.committed_offset, queue, state.tally), name="shovel-reader"
+        )
+        writer = tg.create_task(run_storage(queue, storage), name="shovel-storage")
+        await _until(stop.stop, reader)
+        state.stop_started = time.monotonic()
+        deadline = loop.time() + settings.shutdown_timeout_s
+        metrics.ready = False
+        metrics.shutdown_in_progress.set(1)
+        if stop.requested:
+            log.info(
+                "%s received: stopping (deadline %.1fs)", stop.first_signal, settings.shutdown_timeout_s
+            )
+        else:
+            log.info("end of source reached: storing what was read")
+
+        phase = Phase("stop reader")
+        reader.cancel()
+        await asyncio.wait({reader})
+        queue.close()
+        phase.done(f"{state.tally.records} records read, {queue.records} queued")
+
+        phase = Phase("drain queue")
+        await _until(stop.hurry, writer, timeout=max(deadline - loop.time(), 0.0))
+        if not writer.done():
+            why = "a second signal" if stop.hurry.is_set() else "the deadline"
+            log.warning(
+                "stopped draining because of %s: %d records in %d batches left in the queue",
+                why,
+                queue.records,
+                queue.batches,
+            )
+            writer.cancel()
+            await asyncio.wait({writer})
+            phase.done("interrupted")
+        else:
+            phase.done(f"{writer.result()} batches handed to storage")
+    return deadline
+
+
+async def run_service(settings: Settings) -> int:
+    """Runs shovel until stopped or the source ends; returns the exit code."""
+    loop = asyncio.get_running_loop()
+    stop = StopRequest()
+    stop.attach(loop)
+    metrics = Metrics()
+    state = RunState()
+    metrics.read_live_state_from(lambda: _live_state(state))
+    server: MetricsServer | None = None
+    status: _StatusTimer | None = None
+    try:
+        if settings.metrics_port:
+            try:
+                server = MetricsServer(metrics, settings.metrics_host, settings.metrics_port)
+            except OSError as e:
+                log.error(
+                    "cannot serve metrics on %s:%d: %s",
+                    settings.metrics_host,
+                    settings.metrics_port,
+                    e.strerror,
+                )
+                return ExitCode.USAGE
+            server.start()
+            log.info("metrics on http://%s:%d/metrics", server.host, server.port)
+        try:
+            source = open_source(settings.source_spec, settings.read_chunk_bytes, settings.generate_rate)
+        except SourceError as e:
+            log.error("%s", e)
+            return ExitCode.USAGE
+        if stop.requested:
+            log.info("%s received during startup: nothing was read; exiting", stop.first_signal)
+            return ExitCode.OK
+        try:
+            storage = await Storage.open(
+                StorageConfig(
+                    directory=settings.output_dir,
+                    segment_max_bytes=settings.segment_max_bytes,
+                    fsync_interval_ms=settings.fsync_interval_ms,
+                    fsync_max_bytes=settings.fsync_max_bytes,
+                    max_inflight_bytes=settings.max_inflight_bytes,
+                )
+            )
+        except (DirectoryLockedError, CorruptStoreError, StorageError) as e:
+            log.error("cannot open the output directory: %s", e)
+            return ExitCode.FATAL
+        state.storage = storage
+        storage.on_durable(metrics.write_duration.observe)
+        for note in storage.recovery_notes:
+            log.warning("recovery: %s", note)
+        log.info(
+            "shovel started: %s -> %s, resuming at offset %d (%d records already stored)",
+            source.description,
+            settings.output_dir,
+            storage.committed_offset,
+            storage.initial_records,
+        )
+        metrics.ready = not stop.requested
+        if settings.status_interval_s > 0:
+            status = _schedule_status(loop, state, settings.status_interval_s)
+        return await _run_and_close(settings, stop, storage, source, state, metrics)
+    finally:
+        if status is not None:
+            status.cancel()
+        stop.detach()
+        if server is not None:
+            server.stop()
+
+
+async def _run_and_close(
+    settings: Settings, stop: StopRequest, storage: Storage, source: Source, state: RunState, metrics: Metrics
+) -> int:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.shutdown_timeout_s
+    try:
+        deadline = await _pipeline(settings, stop, storage, source, state, metrics)
+    except* StorageError as group:
+        state.fatal = f"storage failed: {group.exceptions[0]}"
+    except* SourceError as group:
+        state.fatal = f"source failed: {group.exceptions[0]}"
+    except* OSError as group:
+        state.fatal = f"reading the source failed: {group.exceptions[0]}"
+    if state.stop_started is None:
+        state.stop_started = time.monotonic()
+        metrics.ready = False
+        metrics.shutdown_in_progress.set(1)
+
+    phase = Phase("close storage")
+    remaining = max(deadline - loop.time(), 0.0)
+    try:
+        report = await storage.close(remaining)
+        phase.done(f"committed offset {report.committed_offset}")
+    except CloseTimeoutError as e:
+        state.close_timed_out = True
+        phase.done(str(e))
+    except StorageError as e:
+        state.fatal = state.fatal or f"storage failed: {e}"
+        phase.done(f"failed: {e}")
+
+    stats = storage.stats()
+    undelivered = max(state.tally.records - stats.records_durable, 0)
+    took = time.monotonic() - state.stop_started
+    metrics.undelivered.set(undelivered)
+    metrics.shutdown_duration.set(took)
+    metrics.shutdown_in_progress.set(0)
+    log.info(
+        "summary: read %d records (%d bytes), stored %d records (%d bytes), committed offset %d, "
+        "shutdown took %.3fs, undelivered %d",
+        state.tally.records,
+        state.tally.bytes,
+        stats.records_durable,
+        stats.bytes_durable,
+        stats.committed_offset,
+        took,
+        undelivered,
+    )
+    if state.fatal is not None:
+        log.error("fatal: %s", state.fatal)
+        return ExitCode.FATAL
+    if undelivered or state.close_timed_out:
+        log.error(
+            "%d records were read but are not durable; the committed offset (%d) excludes them%s",
+            undelivered,
+            stats.committed_offset,
+            "; a replayable source will read them again next run"
+            if source.replayable
+            else "; this source cannot replay them",
+        )
+        return ExitCode.UNDELIVERED
+    return ExitCode.OK

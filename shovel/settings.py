@@ -1,0 +1,158 @@
+"""Configuration: CLI flags (--kebab-case) over SHOVEL_* environment variables over defaults.
+
+Validation only; no I/O happens here.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+
+from shovel.sources import SourceSpec, parse_source
+
+ENV_PREFIX = "SHOVEL_"
+MiB = 1024 * 1024
+# The drain deadline must end this long before the orchestrator's SIGKILL.
+GRACE_MARGIN_S = 5.0
+
+
+class ConfigError(Exception):
+    """Bad usage or configuration, as one line for the user (exit code 2)."""
+
+
+class Settings(BaseSettings):
+    """shovel moves newline-delimited records from a source into durable storage under
+    OUTPUT_DIR/segments, and never loses a record when it is stopped: on SIGTERM or Ctrl-C it
+    stops reading, stores everything it has read, fsyncs, commits the source offset, and exits.
+    Run it again on the same source and output to resume where it stopped.
+
+    Exit codes: 0 everything read is durable; 1 fatal runtime error (storage failure, output
+    directory in use or damaged); 2 bad usage or configuration; 3 stopped by the deadline or a
+    second signal with records read but not stored (their number is logged).
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        cli_prog_name="python -m shovel",
+        cli_kebab_case=True,
+        cli_exit_on_error=False,
+        cli_implicit_flags=True,
+        extra="forbid",
+    )
+
+    source: str = Field(
+        "generate",
+        description="where records come from: a file path (or file:PATH); '-' for stdin; "
+        "'generate' for endless deterministic records; 'generate:N' for exactly N. "
+        "A named pipe works too; start its writer first.",
+    )
+    output_dir: Path = Field(
+        Path("shovel-data"),
+        description="directory for segments/, the checkpoint and the lock (created if missing)",
+    )
+    generate_rate: float = Field(
+        1000.0, ge=0, description="generator records per second; 0 means as fast as possible"
+    )
+    read_chunk_bytes: int = Field(
+        1 * MiB, ge=4096, le=256 * MiB, description="bytes per read from a file or stream"
+    )
+    queue_max_batches: int = Field(
+        8, ge=1, le=10_000, description="batches the reader may queue ahead of storage"
+    )
+    segment_max_bytes: int = Field(
+        256 * MiB, ge=1, description="start a new segment file once the current one holds this"
+    )
+    fsync_interval_ms: int = Field(
+        100, ge=1, le=60_000, description="fsync (and commit) at most this long after a write"
+    )
+    fsync_max_bytes: int = Field(
+        16 * MiB, ge=1, description="fsync (and commit) as soon as this many bytes are unsynced"
+    )
+    max_inflight_bytes: int = Field(
+        64 * MiB, ge=1, description="bytes handed to storage but not yet durable before it pushes back"
+    )
+    shutdown_timeout_s: float = Field(
+        20.0, gt=0, le=3600, description="deadline for the whole drain after a stop signal"
+    )
+    grace_period_s: float | None = Field(
+        None,
+        gt=0,
+        description="the orchestrator's kill deadline (Kubernetes terminationGracePeriodSeconds); "
+        f"when set, shovel refuses a shutdown timeout that does not end {GRACE_MARGIN_S:g} s before it",
+    )
+    metrics_host: str = Field("127.0.0.1", description="address for /metrics, /healthz, /readyz")
+    metrics_port: int = Field(9108, ge=0, le=65535, description="port for metrics; 0 disables them")
+    status_interval_s: float = Field(
+        5.0, ge=0, description="seconds between status log lines; 0 disables them"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="logging level"
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _source_syntax(cls, value: str) -> str:
+        parse_source(value)
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _fits_grace_period(self) -> Settings:
+        grace = self.grace_period_s
+        if grace is not None and self.shutdown_timeout_s + GRACE_MARGIN_S > grace:
+            raise ValueError(
+                f"shutdown timeout {self.shutdown_timeout_s:g} s leaves less than "
+                f"{GRACE_MARGIN_S:g} s before the {grace:g} s grace period ends: the kill "
+                "would race the drain; lower --shutdown-timeout-s or raise the grace period"
+            )
+        return self
+
+    @property
+    def source_spec(self) -> SourceSpec:
+        """The parsed `source`."""
+        return parse_source(self.source)
+
+
+def _document_env_names() -> None:
+    # Python 3.11 keeps docstring indentation; the help text should not.
+    Settings.__doc__ = inspect.cleandoc(Settings.__doc__ or "")
+    # Each option's help names its environment variable, derived here so it cannot drift.
+    for name, field in Settings.model_fields.items():
+        env = f"{ENV_PREFIX}{name.upper()}"
+        if field.description and env not in field.description:
+            field.description = f"{field.description} [env: {env}]"
+
+
+_document_env_names()
+
+
+def _one_line(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        loc = [str(x) for x in e["loc"] if x != "__root__"]
+        msg = str(e["msg"]).removeprefix("Value error, ")
+        if loc:
+            flag = "--" + loc[0].replace("_", "-")
+            parts.append(f"{flag}: {msg} (got {e['input']!r})")
+        else:
+            parts.append(msg)
+    return "; ".join(parts)
+
+
+def load_settings(argv: list[str]) -> Settings:
+    """Settings from `argv`, the environment and defaults; raises ConfigError on bad input.
+    `--help` prints the help and raises SystemExit(0)."""
+    try:
+        return Settings(_cli_parse_args=argv)
+    except ValidationError as e:
+        raise ConfigError(_one_line(e)) from None
+    except SettingsError as e:
+        raise ConfigError(str(e).removeprefix("error parsing CLI: ")) from None

@@ -1,0 +1,262 @@
+"""Sources of records: a regular file, a stream (stdin, a FIFO), or a deterministic generator.
+
+Every source yields `Batch`es of whole records, cut at newlines, with the source offset just
+past the batch. Offsets: a file's byte position; a stream's byte count continued from the
+committed offset (a stream cannot be re-read, so each run appends what it reads); the
+generator's next sequence number. A last line without a newline is a record and gets one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import stat
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import aiofiles
+
+from shovel.batches import Batch
+
+
+class SourceError(Exception):
+    """The source cannot be opened or does not match the committed offset."""
+
+
+@dataclass(frozen=True, slots=True)
+class FileSpec:
+    """`PATH` or `file:PATH`."""
+
+    path: Path
+
+
+@dataclass(frozen=True, slots=True)
+class StdinSpec:
+    """`-`: standard input."""
+
+
+@dataclass(frozen=True, slots=True)
+class GeneratorSpec:
+    """`generate` (endless) or `generate:N` (exactly N records)."""
+
+    count: int | None
+
+
+SourceSpec = FileSpec | StdinSpec | GeneratorSpec
+
+
+def parse_source(text: str) -> SourceSpec:
+    """Parses the `--source` syntax; raises ValueError with a reason."""
+    if text == "-":
+        return StdinSpec()
+    if text == "generate":
+        return GeneratorSpec(None)
+    if text.startswith("generate:"):
+        raw = text.removeprefix("generate:")
+        if not raw.isdigit():
+            raise ValueError(f"generate:N needs a whole number N >= 0, got {raw!r}")
+        return GeneratorSpec(int(raw))
+    path = text.removeprefix("file:")
+    if not path:
+        raise ValueError("empty file path")
+    return FileSpec(Path(path))
+
+
+class RecordSplitter:
+    """Cuts a byte stream into batches of whole records, carrying a partial last line over."""
+
+    def __init__(self, start_offset: int) -> None:
+        self.offset = start_offset
+        self._carry = b""
+
+    @property
+    def carried(self) -> int:
+        """Bytes of an incomplete record held back."""
+        return len(self._carry)
+
+    def feed(self, chunk: bytes) -> Batch | None:
+        """Adds a chunk; returns the complete records it finishes, if any."""
+        buf = self._carry + chunk if self._carry else chunk
+        cut = buf.rfind(b"\n") + 1
+        if cut == 0:
+            self._carry = buf
+            return None
+        data = buf if cut == len(buf) else buf[:cut]
+        self._carry = buf[cut:]
+        self.offset += cut
+        return Batch(data, data.count(b"\n"), self.offset)
+
+    def finish(self) -> Batch | None:
+        """At end of input: the unterminated last line as a record, newline added."""
+        if not self._carry:
+            return None
+        data = self._carry + b"\n"
+        self.offset += len(self._carry)
+        self._carry = b""
+        return Batch(data, 1, self.offset)
+
+
+class Source(Protocol):
+    """Something that yields batches from a starting offset."""
+
+    description: str
+    replayable: bool
+
+    def batches(self, start_offset: int) -> AsyncIterator[Batch]:
+        """Batches from `start_offset` on; ends at the end of a finite source."""
+        ...
+
+
+class FileSource:
+    """A regular file, read in large chunks through aiofiles; resumes by seeking."""
+
+    replayable = True
+
+    def __init__(self, path: Path, chunk_bytes: int) -> None:
+        self.path = path
+        self.chunk_bytes = chunk_bytes
+        self.description = f"file {path}"
+
+    async def batches(self, start_offset: int) -> AsyncIterator[Batch]:
+        size = (await asyncio.to_thread(self.path.stat)).st_size
+        if size < start_offset:
+            raise SourceError(
+                f"{self.path} holds {size} bytes but the committed offset is {start_offset}: "
+                "the file was truncated or replaced since the last run; refusing to resume at a "
+                "wrong position (use a new output directory to store it from the start)"
+            )
+        splitter = RecordSplitter(start_offset)
+        async with aiofiles.open(self.path, "rb") as f:
+            await f.seek(start_offset)
+            # A read cancelled mid-way still completes in its thread and moves the file
+            # position; that is harmless because offsets come from the splitter, and a
+            # cancelled reader never reads again.
+            while chunk := await f.read(self.chunk_bytes):
+                batch = splitter.feed(chunk)
+                if batch is not None:
+                    yield batch
+        last = splitter.finish()
+        if last is not None:
+            yield last
+
+
+class StreamSource:
+    """A non-seekable stream (stdin, a FIFO), read from a non-blocking descriptor.
+
+    No thread is involved: the loop waits for readability, then `os.read` runs synchronously,
+    so a cancellation can only land while nothing has been consumed.
+    """
+
+    replayable = False
+
+    def __init__(self, fd: int, description: str, chunk_bytes: int, owns_fd: bool) -> None:
+        self.fd = fd
+        self.description = description
+        self.chunk_bytes = chunk_bytes
+        self.owns_fd = owns_fd
+
+    async def _readable(self) -> None:
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        loop.add_reader(self.fd, wake)
+        try:
+            await ready
+        finally:
+            loop.remove_reader(self.fd)
+
+    async def batches(self, start_offset: int) -> AsyncIterator[Batch]:
+        splitter = RecordSplitter(start_offset)
+        was_blocking = os.get_blocking(self.fd)
+        os.set_blocking(self.fd, False)
+        try:
+            while True:
+                try:
+                    chunk = os.read(self.fd, self.chunk_bytes)
+                except BlockingIOError:
+                    await self._readable()
+                    continue
+                if not chunk:
+                    break
+                batch = splitter.feed(chunk)
+                if batch is not None:
+                    yield batch
+        finally:
+            if self.owns_fd:
+                os.close(self.fd)
+            else:
+                os.set_blocking(self.fd, was_blocking)
+        last = splitter.finish()
+        if last is not None:
+            yield last
+
+
+def generated_record(seq: int) -> bytes:
+    """Record `seq` of the generator: the same bytes in every run (about 100 bytes)."""
+    digest = hashlib.blake2b(seq.to_bytes(8, "big"), digest_size=16).hexdigest()
+    return b'{"seq":%d,"source":"shovel-generator","payload":"%s"}\n' % (seq, digest.encode())
+
+
+class GeneratorSource:
+    """Deterministic records, endless or exactly `count`, optionally paced to `rate` per s."""
+
+    replayable = True
+
+    def __init__(self, count: int | None, rate: float, batch_records: int = 1000) -> None:
+        self.count = count
+        self.rate = rate
+        self.batch_records = batch_records
+        limit = "endless" if count is None else f"{count} records"
+        pace = "as fast as possible" if rate == 0 else f"{rate:g} records/s"
+        self.description = f"generator ({limit}, {pace})"
+
+    async def batches(self, start_offset: int) -> AsyncIterator[Batch]:
+        loop = asyncio.get_running_loop()
+        seq = start_offset
+        started = loop.time()
+        produced = 0
+        while self.count is None or seq < self.count:
+            n = self.batch_records if self.count is None else min(self.batch_records, self.count - seq)
+            if self.rate > 0:
+                due = int((loop.time() - started) * self.rate) + 1 - produced
+                if due <= 0:
+                    # Pacing, not synchronisation: wait until the next record is due.
+                    await asyncio.sleep(produced / self.rate - (loop.time() - started))
+                    continue
+                n = min(n, due)
+            data = b"".join(generated_record(i) for i in range(seq, seq + n))
+            seq += n
+            produced += n
+            yield Batch(data, n, seq)
+
+
+def open_source(spec: SourceSpec, chunk_bytes: int, generate_rate: float) -> Source:
+    """The source for `spec`; raises SourceError when a file cannot be used."""
+    if isinstance(spec, GeneratorSpec):
+        return GeneratorSource(spec.count, generate_rate)
+    if isinstance(spec, StdinSpec):
+        return StreamSource(0, "stdin", chunk_bytes, owns_fd=False)
+    try:
+        mode = spec.path.stat().st_mode
+    except OSError as e:
+        raise SourceError(f"cannot read source {spec.path}: {e.strerror}") from e
+    if stat.S_ISREG(mode):
+        if not os.access(spec.path, os.R_OK):
+            raise SourceError(f"cannot read source {spec.path}: permission denied")
+        return FileSource(spec.path, chunk_bytes)
+    if stat.S_ISDIR(mode):
+        raise SourceError(f"source {spec.path} is a directory, not a file")
+    # A FIFO opened non-blocking reads as ended while no writer has it open: start the
+    # writer first (this is documented in --help).
+    try:
+        fd = os.open(spec.path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:
+        raise SourceError(f"cannot open source {spec.path}: {e.strerror}") from e
+    return StreamSource(fd, f"stream {spec.path}", chunk_bytes, owns_fd=True)

@@ -1,0 +1,177 @@
+"""The only importer of `shovel._native`: an asyncio front for the native storage client.
+
+The native client never calls into Python. It signals progress (and errors) by making a file
+descriptor readable; this module watches it with `loop.add_reader`, then reads the counters.
+Writes are handed over without waiting for durability; callers that need to know wait with
+`durable(seq)`. Cancelling any wait here abandons the wait, never the write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import time
+import warnings
+import weakref
+from collections import deque
+from dataclasses import dataclass
+from collections.abc import Callable
+from pathlib import Path
+
+from shovel._native import (
+    ClientClosedError,
+    CloseReport,
+    CloseTimeoutError,
+    CorruptStoreError,
+    DirectoryLockedError,
+    Stats,
+    StorageClient,
+    StorageError,
+    StorageIOError,
+)
+from shovel.batches import Batch
+
+__all__ = [
+    "ClientClosedError",
+    "CloseReport",
+    "CloseTimeoutError",
+    "CorruptStoreError",
+    "DirectoryLockedError",
+    "Stats",
+    "Storage",
+    "StorageConfig",
+    "StorageError",
+    "StorageIOError",
+]
+
+log = logging.getLogger(__name__)
+
+# How long the interpreter-exit hook waits for each client that was never closed.
+ATEXIT_CLOSE_TIMEOUT_S = 10.0
+
+_unclosed: weakref.WeakSet[StorageClient] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_forgotten_clients() -> None:
+    for client in list(_unclosed):
+        warnings.warn(
+            f"storage client for {client.directory} was not closed; closing it at exit",
+            ResourceWarning,
+            stacklevel=1,
+        )
+        try:
+            client.close(ATEXIT_CLOSE_TIMEOUT_S)
+        except StorageError as e:
+            log.error("closing %s at exit failed: %s", client.directory, e)
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConfig:
+    """How to open the client."""
+
+    directory: Path
+    segment_max_bytes: int
+    fsync_interval_ms: int
+    fsync_max_bytes: int
+    max_inflight_bytes: int
+
+
+class Storage:
+    """An open output directory. Create with `await Storage.open(...)`; end with `close()`."""
+
+    def __init__(self, client: StorageClient, loop: asyncio.AbstractEventLoop) -> None:
+        self._client = client
+        self._loop = loop
+        self._waiters: list[asyncio.Future[None]] = []
+        # (seq, submit time) of writes not yet durable, to time submit -> durable.
+        self._submitted: deque[tuple[int, float]] = deque()
+        self._observers: list[Callable[[float], None]] = []
+        self._watching = True
+        _unclosed.add(client)
+        loop.add_reader(client.notify_fd(), self._on_progress)
+
+    @classmethod
+    async def open(cls, config: StorageConfig) -> Storage:
+        """Locks and recovers the directory (blocking work, done off the event loop)."""
+        client = await asyncio.to_thread(
+            StorageClient,
+            str(config.directory),
+            segment_max_bytes=config.segment_max_bytes,
+            fsync_interval_ms=config.fsync_interval_ms,
+            fsync_max_bytes=config.fsync_max_bytes,
+            max_inflight_bytes=config.max_inflight_bytes,
+        )
+        return cls(client, asyncio.get_running_loop())
+
+    @property
+    def committed_offset(self) -> int:
+        """The committed source offset found at open: where the source resumes."""
+        return self._client.initial_committed_offset
+
+    @property
+    def initial_records(self) -> int:
+        """Records already stored when the directory was opened."""
+        return self._client.initial_records
+
+    @property
+    def recovery_notes(self) -> list[str]:
+        """What recovery repaired at open."""
+        return self._client.recovery_notes
+
+    def stats(self) -> Stats:
+        """The native counters, now (safe from any thread)."""
+        return self._client.stats()
+
+    def on_durable(self, observer: Callable[[float], None]) -> None:
+        """Calls `observer(seconds)` with each write's submit-to-durable time."""
+        self._observers.append(observer)
+
+    def _on_progress(self) -> None:
+        self._client.drain_notifications()
+        durable = self._client.durable_seq
+        now = time.monotonic()
+        while self._submitted and self._submitted[0][0] <= durable:
+            _, submitted_at = self._submitted.popleft()
+            for observe in self._observers:
+                observe(now - submitted_at)
+        waiters, self._waiters = self._waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+
+    async def _progress(self) -> None:
+        waiter = self._loop.create_future()
+        self._waiters.append(waiter)
+        await waiter
+
+    async def write(self, batch: Batch) -> int:
+        """Hands `batch` to the client, waiting while it is full. Returns the write's sequence
+        number. Raises the first storage error once one has happened."""
+        while True:
+            seq = self._client.submit(batch.data, batch.records, batch.end_offset)
+            if seq is not None:
+                self._submitted.append((seq, time.monotonic()))
+                return seq
+            await self._progress()
+
+    async def durable(self, seq: int) -> None:
+        """Waits until write `seq` is durable; raises the storage error that prevents it."""
+        while self._client.durable_seq < seq:
+            self._client.check()
+            if self._client.closed:
+                raise ClientClosedError(f"write {seq} was not made durable before close")
+            await self._progress()
+
+    async def close(self, timeout_s: float) -> CloseReport:
+        """Drains, fsyncs, checkpoints and stops the client (in a thread; the loop stays free
+        to serve). Raises CloseTimeoutError or the first storage error."""
+        try:
+            return await asyncio.to_thread(self._client.close, timeout_s)
+        finally:
+            _unclosed.discard(self._client)
+            if self._watching:
+                self._watching = False
+                self._loop.remove_reader(self._client.notify_fd())
+            self._on_progress()
