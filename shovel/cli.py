@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     signals.install_early()
     # Imported after the handlers are in place: these imports take a noticeable moment, and a
     # SIGTERM during them must still mean a clean stop.
-    from shovel.settings import ConfigError, load_settings
+    from shovel.settings import ConfigError, load_settings  # noqa: PLC0415
 
     try:
         settings = load_settings(sys.argv[1:] if argv is None else argv)
@@ -29,6 +29,6 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    from shovel.runner import run_service
+    from shovel.runner import run_service  # noqa: PLC0415
 
     return asyncio.run(run_service(settings))

@@ -64,11 +64,13 @@ class _LiveCollector(Collector):
             "shovel_bytes_stored", "Bytes made durable (fsynced)", value("bytes_stored")
         )
         yield GaugeMetricFamily(
-            "shovel_queue_records", "Records waiting in the reader-to-storage queue",
+            "shovel_queue_records",
+            "Records waiting in the reader-to-storage queue",
             value("queue_records"),
         )
         yield GaugeMetricFamily(
-            "shovel_queue_batches", "Batches waiting in the reader-to-storage queue",
+            "shovel_queue_batches",
+            "Batches waiting in the reader-to-storage queue",
             value("queue_batches"),
         )
         yield GaugeMetricFamily(
@@ -92,11 +94,13 @@ class _LiveCollector(Collector):
             value("committed_offset"),
         )
         yield CounterMetricFamily(
-            "shovel_storage_fsyncs", "fsync groups completed (each with a checkpoint)",
+            "shovel_storage_fsyncs",
+            "fsync groups completed (each with a checkpoint)",
             value("fsyncs"),
         )
         yield CounterMetricFamily(
-            "shovel_storage_errors", "Errors met by the native storage writer",
+            "shovel_storage_errors",
+            "Errors met by the native storage writer",
             value("storage_errors"),
         )
 
@@ -115,7 +119,9 @@ class Metrics:
             registry=self.registry,
         )
         self.shutdown_in_progress = Gauge(
-            "shovel_shutdown_in_progress", "1 while shovel is draining to stop", registry=self.registry
+            "shovel_shutdown_in_progress",
+            "1 while shovel is draining to stop",
+            registry=self.registry,
         )
         self.shutdown_duration = Gauge(
             "shovel_shutdown_duration_seconds",
@@ -139,7 +145,7 @@ class _Server(ThreadingMixIn, WSGIServer):
 
 
 class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib name)
+    def log_message(self, format: str, *args: Any) -> None:
         log.debug("http: " + format, *args)
 
 

@@ -23,7 +23,9 @@ class ReadTally:
     bytes: int = 0
 
 
-async def run_reader(source: Source, start_offset: int, queue: BatchQueue, tally: ReadTally) -> None:
+async def run_reader(
+    source: Source, start_offset: int, queue: BatchQueue, tally: ReadTally
+) -> None:
     """Reads the source from `start_offset` into `queue` until the source ends or the task is
     cancelled. A batch held at cancellation is spilled into the queue, never dropped."""
     async with aclosing(source.batches(start_offset)) as batches:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import Any
 
 from shovel.batches import BatchQueue
 from shovel.metrics import LiveState, Metrics, MetricsServer
@@ -91,11 +92,13 @@ def _live_state(state: RunState) -> LiveState:
     )
 
 
-async def _until(event: asyncio.Event, task: asyncio.Task[object], timeout: float | None = None) -> None:
-    """Waits until `event` is set or `task` is done (or `timeout` passes)."""
+async def _until(
+    event: asyncio.Event, task: asyncio.Task[Any], limit_s: float | None = None
+) -> None:
+    """Waits until `event` is set or `task` is done (or `limit_s` passes)."""
     waiter = asyncio.ensure_future(event.wait())
     try:
-        await asyncio.wait({waiter, task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({waiter, task}, timeout=limit_s, return_when=asyncio.FIRST_COMPLETED)
     finally:
         waiter.cancel()
 
@@ -103,7 +106,8 @@ async def _until(event: asyncio.Event, task: asyncio.Task[object], timeout: floa
 def _log_status(state: RunState) -> None:
     s = _live_state(state)
     log.info(
-        "status: read %d records, stored %d, queued %d, in flight %d (%d bytes), committed offset %d",
+        "status: read %d records, stored %d, queued %d, in flight %d (%d bytes), "
+        "committed offset %d",
         s.records_read,
         s.records_stored,
         s.queue_records,
@@ -123,7 +127,9 @@ class _StatusTimer:
         self._current().cancel()
 
 
-def _schedule_status(loop: asyncio.AbstractEventLoop, state: RunState, every_s: float) -> _StatusTimer:
+def _schedule_status(
+    loop: asyncio.AbstractEventLoop, state: RunState, every_s: float
+) -> _StatusTimer:
     # A self-rescheduling callback rather than a task: nothing to cancel in the TaskGroup.
     handle: asyncio.TimerHandle
 
@@ -136,18 +142,36 @@ def _schedule_status(loop: asyncio.AbstractEventLoop, state: RunState, every_s: 
     return _StatusTimer(lambda: handle)
 
 
-async def _pipeline(
-    settings: Settings, stop: StopRequest, storage: Storage, source: Source, state: RunState, metrics: Metrics
-) -> float:
+@dataclass(slots=True)
+class _Run:
+    """One run of an opened service: what the stop sequence needs."""
+
+    settings: Settings
+    stop: StopRequest
+    storage: Storage
+    source: Source
+    state: RunState
+    metrics: Metrics
+
+
+async def _pipeline(run: _Run) -> float:
     """Runs reader and storage until stop or end of source, then drains in order. Returns the
     drain deadline (loop time)."""
+    settings, stop, storage, state, metrics = (
+        run.settings,
+        run.stop,
+        run.storage,
+        run.state,
+        run.metrics,
+    )
     loop = asyncio.get_running_loop()
     queue = BatchQueue(settings.queue_max_batches)
     state.queue = queue
     deadline = 0.0
     async with asyncio.TaskGroup() as tg:
         reader = tg.create_task(
-            run_reader(source, storage.committed_offset, queue, state.tally), name="shovel-reader"
+            run_reader(run.source, storage.committed_offset, queue, state.tally),
+            name="shovel-reader",
         )
         writer = tg.create_task(run_storage(queue, storage), name="shovel-storage")
         await _until(stop.stop, reader)
@@ -157,7 +181,9 @@ async def _pipeline(
         metrics.shutdown_in_progress.set(1)
         if stop.requested:
             log.info(
-                "%s received: stopping (deadline %.1fs)", stop.first_signal, settings.shutdown_timeout_s
+                "%s received: stopping (deadline %.1fs)",
+                stop.first_signal,
+                settings.shutdown_timeout_s,
             )
         else:
             log.info("end of source reached: storing what was read")
@@ -169,7 +195,7 @@ async def _pipeline(
         phase.done(f"{state.tally.records} records read, {queue.records} queued")
 
         phase = Phase("drain queue")
-        await _until(stop.hurry, writer, timeout=max(deadline - loop.time(), 0.0))
+        await _until(stop.hurry, writer, limit_s=max(deadline - loop.time(), 0.0))
         if not writer.done():
             why = "a second signal" if stop.hurry.is_set() else "the deadline"
             log.warning(
@@ -197,6 +223,13 @@ async def run_service(settings: Settings) -> int:
     server: MetricsServer | None = None
     status: _StatusTimer | None = None
     try:
+        try:
+            source = open_source(
+                settings.source_spec, settings.read_chunk_bytes, settings.generate_rate
+            )
+        except SourceError as e:
+            log.error("%s", e)
+            return ExitCode.USAGE
         if settings.metrics_port:
             try:
                 server = MetricsServer(metrics, settings.metrics_host, settings.metrics_port)
@@ -210,11 +243,6 @@ async def run_service(settings: Settings) -> int:
                 return ExitCode.USAGE
             server.start()
             log.info("metrics on http://%s:%d/metrics", server.host, server.port)
-        try:
-            source = open_source(settings.source_spec, settings.read_chunk_bytes, settings.generate_rate)
-        except SourceError as e:
-            log.error("%s", e)
-            return ExitCode.USAGE
         if stop.requested:
             log.info("%s received during startup: nothing was read; exiting", stop.first_signal)
             return ExitCode.OK
@@ -245,7 +273,7 @@ async def run_service(settings: Settings) -> int:
         metrics.ready = not stop.requested
         if settings.status_interval_s > 0:
             status = _schedule_status(loop, state, settings.status_interval_s)
-        return await _run_and_close(settings, stop, storage, source, state, metrics)
+        return await _run_and_close(_Run(settings, stop, storage, source, state, metrics))
     finally:
         if status is not None:
             status.cancel()
@@ -254,13 +282,12 @@ async def run_service(settings: Settings) -> int:
             server.stop()
 
 
-async def _run_and_close(
-    settings: Settings, stop: StopRequest, storage: Storage, source: Source, state: RunState, metrics: Metrics
-) -> int:
+async def _run_and_close(run: _Run) -> int:
+    settings, storage, state, metrics = run.settings, run.storage, run.state, run.metrics
     loop = asyncio.get_running_loop()
     deadline = loop.time() + settings.shutdown_timeout_s
     try:
-        deadline = await _pipeline(settings, stop, storage, source, state, metrics)
+        deadline = await _pipeline(run)
     except* StorageError as group:
         state.fatal = f"storage failed: {group.exceptions[0]}"
     except* SourceError as group:
@@ -310,7 +337,7 @@ async def _run_and_close(
             undelivered,
             stats.committed_offset,
             "; a replayable source will read them again next run"
-            if source.replayable
+            if run.source.replayable
             else "; this source cannot replay them",
         )
         return ExitCode.UNDELIVERED

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict, SettingsError
 
 from shovel.sources import SourceSpec, parse_source
 
@@ -73,7 +73,9 @@ class Settings(BaseSettings):
         16 * MiB, ge=1, description="fsync (and commit) as soon as this many bytes are unsynced"
     )
     max_inflight_bytes: int = Field(
-        64 * MiB, ge=1, description="bytes handed to storage but not yet durable before it pushes back"
+        64 * MiB,
+        ge=1,
+        description="bytes handed to storage but not yet durable before it pushes back",
     )
     shutdown_timeout_s: float = Field(
         20.0, gt=0, le=3600, description="deadline for the whole drain after a stop signal"
@@ -82,7 +84,8 @@ class Settings(BaseSettings):
         None,
         gt=0,
         description="the orchestrator's kill deadline (Kubernetes terminationGracePeriodSeconds); "
-        f"when set, shovel refuses a shutdown timeout that does not end {GRACE_MARGIN_S:g} s before it",
+        "when set, shovel refuses a shutdown timeout that does not end "
+        f"{GRACE_MARGIN_S:g} s before it",
     )
     metrics_host: str = Field("127.0.0.1", description="address for /metrics, /healthz, /readyz")
     metrics_port: int = Field(9108, ge=0, le=65535, description="port for metrics; 0 disables them")
@@ -151,7 +154,7 @@ def load_settings(argv: list[str]) -> Settings:
     """Settings from `argv`, the environment and defaults; raises ConfigError on bad input.
     `--help` prints the help and raises SystemExit(0)."""
     try:
-        return Settings(_cli_parse_args=argv)
+        return CliApp.run(Settings, cli_args=argv)
     except ValidationError as e:
         raise ConfigError(_one_line(e)) from None
     except SettingsError as e:

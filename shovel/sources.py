@@ -12,7 +12,7 @@ import asyncio
 import hashlib
 import os
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -105,7 +105,7 @@ class Source(Protocol):
     description: str
     replayable: bool
 
-    def batches(self, start_offset: int) -> AsyncIterator[Batch]:
+    def batches(self, start_offset: int) -> AsyncGenerator[Batch, None]:
         """Batches from `start_offset` on; ends at the end of a finite source."""
         ...
 
@@ -120,7 +120,7 @@ class FileSource:
         self.chunk_bytes = chunk_bytes
         self.description = f"file {path}"
 
-    async def batches(self, start_offset: int) -> AsyncIterator[Batch]:
+    async def batches(self, start_offset: int) -> AsyncGenerator[Batch, None]:
         size = (await asyncio.to_thread(self.path.stat)).st_size
         if size < start_offset:
             raise SourceError(
@@ -172,7 +172,7 @@ class StreamSource:
         finally:
             loop.remove_reader(self.fd)
 
-    async def batches(self, start_offset: int) -> AsyncIterator[Batch]:
+    async def batches(self, start_offset: int) -> AsyncGenerator[Batch, None]:
         splitter = RecordSplitter(start_offset)
         was_blocking = os.get_blocking(self.fd)
         os.set_blocking(self.fd, False)
@@ -217,13 +217,17 @@ class GeneratorSource:
         pace = "as fast as possible" if rate == 0 else f"{rate:g} records/s"
         self.description = f"generator ({limit}, {pace})"
 
-    async def batches(self, start_offset: int) -> AsyncIterator[Batch]:
+    async def batches(self, start_offset: int) -> AsyncGenerator[Batch, None]:
         loop = asyncio.get_running_loop()
         seq = start_offset
         started = loop.time()
         produced = 0
         while self.count is None or seq < self.count:
-            n = self.batch_records if self.count is None else min(self.batch_records, self.count - seq)
+            n = (
+                self.batch_records
+                if self.count is None
+                else min(self.batch_records, self.count - seq)
+            )
             if self.rate > 0:
                 due = int((loop.time() - started) * self.rate) + 1 - produced
                 if due <= 0:

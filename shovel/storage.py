@@ -13,10 +13,9 @@ import atexit
 import logging
 import time
 import warnings
-import weakref
 from collections import deque
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from shovel._native import (
@@ -50,7 +49,9 @@ log = logging.getLogger(__name__)
 # How long the interpreter-exit hook waits for each client that was never closed.
 ATEXIT_CLOSE_TIMEOUT_S = 10.0
 
-_unclosed: weakref.WeakSet[StorageClient] = weakref.WeakSet()
+# Strong references on purpose: a client its owner forgot to close must live until the exit
+# hook has flushed it (its Drop would only drain in the background, which exit cuts short).
+_unclosed: set[StorageClient] = set()
 
 
 @atexit.register

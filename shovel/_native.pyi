@@ -1,0 +1,163 @@
+"""The native storage client (Rust, tokio). Imported only by `shovel.storage`.
+
+The client owns an output directory (locked against other processes), appends batches to
+segment files in order on a tokio runtime of its own, groups fsyncs, and after each fsync
+atomically persists a checkpoint with the committed source offset. No method waits for I/O
+except the constructor and `close`, which release the GIL while they block. Progress is
+signalled by making `notify_fd()` readable; the counters can be read at any time.
+"""
+
+from os import PathLike
+from pathlib import Path
+from typing import final
+
+__all__ = [
+    "ClientClosedError",
+    "CloseReport",
+    "CloseTimeoutError",
+    "CorruptStoreError",
+    "DirectoryLockedError",
+    "Stats",
+    "StorageClient",
+    "StorageError",
+    "StorageIOError",
+]
+
+class StorageError(Exception):
+    """Base class of every storage client error."""
+
+class StorageIOError(StorageError):
+    """An operating-system error while writing, syncing or checkpointing."""
+
+    errno: int | None
+    filename: Path
+
+class DirectoryLockedError(StorageError):
+    """Another process holds the output directory."""
+
+class CorruptStoreError(StorageError):
+    """The output directory is damaged in a way a crash cannot leave."""
+
+class ClientClosedError(StorageError):
+    """The client is closed and takes no more writes."""
+
+class CloseTimeoutError(StorageError):
+    """close() gave up before everything was durable."""
+
+    writes_not_durable: int
+    records_not_durable: int
+    bytes_not_durable: int
+    committed_offset: int
+
+@final
+class Stats:
+    """A point-in-time copy of the client's counters."""
+
+    @property
+    def inflight_writes(self) -> int:
+        """Writes accepted and not yet durable."""
+    @property
+    def inflight_bytes(self) -> int:
+        """Bytes of those writes."""
+    @property
+    def inflight_records(self) -> int:
+        """Records of those writes."""
+    @property
+    def records_durable(self) -> int:
+        """Records made durable since open."""
+    @property
+    def bytes_durable(self) -> int:
+        """Bytes made durable since open."""
+    @property
+    def fsyncs(self) -> int:
+        """fsync groups completed (each followed by a checkpoint)."""
+    @property
+    def committed_offset(self) -> int:
+        """Source offset of the last persisted checkpoint."""
+    @property
+    def errors(self) -> int:
+        """Errors met by the writer."""
+    @property
+    def durable_seq(self) -> int:
+        """Sequence number of the last durable write."""
+    @property
+    def stored_bytes_total(self) -> int:
+        """Bytes in all segments per the last checkpoint, across runs."""
+
+@final
+class CloseReport:
+    """What a successful `close()` reports."""
+
+    @property
+    def committed_offset(self) -> int:
+        """The committed source offset on disk."""
+    @property
+    def records_total(self) -> int:
+        """Records in all segments, across runs."""
+    @property
+    def bytes_total(self) -> int:
+        """Bytes in all segments, across runs."""
+    @property
+    def records_durable(self) -> int:
+        """Records made durable since open."""
+    @property
+    def bytes_durable(self) -> int:
+        """Bytes made durable since open."""
+
+@final
+class StorageClient:
+    """Owns an output directory, its lock, and a writer on a runtime thread of its own."""
+
+    def __new__(
+        cls,
+        directory: str | PathLike[str],
+        *,
+        segment_max_bytes: int,
+        fsync_interval_ms: int,
+        fsync_max_bytes: int,
+        max_inflight_bytes: int,
+    ) -> StorageClient:
+        """Locks and recovers `directory` (created if missing), then starts the writer.
+
+        Raises DirectoryLockedError, CorruptStoreError, StorageIOError or ValueError.
+        """
+    def submit(self, data: bytes, records: int, end_offset: int) -> int | None:
+        """Hands a batch of whole records to the writer without waiting.
+
+        Returns the write's sequence number (durable once `durable_seq` reaches it), or None
+        when too many bytes are in flight. Raises the first storage error once one happened,
+        ClientClosedError after close, ValueError if `end_offset` goes back.
+        """
+    @property
+    def durable_seq(self) -> int:
+        """Sequence number of the last durable write."""
+    def stats(self) -> Stats:
+        """The counters, now."""
+    def check(self) -> None:
+        """Raises the first storage error, if one happened."""
+    def notify_fd(self) -> int:
+        """File descriptor that becomes readable after durable progress or an error."""
+    def drain_notifications(self) -> int:
+        """Consumes pending wake-ups; returns how many there were."""
+    @property
+    def initial_committed_offset(self) -> int:
+        """Committed source offset found at open (where the source resumes)."""
+    @property
+    def initial_records(self) -> int:
+        """Records stored in the directory when it was opened."""
+    @property
+    def initial_bytes(self) -> int:
+        """Bytes stored in the directory when it was opened."""
+    @property
+    def recovery_notes(self) -> list[str]:
+        """What recovery repaired at open, one sentence each."""
+    @property
+    def closed(self) -> bool:
+        """Whether close has begun."""
+    @property
+    def directory(self) -> Path:
+        """The output directory."""
+    def close(self, timeout_s: float) -> CloseReport:
+        """Refuses new writes, waits up to `timeout_s` for every accepted write to be durable
+        and checkpointed, then stops the runtime thread. Idempotent; concurrent callers get the
+        same outcome. Raises CloseTimeoutError (with counts) or the first storage error."""
