@@ -1,0 +1,1 @@
+"""shovel's test suite."""

@@ -1,0 +1,63 @@
+"""The metrics HTTP server in-process: endpoints, readiness, live values at scrape time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from shovel.metrics import LiveState, Metrics, MetricsServer
+from tests.helpers import http_get, metric
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[Metrics, int]]:
+    metrics = Metrics()
+    server = MetricsServer(metrics, "127.0.0.1", 0)
+    server.start()
+    try:
+        yield metrics, server.port
+    finally:
+        server.stop()
+
+
+def state(**values: int) -> LiveState:
+    fields = dict.fromkeys(LiveState.__dataclass_fields__, 0)
+    fields.update(values)
+    return LiveState(**fields)
+
+
+def test_readiness_follows_the_flag_and_health_is_always_ok(served: tuple[Metrics, int]) -> None:
+    metrics, port = served
+    assert http_get(port, "/readyz")[0] == 503
+    metrics.ready = True
+    assert http_get(port, "/readyz") == (200, "ready\n")
+    metrics.ready = False
+    assert http_get(port, "/readyz")[0] == 503
+    assert http_get(port, "/healthz") == (200, "ok\n")
+
+
+def test_live_values_are_read_at_scrape_time(served: tuple[Metrics, int]) -> None:
+    metrics, port = served
+    current = {"value": state(queue_records=5, inflight_writes=2, records_stored=10)}
+    metrics.read_live_state_from(lambda: current["value"])
+    text = http_get(port, "/metrics")[1]
+    assert metric(text, "shovel_queue_records") == 5
+    assert metric(text, "shovel_storage_inflight_writes") == 2
+    assert metric(text, "shovel_records_stored_total") == 10
+    current["value"] = state(queue_records=0, committed_offset=1234)
+    text = http_get(port, "/metrics")[1]
+    assert metric(text, "shovel_queue_records") == 0
+    assert metric(text, "shovel_committed_offset") == 1234
+
+
+def test_metrics_exist_before_anything_runs(served: tuple[Metrics, int]) -> None:
+    _, port = served
+    text = http_get(port, "/metrics")[1]
+    for name in (
+        "shovel_records_read_total",
+        "shovel_undelivered_records",
+        "shovel_shutdown_in_progress",
+        "shovel_storage_write_duration_seconds_bucket",
+    ):
+        assert name in text

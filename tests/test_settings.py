@@ -1,0 +1,61 @@
+"""Settings precedence, validation messages and help."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shovel.settings import ConfigError, Settings, load_settings
+
+
+def test_precedence_cli_over_env_over_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings([]).fsync_interval_ms == Settings.model_fields["fsync_interval_ms"].default
+    monkeypatch.setenv("SHOVEL_FSYNC_INTERVAL_MS", "7")
+    assert load_settings([]).fsync_interval_ms == 7
+    assert load_settings(["--fsync-interval-ms", "9"]).fsync_interval_ms == 9
+
+
+def test_defaults_are_the_embedded_demo() -> None:
+    s = load_settings([])
+    assert s.source == "generate"
+    assert s.output_dir == Path("shovel-data")
+    assert (s.metrics_host, s.metrics_port) == ("127.0.0.1", 9108)
+    assert s.shutdown_timeout_s == 20
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--fsync-interval-ms", "abc"], "--fsync-interval-ms: Input should be a valid integer"),
+        (["--metrics-port", "70000"], "--metrics-port"),
+        (["--source", "generate:x"], "generate:N needs a whole number"),
+        (["--log-level", "chatty"], "--log-level"),
+        (["--shutdown-timeout-s", "41", "--grace-period-s", "45"], "race the drain"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
+def test_bad_values_give_one_line(argv: list[str], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(argv)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_grace_period_with_enough_margin_is_accepted() -> None:
+    s = load_settings(["--shutdown-timeout-s", "30", "--grace-period-s", "45"])
+    assert s.grace_period_s == 45
+
+
+def test_help_documents_every_option_with_env_name_and_default(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        load_settings(["--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for name in Settings.model_fields:
+        assert f"--{name.replace('_', '-')}" in text
+        assert f"SHOVEL_{name.upper()}" in text
+    assert "(default: 9108)" in text
+    assert "Exit codes" in text
