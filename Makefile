@@ -34,7 +34,7 @@ lint: $(INSTALLED)
 	$(BIN)/ruff check shovel tests bench
 	$(BIN)/ruff format --check shovel tests bench
 	$(BIN)/mypy
-	$(BIN)/python -m mypy.stubtest shovel._native --allowlist .stubtest-allowlist
+	$(BIN)/python -m mypy.stubtest shovel._native
 	cargo fmt --check
 	cargo clippy --locked --all-targets -- -D warnings
 	cargo clippy --locked --all-targets --features python -- -D warnings
