@@ -1,7 +1,8 @@
 # One place for the commands that the README, CI and developers run.
 # `make run` and `make test` work on a fresh machine with Python 3.11+ and a Rust toolchain:
 # they create .venv, install shovel (building the native module) and its tools, and rebuild
-# the native module whenever a Rust source or build file changes.
+# the native module whenever a Rust source or build file changes. Development builds include
+# the fault-injection hooks the crash tests use; `make wheel` (and pip install .) do not.
 
 PYTHON ?= python3
 VENV := .venv
@@ -16,7 +17,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip 'maturin>=1.9,<2'
 
 $(INSTALLED): $(NATIVE_INPUTS) | $(BIN)/python
-	$(BIN)/maturin develop --release --extras dev
+	$(BIN)/maturin develop --release --extras dev --features extension-module,fault-injection
 	touch $@
 
 run: $(INSTALLED)
@@ -25,7 +26,7 @@ run: $(INSTALLED)
 test: test-rust test-python
 
 test-rust:
-	cargo test --locked
+	cargo test --locked --features fault-injection
 
 test-python: $(INSTALLED)
 	$(BIN)/python -m pytest
@@ -37,7 +38,7 @@ lint: $(INSTALLED)
 	$(BIN)/python -m mypy.stubtest shovel._native
 	cargo fmt --check
 	cargo clippy --locked --all-targets -- -D warnings
-	cargo clippy --locked --all-targets --features python -- -D warnings
+	cargo clippy --locked --all-targets --features python,fault-injection -- -D warnings
 
 fmt: $(INSTALLED)
 	$(BIN)/ruff format shovel tests bench

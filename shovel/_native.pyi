@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import final
 
 __all__ = [
+    "FAULT_INJECTION",
     "ClientClosedError",
     "CloseReport",
     "CloseTimeoutError",
@@ -22,6 +23,9 @@ __all__ = [
     "StorageError",
     "StorageIOError",
 ]
+
+FAULT_INJECTION: bool
+"""Whether this build honours SHOVEL_FAULTS (development builds only)."""
 
 class StorageError(Exception):
     """Base class of every storage client error."""
@@ -83,6 +87,9 @@ class Stats:
     @property
     def stored_bytes_total(self) -> int:
         """Bytes in all segments per the last checkpoint, across runs."""
+    @property
+    def retries(self) -> int:
+        """Failed writes or checkpoints that were retried."""
 
 @final
 class CloseReport:
@@ -137,6 +144,8 @@ class StorageClient:
         """Raises the first storage error, if one happened."""
     def notify_fd(self) -> int:
         """File descriptor that becomes readable after durable progress or an error."""
+    def take_events(self) -> list[str]:
+        """Takes the messages queued for the service's log (retried errors), oldest first."""
     def drain_notifications(self) -> int:
         """Consumes pending wake-ups; returns how many there were."""
     @property

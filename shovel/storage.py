@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shovel._native import (
+    FAULT_INJECTION,
     ClientClosedError,
     CloseReport,
     CloseTimeoutError,
@@ -32,6 +33,7 @@ from shovel._native import (
 from shovel.batches import Batch
 
 __all__ = [
+    "FAULT_INJECTION",
     "ClientClosedError",
     "CloseReport",
     "CloseTimeoutError",
@@ -131,6 +133,8 @@ class Storage:
 
     def _on_progress(self) -> None:
         self._client.drain_notifications()
+        for event in self._client.take_events():
+            log.warning("storage: %s", event)
         durable = self._client.durable_seq
         now = time.monotonic()
         while self._submitted and self._submitted[0][0] <= durable:

@@ -116,6 +116,8 @@ pub struct Stats {
     pub durable_seq: u64,
     /// Bytes in all segments per the last checkpoint, across runs.
     pub stored_bytes_total: u64,
+    /// Failed writes or checkpoints that were retried.
+    pub retries: u64,
 }
 
 /// What a successful `close()` reports.
@@ -204,6 +206,7 @@ impl StorageClient {
             errors: s.errors,
             durable_seq: s.durable_seq,
             stored_bytes_total: s.stored_bytes_total,
+            retries: s.retries,
         }
     }
 
@@ -218,6 +221,11 @@ impl StorageClient {
     /// File descriptor that becomes readable after durable progress or an error.
     fn notify_fd(&self) -> i32 {
         self.store.notify_fd()
+    }
+
+    /// Takes the messages queued for the service's log (retried errors), oldest first.
+    fn take_events(&self) -> Vec<String> {
+        self.store.take_events()
     }
 
     /// Consumes pending wake-ups; returns how many there were.
@@ -299,5 +307,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("CorruptStoreError", py.get_type::<CorruptStoreError>())?;
     m.add("ClientClosedError", py.get_type::<ClientClosedError>())?;
     m.add("CloseTimeoutError", py.get_type::<CloseTimeoutError>())?;
+    m.add("FAULT_INJECTION", crate::store::fault::ENABLED)?;
     Ok(())
 }

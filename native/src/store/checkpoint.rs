@@ -9,6 +9,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use super::error::{StoreError, StoreResult};
+use super::fault::{self, Point};
 
 /// File name of the checkpoint inside the output directory.
 pub const CHECKPOINT_FILE: &str = "checkpoint";
@@ -119,9 +120,11 @@ pub fn persist(dir: &Path, cp: &Checkpoint) -> StoreResult<()> {
     file.sync_all()
         .map_err(|e| StoreError::io("fsync checkpoint", &tmp, &e))?;
     drop(file);
+    fault::hit(Point::MidCheckpoint).map_err(|e| StoreError::io("rename checkpoint", &tmp, &e))?;
     let path = checkpoint_path(dir);
     fs::rename(&tmp, &path).map_err(|e| StoreError::io("rename checkpoint", &path, &e))?;
-    sync_dir(dir)
+    sync_dir(dir)?;
+    fault::hit(Point::AfterCheckpoint).map_err(|e| StoreError::io("fsync directory", dir, &e))
 }
 
 #[cfg(test)]

@@ -163,6 +163,7 @@ impl Store {
     /// Blocking (file I/O): call it with the GIL released.
     pub fn open(config: StoreConfig) -> StoreResult<Store> {
         config.validate()?;
+        super::fault::init().map_err(StoreError::Config)?;
         let rec = recovery::recover(&config.dir)?;
         let notifier = Notifier::new()
             .map_err(|e| StoreError::io("create notification socket", &config.dir, &e))?;
@@ -353,6 +354,11 @@ impl Store {
     /// The file descriptor that becomes readable after durable progress or an error.
     pub fn notify_fd(&self) -> i32 {
         self.shared.notifier.fd()
+    }
+
+    /// Takes the messages queued for the service's log (retries).
+    pub fn take_events(&self) -> Vec<String> {
+        self.shared.take_events()
     }
 
     /// Consumes pending wake-ups.

@@ -2,6 +2,7 @@
 
 mod checkpoint;
 mod error;
+pub mod fault;
 mod handle;
 mod lock;
 mod notify;

@@ -25,6 +25,8 @@ pub struct Stats {
     pub durable_seq: AtomicU64,
     /// Total bytes in all segments according to the last checkpoint, across runs.
     pub stored_bytes_total: AtomicU64,
+    /// Failed writes or checkpoints that were retried.
+    pub retries: AtomicU64,
 }
 
 /// A point-in-time copy of [`Stats`]. Fields are read one by one, so two of them may straddle
@@ -51,6 +53,8 @@ pub struct StatsSnapshot {
     pub durable_seq: u64,
     /// See [`Stats::stored_bytes_total`].
     pub stored_bytes_total: u64,
+    /// See [`Stats::retries`].
+    pub retries: u64,
 }
 
 impl Stats {
@@ -68,6 +72,7 @@ impl Stats {
             errors: get(&self.errors),
             durable_seq: get(&self.durable_seq),
             stored_bytes_total: get(&self.stored_bytes_total),
+            retries: get(&self.retries),
         }
     }
 }

@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,8 +19,59 @@ use tokio::time::Instant;
 
 use super::checkpoint::{self, Checkpoint};
 use super::error::{StoreError, StoreResult};
+use super::fault::{self, Point};
 use super::segment;
 use super::shared::Shared;
+
+/// Retries after the first attempt of a failed append or checkpoint. fsync is never retried: after
+/// a failed fsync the kernel may have dropped the dirty pages, so a later "successful" fsync
+/// would prove nothing.
+pub const RETRIES: u32 = 6;
+const BACKOFF_BASE: Duration = Duration::from_millis(50);
+const BACKOFF_CAP: Duration = Duration::from_secs(2);
+
+/// The wait before retry number `attempt` (from 1): doubling from 50 ms, at most 2 s.
+fn backoff(attempt: u32) -> Duration {
+    BACKOFF_BASE
+        .saturating_mul(1 << attempt.saturating_sub(1).min(16))
+        .min(BACKOFF_CAP)
+}
+
+/// Appends `data`; on failure cuts the segment back to `keep_len`, so that neither a retry nor
+/// recovery ever sees a partial batch. The error is retryable only if that cut succeeded.
+fn append(file: &File, path: &Path, data: &[u8], keep_len: u64) -> Result<(), (StoreError, bool)> {
+    let res = fault::hit(Point::BeforeWrite).and_then(|()| (&*file).write_all(data));
+    match res {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let err = StoreError::io("write segment", path, &e);
+            let cut = file.set_len(keep_len).is_ok();
+            Err((err, cut))
+        }
+    }
+}
+
+/// `checkpoint::persist` with bounded retries (blocking). The previous checkpoint stays valid
+/// until a rename succeeds, so retrying is always safe.
+fn persist_with_retries(dir: &Path, cp: &Checkpoint, shared: &Shared) -> StoreResult<()> {
+    let mut attempt = 0;
+    loop {
+        match checkpoint::persist(dir, cp) {
+            Ok(()) => return Ok(()),
+            Err(err) if attempt < RETRIES => {
+                attempt += 1;
+                let wait = backoff(attempt);
+                shared.stats.retries.fetch_add(1, Ordering::AcqRel);
+                shared.note(format!(
+                    "{err}; retrying ({attempt}/{RETRIES}) in {} ms",
+                    wait.as_millis()
+                ));
+                std::thread::sleep(wait);
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
 
 /// One batch of records handed to the writer.
 #[derive(Debug)]
@@ -198,11 +249,15 @@ impl Writer {
         let file = Arc::clone(&self.file);
         let dir = self.dir.clone();
         let seg_path = self.segment_path();
+        let shared = Arc::clone(&self.shared);
         self.dirty_since = None;
         tokio::task::spawn_blocking(move || {
-            file.sync_data()
+            fault::hit(Point::BeforeFsync)
+                .and_then(|()| file.sync_data())
                 .map_err(|e| StoreError::io("fsync segment", &seg_path, &e))?;
-            checkpoint::persist(&dir, &mark.cp)?;
+            fault::hit(Point::AfterFsync)
+                .map_err(|e| StoreError::io("write checkpoint", &dir, &e))?;
+            persist_with_retries(&dir, &mark.cp, &shared)?;
             Ok(mark)
         })
     }
@@ -258,15 +313,32 @@ impl Writer {
                 return;
             }
         }
-        let file = Arc::clone(&self.file);
-        let path = self.segment_path();
         let len = req.data.len() as u64;
-        let res = tokio::task::spawn_blocking(move || {
-            (&*file)
-                .write_all(&req.data)
-                .map_err(|e| StoreError::io("write segment", &path, &e))
-        })
-        .await;
+        let data = Arc::new(req.data);
+        let mut attempt = 0;
+        let res = loop {
+            let file = Arc::clone(&self.file);
+            let path = self.segment_path();
+            let chunk = Arc::clone(&data);
+            let keep_len = self.written.cp.segment_len;
+            let res =
+                tokio::task::spawn_blocking(move || append(&file, &path, &chunk, keep_len)).await;
+            match res {
+                Ok(Err((err, true))) if attempt < RETRIES => {
+                    attempt += 1;
+                    let wait = backoff(attempt);
+                    self.shared.stats.retries.fetch_add(1, Ordering::AcqRel);
+                    self.shared.note(format!(
+                        "{err}; retrying ({attempt}/{RETRIES}) in {} ms",
+                        wait.as_millis()
+                    ));
+                    tokio::time::sleep(wait).await;
+                }
+                Ok(Err((err, _))) => break Ok(Err(err)),
+                Ok(Ok(())) => break Ok(Ok(())),
+                Err(join) => break Err(join),
+            }
+        };
         match res {
             Ok(Ok(())) => {
                 let cp = &mut self.written.cp;
@@ -306,11 +378,15 @@ impl Writer {
         let mut mark = self.written;
         mark.cp.segment += 1;
         mark.cp.segment_len = 0;
+        let shared = Arc::clone(&self.shared);
         let res = tokio::task::spawn_blocking(move || {
-            old.sync_data()
+            fault::hit(Point::BeforeFsync)
+                .and_then(|()| old.sync_data())
                 .map_err(|e| StoreError::io("fsync segment", &old_path, &e))?;
             let next = segment::create(&seg_dir, mark.cp.segment)?;
-            checkpoint::persist(&dir, &mark.cp)?;
+            fault::hit(Point::MidRollover)
+                .map_err(|e| StoreError::io("write checkpoint", &dir, &e))?;
+            persist_with_retries(&dir, &mark.cp, &shared)?;
             Ok::<File, StoreError>(next)
         })
         .await;
