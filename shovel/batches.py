@@ -20,6 +20,23 @@ class Batch:
     end_offset: int
 
 
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """(Part of) a line longer than the record limit, which is set apart instead of stored.
+
+    A line that fits in memory comes as one piece (`first` and `last`); a longer one is
+    streamed in parts. `offset` is where the line starts in the source.
+    """
+
+    offset: int
+    data: bytes
+    first: bool
+    last: bool
+
+
+Piece = Batch | Rejected
+
+
 class BatchQueue:
     """A bounded `asyncio.Queue` of batches that can be closed."""
 

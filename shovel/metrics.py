@@ -39,6 +39,8 @@ class LiveState:
     committed_offset: int
     fsyncs: int
     storage_errors: int
+    storage_retries: int
+    records_rejected: int
 
 
 class _LiveCollector(Collector):
@@ -56,6 +58,11 @@ class _LiveCollector(Collector):
         )
         yield CounterMetricFamily(
             "shovel_bytes_read", "Bytes of records read from the source", value("bytes_read")
+        )
+        yield CounterMetricFamily(
+            "shovel_records_rejected",
+            "Lines over --max-record-bytes, kept in OUTPUT_DIR/rejected/ instead of stored",
+            value("records_rejected"),
         )
         yield CounterMetricFamily(
             "shovel_records_stored", "Records made durable (fsynced)", value("records_stored")
@@ -97,6 +104,11 @@ class _LiveCollector(Collector):
             "shovel_storage_fsyncs",
             "fsync groups completed (each with a checkpoint)",
             value("fsyncs"),
+        )
+        yield CounterMetricFamily(
+            "shovel_storage_retries",
+            "Failed writes or checkpoints that were retried",
+            value("storage_retries"),
         )
         yield CounterMetricFamily(
             "shovel_storage_errors",

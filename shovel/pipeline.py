@@ -10,7 +10,8 @@ from __future__ import annotations
 from contextlib import aclosing
 from dataclasses import dataclass
 
-from shovel.batches import BatchQueue
+from shovel.batches import BatchQueue, Rejected
+from shovel.rejects import RejectWriter
 from shovel.sources import Source
 from shovel.storage import Storage
 
@@ -24,15 +25,22 @@ class ReadTally:
 
 
 async def run_reader(
-    source: Source, start_offset: int, queue: BatchQueue, tally: ReadTally
+    source: Source, start_offset: int, queue: BatchQueue, tally: ReadTally, rejects: RejectWriter
 ) -> None:
     """Reads the source from `start_offset` into `queue` until the source ends or the task is
-    cancelled. A batch held at cancellation is spilled into the queue, never dropped."""
-    async with aclosing(source.batches(start_offset)) as batches:
-        async for batch in batches:
-            tally.records += batch.records
-            tally.bytes += len(batch.data)
-            await queue.put(batch)
+    cancelled. A batch held at cancellation is spilled into the queue, never dropped. Lines
+    over the record limit go to `rejects`, durably, before anything after them is queued."""
+    try:
+        async with aclosing(source.pieces(start_offset)) as pieces:
+            async for piece in pieces:
+                if isinstance(piece, Rejected):
+                    await rejects.write(piece)
+                    continue
+                tally.records += piece.records
+                tally.bytes += len(piece.data)
+                await queue.put(piece)
+    finally:
+        rejects.close()
 
 
 async def run_storage(queue: BatchQueue, storage: Storage) -> int:

@@ -22,6 +22,7 @@ from typing import Any
 from shovel.batches import BatchQueue
 from shovel.metrics import LiveState, Metrics, MetricsServer
 from shovel.pipeline import ReadTally, run_reader, run_storage
+from shovel.rejects import RejectWriter
 from shovel.settings import Settings
 from shovel.signals import StopRequest
 from shovel.sources import Source, SourceError, open_source
@@ -65,6 +66,7 @@ class Phase:
 class RunState:
     """What the run has done, for metrics, status lines and the summary."""
 
+    rejects: RejectWriter
     tally: ReadTally = field(default_factory=ReadTally)
     storage: Storage | None = None
     queue: BatchQueue | None = None
@@ -89,6 +91,8 @@ def _live_state(state: RunState) -> LiveState:
         committed_offset=st.committed_offset if st else 0,
         fsyncs=st.fsyncs if st else 0,
         storage_errors=st.errors if st else 0,
+        storage_retries=st.retries if st else 0,
+        records_rejected=state.rejects.records,
     )
 
 
@@ -170,7 +174,7 @@ async def _pipeline(run: _Run) -> float:
     deadline = 0.0
     async with asyncio.TaskGroup() as tg:
         reader = tg.create_task(
-            run_reader(run.source, storage.committed_offset, queue, state.tally),
+            run_reader(run.source, storage.committed_offset, queue, state.tally, state.rejects),
             name="shovel-reader",
         )
         writer = tg.create_task(run_storage(queue, storage), name="shovel-storage")
@@ -218,14 +222,17 @@ async def run_service(settings: Settings) -> int:
     stop = StopRequest()
     stop.attach(loop)
     metrics = Metrics()
-    state = RunState()
+    state = RunState(RejectWriter(settings.output_dir, settings.max_record_bytes))
     metrics.read_live_state_from(lambda: _live_state(state))
     server: MetricsServer | None = None
     status: _StatusTimer | None = None
     try:
         try:
             source = open_source(
-                settings.source_spec, settings.read_chunk_bytes, settings.generate_rate
+                settings.source_spec,
+                settings.read_chunk_bytes,
+                settings.max_record_bytes,
+                settings.generate_rate,
             )
         except SourceError as e:
             log.error("%s", e)

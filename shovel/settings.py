@@ -60,6 +60,12 @@ class Settings(BaseSettings):
     read_chunk_bytes: int = Field(
         1 * MiB, ge=4096, le=256 * MiB, description="bytes per read from a file or stream"
     )
+    max_record_bytes: int = Field(
+        1 * MiB,
+        ge=1,
+        description="longest record (line without its newline); longer lines are not stored "
+        "but kept whole in OUTPUT_DIR/rejected/<offset>.rec",
+    )
     queue_max_batches: int = Field(
         8, ge=1, le=10_000, description="batches the reader may queue ahead of storage"
     )

@@ -1,7 +1,8 @@
 """Sources of records: a regular file, a stream (stdin, a FIFO), or a deterministic generator.
 
-Every source yields `Batch`es of whole records, cut at newlines, with the source offset just
-past the batch. Offsets: a file's byte position; a stream's byte count continued from the
+Every source yields `Batch`es of whole records, cut at newlines (see records.py), with the
+source offset just past the batch, and `Rejected` pieces for lines over the record limit.
+Offsets: a file's byte position; a stream's byte count continued from the
 committed offset (a stream cannot be re-read, so each run appends what it reads); the
 generator's next sequence number. A last line without a newline is a record and gets one.
 """
@@ -19,7 +20,8 @@ from typing import Protocol
 
 import aiofiles
 
-from shovel.batches import Batch
+from shovel.batches import Batch, Piece
+from shovel.records import RecordSplitter
 
 
 class SourceError(Exception):
@@ -65,48 +67,14 @@ def parse_source(text: str) -> SourceSpec:
     return FileSpec(Path(path))
 
 
-class RecordSplitter:
-    """Cuts a byte stream into batches of whole records, carrying a partial last line over."""
-
-    def __init__(self, start_offset: int) -> None:
-        self.offset = start_offset
-        self._carry = b""
-
-    @property
-    def carried(self) -> int:
-        """Bytes of an incomplete record held back."""
-        return len(self._carry)
-
-    def feed(self, chunk: bytes) -> Batch | None:
-        """Adds a chunk; returns the complete records it finishes, if any."""
-        buf = self._carry + chunk if self._carry else chunk
-        cut = buf.rfind(b"\n") + 1
-        if cut == 0:
-            self._carry = buf
-            return None
-        data = buf if cut == len(buf) else buf[:cut]
-        self._carry = buf[cut:]
-        self.offset += cut
-        return Batch(data, data.count(b"\n"), self.offset)
-
-    def finish(self) -> Batch | None:
-        """At end of input: the unterminated last line as a record, newline added."""
-        if not self._carry:
-            return None
-        data = self._carry + b"\n"
-        self.offset += len(self._carry)
-        self._carry = b""
-        return Batch(data, 1, self.offset)
-
-
 class Source(Protocol):
-    """Something that yields batches from a starting offset."""
+    """Something that yields pieces (batches, and lines too long to store) from an offset."""
 
     description: str
     replayable: bool
 
-    def batches(self, start_offset: int) -> AsyncGenerator[Batch, None]:
-        """Batches from `start_offset` on; ends at the end of a finite source."""
+    def pieces(self, start_offset: int) -> AsyncGenerator[Piece, None]:
+        """Pieces from `start_offset` on, in source order; ends with a finite source."""
         ...
 
 
@@ -115,12 +83,13 @@ class FileSource:
 
     replayable = True
 
-    def __init__(self, path: Path, chunk_bytes: int) -> None:
+    def __init__(self, path: Path, chunk_bytes: int, max_record_bytes: int) -> None:
         self.path = path
         self.chunk_bytes = chunk_bytes
+        self.max_record_bytes = max_record_bytes
         self.description = f"file {path}"
 
-    async def batches(self, start_offset: int) -> AsyncGenerator[Batch, None]:
+    async def pieces(self, start_offset: int) -> AsyncGenerator[Piece, None]:
         size = (await asyncio.to_thread(self.path.stat)).st_size
         if size < start_offset:
             raise SourceError(
@@ -128,19 +97,17 @@ class FileSource:
                 "the file was truncated or replaced since the last run; refusing to resume at a "
                 "wrong position (use a new output directory to store it from the start)"
             )
-        splitter = RecordSplitter(start_offset)
+        splitter = RecordSplitter(start_offset, self.max_record_bytes)
         async with aiofiles.open(self.path, "rb") as f:
             await f.seek(start_offset)
             # A read cancelled mid-way still completes in its thread and moves the file
             # position; that is harmless because offsets come from the splitter, and a
             # cancelled reader never reads again.
             while chunk := await f.read(self.chunk_bytes):
-                batch = splitter.feed(chunk)
-                if batch is not None:
-                    yield batch
-        last = splitter.finish()
-        if last is not None:
-            yield last
+                for piece in splitter.feed(chunk):
+                    yield piece
+        for piece in splitter.finish():
+            yield piece
 
 
 class StreamSource:
@@ -152,8 +119,11 @@ class StreamSource:
 
     replayable = False
 
-    def __init__(self, fd: int, description: str, chunk_bytes: int, owns_fd: bool) -> None:
+    def __init__(
+        self, fd: int, description: str, chunk_bytes: int, max_record_bytes: int, owns_fd: bool
+    ) -> None:
         self.fd = fd
+        self.max_record_bytes = max_record_bytes
         self.description = description
         self.chunk_bytes = chunk_bytes
         self.owns_fd = owns_fd
@@ -172,8 +142,8 @@ class StreamSource:
         finally:
             loop.remove_reader(self.fd)
 
-    async def batches(self, start_offset: int) -> AsyncGenerator[Batch, None]:
-        splitter = RecordSplitter(start_offset)
+    async def pieces(self, start_offset: int) -> AsyncGenerator[Piece, None]:
+        splitter = RecordSplitter(start_offset, self.max_record_bytes)
         was_blocking = os.get_blocking(self.fd)
         os.set_blocking(self.fd, False)
         try:
@@ -185,17 +155,15 @@ class StreamSource:
                     continue
                 if not chunk:
                     break
-                batch = splitter.feed(chunk)
-                if batch is not None:
-                    yield batch
+                for piece in splitter.feed(chunk):
+                    yield piece
         finally:
             if self.owns_fd:
                 os.close(self.fd)
             else:
                 os.set_blocking(self.fd, was_blocking)
-        last = splitter.finish()
-        if last is not None:
-            yield last
+        for piece in splitter.finish():
+            yield piece
 
 
 def generated_record(seq: int) -> bytes:
@@ -217,7 +185,7 @@ class GeneratorSource:
         pace = "as fast as possible" if rate == 0 else f"{rate:g} records/s"
         self.description = f"generator ({limit}, {pace})"
 
-    async def batches(self, start_offset: int) -> AsyncGenerator[Batch, None]:
+    async def pieces(self, start_offset: int) -> AsyncGenerator[Piece, None]:
         loop = asyncio.get_running_loop()
         seq = start_offset
         started = loop.time()
@@ -241,12 +209,14 @@ class GeneratorSource:
             yield Batch(data, n, seq)
 
 
-def open_source(spec: SourceSpec, chunk_bytes: int, generate_rate: float) -> Source:
+def open_source(
+    spec: SourceSpec, chunk_bytes: int, max_record_bytes: int, generate_rate: float
+) -> Source:
     """The source for `spec`; raises SourceError when a file cannot be used."""
     if isinstance(spec, GeneratorSpec):
         return GeneratorSource(spec.count, generate_rate)
     if isinstance(spec, StdinSpec):
-        return StreamSource(0, "stdin", chunk_bytes, owns_fd=False)
+        return StreamSource(0, "stdin", chunk_bytes, max_record_bytes, owns_fd=False)
     try:
         mode = spec.path.stat().st_mode
     except OSError as e:
@@ -254,7 +224,7 @@ def open_source(spec: SourceSpec, chunk_bytes: int, generate_rate: float) -> Sou
     if stat.S_ISREG(mode):
         if not os.access(spec.path, os.R_OK):
             raise SourceError(f"cannot read source {spec.path}: permission denied")
-        return FileSource(spec.path, chunk_bytes)
+        return FileSource(spec.path, chunk_bytes, max_record_bytes)
     if stat.S_ISDIR(mode):
         raise SourceError(f"source {spec.path} is a directory, not a file")
     # A FIFO opened non-blocking reads as ended while no writer has it open: start the
@@ -263,4 +233,4 @@ def open_source(spec: SourceSpec, chunk_bytes: int, generate_rate: float) -> Sou
         fd = os.open(spec.path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as e:
         raise SourceError(f"cannot open source {spec.path}: {e.strerror}") from e
-    return StreamSource(fd, f"stream {spec.path}", chunk_bytes, owns_fd=True)
+    return StreamSource(fd, f"stream {spec.path}", chunk_bytes, max_record_bytes, owns_fd=True)

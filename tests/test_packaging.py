@@ -42,7 +42,11 @@ def test_wheel_installs_and_runs_from_another_directory(tmp_path: Path) -> None:
     elsewhere.mkdir()
     # The installed package must not be the source tree's.
     where = subprocess.run(
-        [str(python), "-c", "import shovel, shovel._native; print(shovel.__file__)"],
+        [
+            str(python),
+            "-c",
+            "import shovel, shovel._native as n; print(shovel.__file__, n.FAULT_INJECTION)",
+        ],
         cwd=elsewhere,
         check=True,
         capture_output=True,
@@ -50,6 +54,7 @@ def test_wheel_installs_and_runs_from_another_directory(tmp_path: Path) -> None:
         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
     ).stdout
     assert str(venv) in where, where
+    assert where.split()[-1] == "False", "a release wheel must not carry fault-injection hooks"
     code, text = run_shovel(
         ["--source", "generate:500", "--generate-rate", "0", "--metrics-port", "0"],
         tmp_path / "log",

@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from shovel.batches import Batch
+from shovel.batches import Batch, Piece
 from shovel.sources import (
     FileSource,
     FileSpec,
     GeneratorSource,
     GeneratorSpec,
-    RecordSplitter,
     SourceError,
     StdinSpec,
     StreamSource,
@@ -23,35 +22,6 @@ from shovel.sources import (
     open_source,
     parse_source,
 )
-
-
-def split(data: bytes, chunk: int, start: int = 0) -> list[Batch]:
-    s = RecordSplitter(start)
-    out = [b for i in range(0, len(data), chunk) if (b := s.feed(data[i : i + chunk]))]
-    if last := s.finish():
-        out.append(last)
-    return out
-
-
-@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 64, 10_000])
-def test_splitter_reassembles_input_with_exact_offsets(chunk: int) -> None:
-    data = b"a\r\nbb\n\n\x00\xff\xfeccc\nlast-without-newline"
-    batches = split(data, chunk, start=100)
-    assert b"".join(b.data for b in batches) == data + b"\n"
-    assert sum(b.records for b in batches) == data.count(b"\n") + 1
-    assert batches[-1].end_offset == 100 + len(data)
-    ends = [b.end_offset for b in batches]
-    assert ends == sorted(ends)
-    for b in batches[:-1]:
-        assert b.data.endswith(b"\n")
-        assert data[: b.end_offset - 100].endswith(b.data)
-
-
-def test_splitter_on_empty_and_newline_only_input() -> None:
-    assert split(b"", 4) == []
-    only = split(b"\n\n\n", 2)
-    assert b"".join(b.data for b in only) == b"\n\n\n"
-    assert sum(b.records for b in only) == 3
 
 
 def test_parse_source_forms() -> None:
@@ -74,7 +44,10 @@ def test_generated_records_are_stable_and_about_100_bytes() -> None:
 
 
 async def collect(source: GeneratorSource | FileSource | StreamSource, start: int) -> list[Batch]:
-    return [b async for b in source.batches(start)]
+    pieces: list[Piece] = [p async for p in source.pieces(start)]
+    batches = [p for p in pieces if isinstance(p, Batch)]
+    assert len(batches) == len(pieces), "no line here is over the limit"
+    return batches
 
 
 def test_generator_resumes_at_a_sequence_number() -> None:
@@ -91,7 +64,7 @@ def test_file_source_resumes_by_seeking(tmp_path: Path) -> None:
     data = b"".join(b"r%d\n" % i for i in range(5000))
     path.write_bytes(data)
     start = data.index(b"r100\n")
-    batches = asyncio.run(collect(FileSource(path, 4096), start))
+    batches = asyncio.run(collect(FileSource(path, 4096, 1 << 20), start))
     assert b"".join(b.data for b in batches) == data[start:]
     assert batches[-1].end_offset == len(data)
 
@@ -100,7 +73,7 @@ def test_file_shorter_than_committed_offset_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "f"
     path.write_bytes(b"short\n")
     with pytest.raises(SourceError, match="truncated or replaced"):
-        asyncio.run(collect(FileSource(path, 4096), 100))
+        asyncio.run(collect(FileSource(path, 4096, 1 << 20), 100))
 
 
 def test_stream_source_reads_a_pipe() -> None:
@@ -114,7 +87,7 @@ def test_stream_source_reads_a_pipe() -> None:
 
     writer = threading.Thread(target=feed)
     writer.start()
-    batches = asyncio.run(collect(StreamSource(read_fd, "pipe", 8192, owns_fd=True), 7))
+    batches = asyncio.run(collect(StreamSource(read_fd, "pipe", 8192, 1 << 20, owns_fd=True), 7))
     writer.join()
     assert b"".join(b.data for b in batches) == payload + b"\n"
     assert batches[-1].end_offset == 7 + len(payload)
@@ -122,6 +95,6 @@ def test_stream_source_reads_a_pipe() -> None:
 
 def test_open_source_errors_are_clear(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match=r"cannot read source .*missing"):
-        open_source(FileSpec(tmp_path / "missing"), 4096, 0)
+        open_source(FileSpec(tmp_path / "missing"), 4096, 1 << 20, 0)
     with pytest.raises(SourceError, match="is a directory"):
-        open_source(FileSpec(tmp_path), 4096, 0)
+        open_source(FileSpec(tmp_path), 4096, 1 << 20, 0)
