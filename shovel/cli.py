@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(sys.argv[1:] if argv is None else argv)
     except ConfigError as e:
         sys.stderr.write(f"python -m shovel: error: {e}\n")
+        signals.block_for_exit()
         return EXIT_USAGE
     logging.basicConfig(
         level=settings.log_level,
@@ -31,4 +32,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     from shovel.runner import run_service  # noqa: PLC0415
 
-    return asyncio.run(run_service(settings))
+    code = asyncio.run(run_service(settings))
+    signals.block_for_exit()
+    return code

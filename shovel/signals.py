@@ -28,6 +28,13 @@ def install_early() -> None:
         signal.signal(sig, _record)
 
 
+def block_for_exit() -> None:
+    """Keeps stop signals pending from now on. Called once the exit code is decided: the
+    interpreter's teardown restores the default actions, and a late SIGTERM would otherwise
+    turn a clean exit 0 into "killed by SIGTERM"."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+
 class StopRequest:
     """What the stop signals asked for, as events the main task can wait on."""
 
