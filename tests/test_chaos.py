@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -54,7 +55,9 @@ def chaos_input(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
     return path, write_input(path, 60_000, seed=3)
 
 
-def kill_at_random(args: list[str], out: Path, log: Path, rng: random.Random, sig: int) -> int:
+def kill_at_random(
+    args: Sequence[str | os.PathLike[str]], out: Path, log: Path, rng: random.Random, sig: int
+) -> int:
     """Starts shovel, signals it at a random moment (from right after its handlers exist to
     well into the run), and returns its exit code."""
     s = Shovel(args, log)
@@ -84,7 +87,7 @@ def test_random_sigkills_then_completion_is_exact(
     source, data = chaos_input
     rng = random.Random(1000 + iteration)
     out = tmp_path / "out"
-    args = ["--source", source, "--output-dir", out, *CHURN]
+    args: list[str | os.PathLike[str]] = ["--source", source, "--output-dir", out, *CHURN]
     for kill in range(3):
         code = kill_at_random(args, out, tmp_path / f"kill{kill}.log", rng, signal.SIGKILL)
         assert code in (-signal.SIGKILL, 0), (iteration, code)
@@ -101,7 +104,9 @@ def test_random_sigterms_always_exit_0_with_an_exact_prefix(tmp_path: Path, iter
     rng = random.Random(2000 + iteration)
     out = tmp_path / "out"
     n = 40_000
-    args = ["--source", f"generate:{n}", "--generate-rate", "100000", "--output-dir", out, *CHURN]
+    args: list[str | os.PathLike[str]] = [
+        "--source", f"generate:{n}", "--generate-rate", "100000", "--output-dir", out, *CHURN
+    ]  # fmt: skip
     for stop in range(3):
         sig = rng.choice([signal.SIGTERM, signal.SIGINT])
         code = kill_at_random(args, out, tmp_path / f"stop{stop}.log", rng, sig)
@@ -131,7 +136,7 @@ def test_crash_in_each_window_then_restart_is_exact(
 ) -> None:
     source, data = chaos_input
     out = tmp_path / "out"
-    args = ["--source", source, "--output-dir", out, *CHURN]
+    args: list[str | os.PathLike[str]] = ["--source", source, "--output-dir", out, *CHURN]
     env = {**os.environ, "SHOVEL_FAULTS": f"{point}={'abort'}@{hit}"}
     with (tmp_path / "crash.log").open("wb") as log:
         code = subprocess.run(
