@@ -30,6 +30,20 @@ pub const RETRIES: u32 = 6;
 const BACKOFF_BASE: Duration = Duration::from_millis(50);
 const BACKOFF_CAP: Duration = Duration::from_secs(2);
 
+/// Whether an error may go away by itself: an I/O error of the device, an interrupted or busy
+/// call, or a full disk or quota that space being freed can cure. A read-only or missing
+/// directory, a permission problem or a bad argument will not: those fail at once.
+pub fn retryable(err: &StoreError) -> bool {
+    // Linux errno values: EINTR, EIO, EAGAIN, EBUSY, ENOSPC, ETIMEDOUT, EDQUOT.
+    matches!(
+        err,
+        StoreError::Io {
+            errno: Some(4 | 5 | 11 | 16 | 28 | 110 | 122),
+            ..
+        }
+    )
+}
+
 /// The wait before retry number `attempt` (from 1): doubling from 50 ms, at most 2 s.
 fn backoff(attempt: u32) -> Duration {
     BACKOFF_BASE
@@ -58,7 +72,7 @@ fn persist_with_retries(dir: &Path, cp: &Checkpoint, shared: &Shared) -> StoreRe
     loop {
         match checkpoint::persist(dir, cp) {
             Ok(()) => return Ok(()),
-            Err(err) if attempt < RETRIES => {
+            Err(err) if attempt < RETRIES && retryable(&err) => {
                 attempt += 1;
                 let wait = backoff(attempt);
                 shared.stats.retries.fetch_add(1, Ordering::AcqRel);
@@ -324,7 +338,7 @@ impl Writer {
             let res =
                 tokio::task::spawn_blocking(move || append(&file, &path, &chunk, keep_len)).await;
             match res {
-                Ok(Err((err, true))) if attempt < RETRIES => {
+                Ok(Err((err, true))) if attempt < RETRIES && retryable(&err) => {
                     attempt += 1;
                     let wait = backoff(attempt);
                     self.shared.stats.retries.fetch_add(1, Ordering::AcqRel);
@@ -400,5 +414,37 @@ impl Writer {
             Ok(Err(err)) => self.fail(err),
             Err(join) => self.fail(panic_message(join)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io(errno: i32) -> StoreError {
+        StoreError::io(
+            "write segment",
+            Path::new("/x"),
+            &std::io::Error::from_raw_os_error(errno),
+        )
+    }
+
+    #[test]
+    fn only_errors_that_can_pass_are_retried() {
+        for errno in [5, 28, 11, 4] {
+            assert!(retryable(&io(errno)), "errno {errno}");
+        }
+        for errno in [30, 2, 13, 22, 9] {
+            assert!(!retryable(&io(errno)), "errno {errno}");
+        }
+        assert!(!retryable(&StoreError::Closed));
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        assert_eq!(backoff(1), Duration::from_millis(50));
+        assert_eq!(backoff(2), Duration::from_millis(100));
+        assert_eq!(backoff(6), Duration::from_millis(1600));
+        assert_eq!(backoff(30), BACKOFF_CAP);
     }
 }
