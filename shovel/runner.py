@@ -301,6 +301,10 @@ async def _run_and_close(run: _Run) -> int:
         state.fatal = f"source failed: {group.exceptions[0]}"
     except* OSError as group:
         state.fatal = f"reading the source failed: {group.exceptions[0]}"
+    except* Exception as group:
+        # A bug, not an operating condition: keep the traceback, still close and commit.
+        log.error("unexpected error", exc_info=group.exceptions[0])
+        state.fatal = f"unexpected error: {group.exceptions[0]!r}"
     if state.stop_started is None:
         state.stop_started = time.monotonic()
         metrics.ready = False
@@ -336,6 +340,8 @@ async def _run_and_close(run: _Run) -> int:
         undelivered,
     )
     if state.fatal is not None:
+        if not settings.output_dir.is_dir():
+            state.fatal += f" (the output directory {settings.output_dir} no longer exists)"
         log.error("fatal: %s", state.fatal)
         return ExitCode.FATAL
     if undelivered or state.close_timed_out:
