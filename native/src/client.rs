@@ -272,13 +272,12 @@ impl StorageClient {
     /// Refuses new writes, waits up to `timeout_s` for every accepted write to be durable and
     /// checkpointed, then stops the runtime thread. Idempotent. Blocks with the GIL released.
     fn close(&self, py: Python<'_>, timeout_s: f64) -> PyResult<CloseReport> {
-        if !timeout_s.is_finite() || timeout_s < 0.0 {
-            return Err(PyValueError::new_err(format!(
-                "timeout_s must be a finite number >= 0, got {timeout_s}"
-            )));
-        }
+        let timeout = Duration::try_from_secs_f64(timeout_s).map_err(|_| {
+            PyValueError::new_err(format!(
+                "timeout_s must be a finite number of seconds >= 0, got {timeout_s}"
+            ))
+        })?;
         let store = Arc::clone(&self.store);
-        let timeout = Duration::from_secs_f64(timeout_s);
         match py.detach(move || store.close(timeout)) {
             Ok(r) => Ok(CloseReport {
                 committed_offset: r.checkpoint.committed_offset,

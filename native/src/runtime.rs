@@ -73,6 +73,13 @@ impl RuntimeThread {
         self.stop.clone()
     }
 
+    /// Waits for the thread to exit on its own (a holder of the stop token ends it). Blocking.
+    pub fn join(mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+
     /// Stops the runtime and waits for its thread to exit. Blocking: call it with the GIL
     /// released. (Dropping a `RuntimeThread` instead never blocks: the thread is detached and
     /// exits when a holder of [`RuntimeThread::stop_token`] cancels it.)

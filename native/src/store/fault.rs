@@ -7,14 +7,14 @@
 //! ```text
 //! SHOVEL_FAULTS = rule[,rule...]
 //! rule          = point "=" action ["@" first_hit] ["*" hits]
-//! action        = "abort" | "fail:" errno | "delay:" milliseconds
+//! action        = "abort" | "panic" | "fail:" errno | "delay:" milliseconds
 //! point         = before-write | before-fsync | after-fsync | mid-checkpoint
 //!                 | after-checkpoint | mid-rollover
 //! ```
 //!
 //! `@N` starts at the Nth time the point is reached (default 1); `*K` acts K times (default:
-//! once for `abort`, every time for `fail` and `delay`). `abort` ends the process at once, as a
-//! crash or SIGKILL would.
+//! once for `abort` and `panic`, every time for `fail` and `delay`). `abort` ends the process at
+//! once, as a crash or SIGKILL would; `panic` panics on the storage thread.
 
 use std::fmt;
 
@@ -71,6 +71,7 @@ mod imp {
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub enum Action {
         Abort,
+        Panic,
         Fail(i32),
         Delay(u64),
     }
@@ -104,15 +105,13 @@ mod imp {
         };
         let action = match action_text.split_once(':') {
             None if action_text == "abort" => Action::Abort,
+            None if action_text == "panic" => Action::Panic,
             Some(("fail", errno)) => Action::Fail(errno.parse().map_err(|_| bad())?),
             Some(("delay", ms)) => Action::Delay(ms.parse().map_err(|_| bad())?),
             _ => return Err(bad()),
         };
-        let count = count.or(if action == Action::Abort {
-            Some(1)
-        } else {
-            None
-        });
+        let once = matches!(action, Action::Abort | Action::Panic);
+        let count = count.or(if once { Some(1) } else { None });
         Ok(Rule {
             point,
             action,
@@ -151,6 +150,7 @@ mod imp {
                     eprintln!("shovel fault injection: abort at {point} (hit {n})");
                     std::process::abort();
                 }
+                Action::Panic => panic!("shovel fault injection: panic at {point} (hit {n})"),
                 Action::Fail(errno) => return Err(io::Error::from_raw_os_error(errno)),
                 Action::Delay(ms) => std::thread::sleep(Duration::from_millis(ms)),
             }

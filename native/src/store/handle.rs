@@ -305,6 +305,11 @@ impl Store {
             }
             Ok(Err(err)) => Err(CloseError::Failed(err)),
             Err(RecvTimeoutError::Timeout) => {
+                // Stop the runtime first: what is counted below is then final, except for a
+                // blocking job left running, which can only move the checkpoint forward.
+                if let Some(runtime) = closer.runtime.take() {
+                    runtime.stop_and_join();
+                }
                 let s = self.shared.stats.snapshot();
                 Err(CloseError::TimedOut {
                     writes: s.inflight_writes,
@@ -313,11 +318,18 @@ impl Store {
                     committed_offset: s.committed_offset,
                 })
             }
-            Err(RecvTimeoutError::Disconnected) => Err(CloseError::Failed(
-                self.shared.first_error().unwrap_or_else(|| {
-                    StoreError::Panic("the writer stopped without a report".into())
-                }),
-            )),
+            Err(RecvTimeoutError::Disconnected) => {
+                // The writer is gone without a report (it panicked): its supervisor records
+                // why and then stops the runtime, so wait for that rather than cut it short.
+                if let Some(runtime) = closer.runtime.take() {
+                    runtime.join();
+                }
+                Err(CloseError::Failed(
+                    self.shared.first_error().unwrap_or_else(|| {
+                        StoreError::Panic("the writer stopped without a report".into())
+                    }),
+                ))
+            }
         };
         if let Some(runtime) = closer.runtime.take() {
             runtime.stop_and_join();

@@ -44,11 +44,21 @@ fn remove_segment(seg: &SegmentInfo) -> StoreResult<()> {
 
 /// Locks `dir` (creating it if needed) and recovers it to its last checkpoint.
 pub fn recover(dir: &Path) -> StoreResult<Recovered> {
+    let existed = dir.is_dir();
     fs::create_dir_all(dir).map_err(|e| StoreError::io("create output directory", dir, &e))?;
+    if !existed {
+        // A new directory's entry must survive a power loss too.
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
+    }
     let lock = lock::acquire(dir)?;
     let seg_dir = dir.join(SEGMENTS_DIR);
-    fs::create_dir_all(&seg_dir)
-        .map_err(|e| StoreError::io("create segments directory", &seg_dir, &e))?;
+    if !seg_dir.is_dir() {
+        fs::create_dir(&seg_dir)
+            .map_err(|e| StoreError::io("create segments directory", &seg_dir, &e))?;
+        sync_dir(dir)?;
+    }
     let mut notes = Vec::new();
 
     let tmp = dir.join(CHECKPOINT_TMP_FILE);

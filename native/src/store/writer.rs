@@ -134,8 +134,10 @@ pub struct Writer {
     seg_dir: PathBuf,
     config: WriterConfig,
     shared: Arc<Shared>,
-    /// Held for as long as the writer may write; dropped (unlocked) when it ends.
-    _lock: File,
+    /// The directory lock. Every blocking job holds a clone, so the directory stays locked
+    /// until the last write, fsync or checkpoint is over, even one left running after a
+    /// close timeout.
+    lock: Arc<File>,
     /// The current segment, shared with the blocking threads that write and fsync it.
     file: Arc<File>,
     /// Everything appended so far (not necessarily durable).
@@ -148,6 +150,9 @@ pub struct Writer {
     dirty_since: Option<Instant>,
     /// A write failed after earlier writes succeeded: make those durable once more.
     salvage: bool,
+    /// An fsync failed: nothing written since the last checkpoint may be trusted, so no
+    /// salvage fsync is ever attempted (a second fsync could "succeed" on dropped pages).
+    fsync_failed: bool,
 }
 
 /// What the writer reports when it has drained: the final checkpoint, or the first error.
@@ -174,7 +179,14 @@ fn panic_message(err: JoinError) -> StoreError {
     }
 }
 
-type SyncJob = JoinHandle<StoreResult<Watermark>>;
+/// Why a sync job failed: an fsync failure taints everything unsynced; other failures do not.
+#[derive(Debug)]
+enum SyncError {
+    Fsync(StoreError),
+    Other(StoreError),
+}
+
+type SyncJob = JoinHandle<Result<Watermark, SyncError>>;
 
 impl Writer {
     /// A writer appending to `file`, whose state is exactly `cp` (as left by recovery).
@@ -192,13 +204,14 @@ impl Writer {
             dir,
             config,
             shared,
-            _lock: lock,
+            lock: Arc::new(lock),
             file: Arc::new(file),
             written: mark,
             durable: mark,
             pending: VecDeque::new(),
             dirty_since: None,
             salvage: false,
+            fsync_failed: false,
         }
     }
 
@@ -220,9 +233,10 @@ impl Writer {
         let mut draining = false;
         loop {
             let failed = self.shared.failed();
-            if job.is_none() && self.unsynced() && (!failed || self.salvage) {
+            let salvage = self.salvage && !self.fsync_failed;
+            if job.is_none() && self.unsynced() && (!failed || salvage) {
                 let due = draining
-                    || self.salvage
+                    || salvage
                     || self.written.cp.bytes - self.durable.cp.bytes >= self.config.fsync_max_bytes
                     || self
                         .dirty_since
@@ -264,23 +278,37 @@ impl Writer {
         let dir = self.dir.clone();
         let seg_path = self.segment_path();
         let shared = Arc::clone(&self.shared);
+        let lock = Arc::clone(&self.lock);
         self.dirty_since = None;
         tokio::task::spawn_blocking(move || {
+            let _locked = lock;
             fault::hit(Point::BeforeFsync)
                 .and_then(|()| file.sync_data())
-                .map_err(|e| StoreError::io("fsync segment", &seg_path, &e))?;
+                .map_err(|e| SyncError::Fsync(StoreError::io("fsync segment", &seg_path, &e)))?;
             fault::hit(Point::AfterFsync)
-                .map_err(|e| StoreError::io("write checkpoint", &dir, &e))?;
-            persist_with_retries(&dir, &mark.cp, &shared)?;
+                .map_err(|e| SyncError::Other(StoreError::io("write checkpoint", &dir, &e)))?;
+            persist_with_retries(&dir, &mark.cp, &shared).map_err(SyncError::Other)?;
+            // The checkpoint is on disk: say so even if this job outlives its writer.
+            shared
+                .stats
+                .committed_offset
+                .store(mark.cp.committed_offset, Ordering::Release);
             Ok(mark)
         })
     }
 
-    fn on_synced(&mut self, res: Result<StoreResult<Watermark>, JoinError>) {
+    fn on_synced(&mut self, res: Result<Result<Watermark, SyncError>, JoinError>) {
         match res {
             Ok(Ok(mark)) => self.publish(mark),
-            Ok(Err(err)) => self.fail(err),
-            Err(join) => self.fail(panic_message(join)),
+            Ok(Err(SyncError::Fsync(err))) => {
+                self.fsync_failed = true;
+                self.fail(err);
+            }
+            Ok(Err(SyncError::Other(err))) => self.fail(err),
+            Err(join) => {
+                self.fsync_failed = true;
+                self.fail(panic_message(join));
+            }
         }
     }
 
@@ -335,8 +363,12 @@ impl Writer {
             let path = self.segment_path();
             let chunk = Arc::clone(&data);
             let keep_len = self.written.cp.segment_len;
-            let res =
-                tokio::task::spawn_blocking(move || append(&file, &path, &chunk, keep_len)).await;
+            let lock = Arc::clone(&self.lock);
+            let res = tokio::task::spawn_blocking(move || {
+                let _locked = lock;
+                append(&file, &path, &chunk, keep_len)
+            })
+            .await;
             match res {
                 Ok(Err((err, true))) if attempt < RETRIES && retryable(&err) => {
                     attempt += 1;
@@ -393,7 +425,9 @@ impl Writer {
         mark.cp.segment += 1;
         mark.cp.segment_len = 0;
         let shared = Arc::clone(&self.shared);
+        let lock = Arc::clone(&self.lock);
         let res = tokio::task::spawn_blocking(move || {
+            let _locked = lock;
             fault::hit(Point::BeforeFsync)
                 .and_then(|()| old.sync_data())
                 .map_err(|e| StoreError::io("fsync segment", &old_path, &e))?;
@@ -411,8 +445,15 @@ impl Writer {
                 self.dirty_since = None;
                 self.publish(mark);
             }
-            Ok(Err(err)) => self.fail(err),
-            Err(join) => self.fail(panic_message(join)),
+            Ok(Err(err)) => {
+                // The seal may have failed in its fsync: never salvage after this.
+                self.fsync_failed = true;
+                self.fail(err);
+            }
+            Err(join) => {
+                self.fsync_failed = true;
+                self.fail(panic_message(join));
+            }
         }
     }
 }
