@@ -61,9 +61,14 @@ class BatchQueue:
         try:
             await self._queue.put(batch)
         except asyncio.CancelledError:
-            self._spilled.append(batch)
-            self._count(batch, 1)
+            self.spill(batch)
             raise
+        self._count(batch, 1)
+
+    def spill(self, batch: Batch) -> None:
+        """Keeps `batch` past the bound, to be taken after everything queued. For the reader's
+        last batch when it is cancelled: read data is never dropped."""
+        self._spilled.append(batch)
         self._count(batch, 1)
 
     def _count(self, batch: Batch, sign: int) -> None:

@@ -7,6 +7,8 @@ closes the queue, and lets the storage task drain it.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from contextlib import aclosing
 from dataclasses import dataclass
 
@@ -14,6 +16,8 @@ from shovel.batches import BatchQueue, Rejected
 from shovel.rejects import RejectWriter
 from shovel.sources import Source
 from shovel.storage import Storage
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -39,8 +43,28 @@ async def run_reader(
                 tally.records += piece.records
                 tally.bytes += len(piece.data)
                 await queue.put(piece)
+    except asyncio.CancelledError:
+        _keep_tail(source, queue, tally, rejects)
+        raise
     finally:
         rejects.close()
+
+
+def _keep_tail(source: Source, queue: BatchQueue, tally: ReadTally, rejects: RejectWriter) -> None:
+    """Keeps what a stopped, non-replayable source had consumed but not yet handed over."""
+    for piece in source.stop_tail():
+        if isinstance(piece, Rejected):
+            rejects.write_now(piece)
+            continue
+        if piece.records:
+            log.warning(
+                "%s stopped mid-line: its incomplete last line (%d bytes) is stored as a record",
+                source.description,
+                len(piece.data) - 1,
+            )
+        tally.records += piece.records
+        tally.bytes += len(piece.data)
+        queue.spill(piece)
 
 
 async def run_storage(queue: BatchQueue, storage: Storage) -> int:

@@ -78,6 +78,23 @@ class RejectWriter:
             self.bytes += self._size
             self._report(piece.offset, self._size)
 
+    def write_now(self, piece: Rejected) -> None:
+        """`write`, blocking: for the end of a stream that was stopped mid-line."""
+        if piece.first:
+            self.close()
+            self._file = self._open(piece.offset)
+            self._size = 0
+        if self._file is None:
+            raise RuntimeError("rejected line continued without its first piece")
+        self._file.write(piece.data)
+        self._size += len(piece.data)
+        if piece.last:
+            self._seal(self._file)
+            self._file = None
+            self.records += 1
+            self.bytes += self._size
+            self._report(piece.offset, self._size)
+
     def _report(self, offset: int, size: int) -> None:
         now = time.monotonic()
         if now - self._window_start > LOG_WINDOW_S:

@@ -194,7 +194,13 @@ async def _pipeline(run: _Run) -> float:
 
         phase = Phase("stop reader")
         reader.cancel()
-        await asyncio.wait({reader})
+        await _until(stop.hurry, reader, limit_s=max(deadline - loop.time(), 0.0))
+        if not reader.done():
+            # Stuck finishing a read (a hung filesystem): interrupt that wait too. Reads run
+            # on daemon threads, so the stuck one cannot hold up the exit either.
+            log.warning("the reader did not stop in time; abandoning its pending read")
+            reader.cancel()
+            await asyncio.wait({reader})
         queue.close()
         phase.done(f"{state.tally.records} records read, {queue.records} queued")
 
@@ -292,19 +298,22 @@ async def run_service(settings: Settings) -> int:
 async def _run_and_close(run: _Run) -> int:
     settings, storage, state, metrics = run.settings, run.storage, run.state, run.metrics
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + settings.shutdown_timeout_s
+    deadline: float | None = None
     try:
         deadline = await _pipeline(run)
     except* StorageError as group:
-        state.fatal = f"storage failed: {group.exceptions[0]}"
+        state.fatal = state.fatal or f"storage failed: {group.exceptions[0]}"
     except* SourceError as group:
-        state.fatal = f"source failed: {group.exceptions[0]}"
+        state.fatal = state.fatal or f"source failed: {group.exceptions[0]}"
     except* OSError as group:
-        state.fatal = f"reading the source failed: {group.exceptions[0]}"
+        state.fatal = state.fatal or f"reading the source failed: {group.exceptions[0]}"
     except* Exception as group:
         # A bug, not an operating condition: keep the traceback, still close and commit.
         log.error("unexpected error", exc_info=group.exceptions[0])
-        state.fatal = f"unexpected error: {group.exceptions[0]!r}"
+        state.fatal = state.fatal or f"unexpected error: {group.exceptions[0]!r}"
+    if deadline is None:
+        # The run failed: the close gets the whole drain budget from now.
+        deadline = loop.time() + settings.shutdown_timeout_s
     if state.stop_started is None:
         state.stop_started = time.monotonic()
         metrics.ready = False

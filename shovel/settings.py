@@ -16,6 +16,8 @@ from shovel.sources import SourceSpec, parse_source
 
 ENV_PREFIX = "SHOVEL_"
 MiB = 1024 * 1024
+# Byte counts go to the native client as unsigned 64-bit integers.
+U64_MAX = 2**64 - 1
 # The drain deadline must end this long before the orchestrator's SIGKILL.
 GRACE_MARGIN_S = 5.0
 
@@ -55,7 +57,11 @@ class Settings(BaseSettings):
         description="directory for segments/, the checkpoint and the lock (created if missing)",
     )
     generate_rate: float = Field(
-        1000.0, ge=0, description="generator records per second; 0 means as fast as possible"
+        1000.0,
+        ge=0,
+        le=1e9,
+        allow_inf_nan=False,
+        description="generator records per second; 0 means as fast as possible",
     )
     read_chunk_bytes: int = Field(
         1 * MiB, ge=4096, le=256 * MiB, description="bytes per read from a file or stream"
@@ -63,6 +69,7 @@ class Settings(BaseSettings):
     max_record_bytes: int = Field(
         1 * MiB,
         ge=1,
+        le=U64_MAX,
         description="longest record (line without its newline); longer lines are not stored "
         "but kept whole in OUTPUT_DIR/rejected/<offset>.rec",
     )
@@ -70,25 +77,38 @@ class Settings(BaseSettings):
         8, ge=1, le=10_000, description="batches the reader may queue ahead of storage"
     )
     segment_max_bytes: int = Field(
-        256 * MiB, ge=1, description="start a new segment file once the current one holds this"
+        256 * MiB,
+        ge=1,
+        le=U64_MAX,
+        description="start a new segment file once the current one holds this",
     )
     fsync_interval_ms: int = Field(
         100, ge=1, le=60_000, description="fsync (and commit) at most this long after a write"
     )
     fsync_max_bytes: int = Field(
-        16 * MiB, ge=1, description="fsync (and commit) as soon as this many bytes are unsynced"
+        16 * MiB,
+        ge=1,
+        le=U64_MAX,
+        description="fsync (and commit) as soon as this many bytes are unsynced",
     )
     max_inflight_bytes: int = Field(
         64 * MiB,
         ge=1,
+        le=U64_MAX,
         description="bytes handed to storage but not yet durable before it pushes back",
     )
     shutdown_timeout_s: float = Field(
-        20.0, gt=0, le=3600, description="deadline for the whole drain after a stop signal"
+        20.0,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="deadline for the whole drain after a stop signal",
     )
     grace_period_s: float | None = Field(
         None,
         gt=0,
+        le=86_400,
+        allow_inf_nan=False,
         description="the orchestrator's kill deadline (Kubernetes terminationGracePeriodSeconds); "
         "when set, shovel refuses a shutdown timeout that does not end "
         f"{GRACE_MARGIN_S:g} s before it",
@@ -96,7 +116,11 @@ class Settings(BaseSettings):
     metrics_host: str = Field("127.0.0.1", description="address for /metrics, /healthz, /readyz")
     metrics_port: int = Field(9108, ge=0, le=65535, description="port for metrics; 0 disables them")
     status_interval_s: float = Field(
-        5.0, ge=0, description="seconds between status log lines; 0 disables them"
+        5.0,
+        ge=0,
+        le=86_400,
+        allow_inf_nan=False,
+        description="seconds between status log lines; 0 disables them",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="logging level"

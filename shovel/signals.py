@@ -74,8 +74,14 @@ class StopRequest:
 
     def detach(self) -> None:
         """Goes back to recording signals (a late SIGTERM must not kill a clean exit)."""
-        if self._loop is not None:
-            for sig in STOP_SIGNALS:
-                self._loop.remove_signal_handler(sig)
-            self._loop = None
-        install_early()
+        # remove_signal_handler restores the default actions for a moment: keep stop signals
+        # pending across that moment.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            if self._loop is not None:
+                for sig in STOP_SIGNALS:
+                    self._loop.remove_signal_handler(sig)
+                self._loop = None
+            install_early()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)

@@ -13,10 +13,12 @@ import asyncio
 import hashlib
 import os
 import stat
-from collections.abc import AsyncGenerator
+import threading
+from collections.abc import AsyncGenerator, Callable
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import ParamSpec, Protocol, TypeVar
 
 import aiofiles
 
@@ -77,6 +79,35 @@ class Source(Protocol):
         """Pieces from `start_offset` on, in source order; ends with a finite source."""
         ...
 
+    def stop_tail(self) -> list[Piece]:
+        """After the reader was stopped: the pieces of data already consumed but not yet
+        yielded (a partial last line). Empty for a replayable source, which reads it again."""
+        ...
+
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+class DaemonThreads(Executor):
+    """Runs each call on a daemon thread of its own. File reads go through it so that a read
+    stuck on a hung filesystem holds up neither the stop sequence nor the interpreter's exit
+    (the default executor's threads are joined at exit)."""
+
+    def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:
+        future: Future[_T] = Future()
+
+        def run() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as e:
+                future.set_exception(e)
+
+        threading.Thread(target=run, name="shovel-read", daemon=True).start()
+        return future
+
 
 class FileSource:
     """A regular file, read in large chunks through aiofiles; resumes by seeking."""
@@ -98,7 +129,7 @@ class FileSource:
                 "wrong position (use a new output directory to store it from the start)"
             )
         splitter = RecordSplitter(start_offset, self.max_record_bytes)
-        async with aiofiles.open(self.path, "rb") as f:
+        async with aiofiles.open(self.path, "rb", executor=DaemonThreads()) as f:
             await f.seek(start_offset)
             # A read cancelled mid-way still completes in its thread and moves the file
             # position; that is harmless because offsets come from the splitter, and a
@@ -108,6 +139,9 @@ class FileSource:
                     yield piece
         for piece in splitter.finish():
             yield piece
+
+    def stop_tail(self) -> list[Piece]:
+        return []
 
 
 class StreamSource:
@@ -127,6 +161,7 @@ class StreamSource:
         self.description = description
         self.chunk_bytes = chunk_bytes
         self.owns_fd = owns_fd
+        self._splitter: RecordSplitter | None = None
 
     async def _readable(self) -> None:
         loop = asyncio.get_running_loop()
@@ -143,7 +178,7 @@ class StreamSource:
             loop.remove_reader(self.fd)
 
     async def pieces(self, start_offset: int) -> AsyncGenerator[Piece, None]:
-        splitter = RecordSplitter(start_offset, self.max_record_bytes)
+        splitter = self._splitter = RecordSplitter(start_offset, self.max_record_bytes)
         was_blocking = os.get_blocking(self.fd)
         os.set_blocking(self.fd, False)
         try:
@@ -164,6 +199,11 @@ class StreamSource:
                 os.set_blocking(self.fd, was_blocking)
         for piece in splitter.finish():
             yield piece
+
+    def stop_tail(self) -> list[Piece]:
+        # Bytes taken from a stream cannot be read again: a stop ends this stream for us, so
+        # its partial last line is kept the way the end of input keeps it.
+        return self._splitter.finish() if self._splitter is not None else []
 
 
 def generated_record(seq: int) -> bytes:
@@ -207,6 +247,9 @@ class GeneratorSource:
             seq += n
             produced += n
             yield Batch(data, n, seq)
+
+    def stop_tail(self) -> list[Piece]:
+        return []
 
 
 def open_source(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
+import os
 import time
 import warnings
 from collections import deque
@@ -54,6 +55,10 @@ ATEXIT_CLOSE_TIMEOUT_S = 10.0
 # Strong references on purpose: a client its owner forgot to close must live until the exit
 # hook has flushed it (its Drop would only drain in the background, which exit cuts short).
 _unclosed: set[StorageClient] = set()
+
+
+# A forked child inherits the set but must not touch its parent's clients.
+os.register_at_fork(after_in_child=_unclosed.clear)
 
 
 @atexit.register
@@ -175,7 +180,9 @@ class Storage:
         try:
             return await asyncio.to_thread(self._client.close, timeout_s)
         finally:
-            _unclosed.discard(self._client)
+            if self._client.closed:
+                # Otherwise (a bad timeout, say) the exit hook still has to flush it.
+                _unclosed.discard(self._client)
             if self._watching:
                 self._watching = False
                 self._loop.remove_reader(self._client.notify_fd())
