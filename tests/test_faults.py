@@ -556,6 +556,28 @@ def test_fsync_failure_is_never_retried_exits_1_and_a_restart_completes(
     assert committed(out) == n
 
 
+@pytest.mark.parametrize("point", ["before-write", "before-fsync", "mid-checkpoint"])
+def test_panic_on_a_storage_thread_exits_1_cleanly_and_a_restart_completes(
+    tmp_path: Path, shovels: Shovels, point: str
+) -> None:
+    n = 20_000
+    out = tmp_path / "out"
+    args: list[str | Path] = ["--source", f"generate:{n}", "--output-dir", out, *QUIET]
+    code, text = shovels.run(
+        [*args, "--generate-rate", "20000"], "panic.log", faults=f"{point}=panic@3"
+    )
+    assert code == 1, text
+    assert f"panic at {point} (hit 3)" in text
+    line = fatal_line(text)
+    assert "storage task panicked" in line, line
+    for bad in ("Fatal Python error", "Task was destroyed", "Event loop is closed"):
+        assert bad not in text
+    cp = assert_consistent(out, generated(0, n), generator=True)
+    assert_summary_matches(summary(text), cp)
+    finish(shovels, f"generate:{n}", out, generated(0, n), "restart.log", *FAST)
+    assert committed(out) == n
+
+
 # --- 8. damaged stores ------------------------------------------------------------------------
 
 N_FIRST = 20_000

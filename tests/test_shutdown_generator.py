@@ -73,6 +73,7 @@ def test_sigterm_during_startup_exits_cleanly(tmp_path: Path) -> None:
     s.signal(signal.SIGTERM)
     assert s.wait() == 0, s.stderr
     assert_clean_stderr(s.stderr)
+    assert "SIGTERM received" in s.stderr
     if (out / "segments").exists():
         assert stored_bytes(out) == generated(0, committed(out))
 
@@ -83,9 +84,32 @@ def test_three_quick_signals_still_commit_only_durable_records(tmp_path: Path) -
     wait_until(lambda: committed(out) > 0, what="first commit")
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGTERM):
         s.signal(sig)
-    assert s.wait() in (0, 3), s.stderr
+    code = s.wait()
+    assert code in (0, 3), s.stderr
+    assert (code == 3) == ("undelivered 0" not in s.stderr), s.stderr
     assert_clean_stderr(s.stderr)
     assert stored_bytes(out) == generated(0, committed(out))
+
+
+def test_sigterm_mid_line_on_stdin_keeps_the_partial_line(tmp_path: Path) -> None:
+    """Bytes taken from a pipe cannot be read again: a stop must not drop a partial line."""
+    out = tmp_path / "out"
+    s = Shovel(
+        ["--source", "-", "--output-dir", out, "--metrics-port", "0"],
+        tmp_path / "log",
+        stdin=subprocess.PIPE,
+    )
+    assert s.proc.stdin is not None
+    s.proc.stdin.write(b"complete 1\ncomplete 2\nPARTIAL-WITHOUT-NEWLINE-YET")
+    s.proc.stdin.flush()
+    wait_until(lambda: committed(out) == 22, what="the complete lines committed")
+    s.signal(signal.SIGTERM)
+    code = s.wait()
+    s.proc.stdin.close()
+    assert code == 0, s.stderr
+    assert stored_bytes(out) == b"complete 1\ncomplete 2\nPARTIAL-WITHOUT-NEWLINE-YET\n"
+    assert "stopped mid-line" in s.stderr
+    assert "undelivered 0" in s.stderr
 
 
 def test_stdin_source_stores_everything_piped_in(tmp_path: Path) -> None:

@@ -144,7 +144,9 @@ def test_failing_checkpoint_is_raised_by_close(tmp_path: Path) -> None:
 
 def test_close_timeout_reports_what_is_not_durable(tmp_path: Path) -> None:
     async def run() -> None:
-        storage = await Storage.open(config(tmp_path, max_inflight_bytes=1 << 30))
+        storage = await Storage.open(
+            config(tmp_path, max_inflight_bytes=1 << 30, fsync_interval_ms=60_000)
+        )
         # Far more than can be written and fsynced in no time at all.
         for b in batches(2000, per=200):
             await storage.write(b)
@@ -256,3 +258,64 @@ def test_a_spawned_child_writes_and_closes(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert_clean_stderr(result.stderr)
     assert stored_bytes(tmp_path / "out") == b"from the child\n"
+
+
+def test_reopen_after_a_close_timeout_waits_for_the_abandoned_work(tmp_path: Path) -> None:
+    """Work left running by a timed-out close keeps the directory locked until it ends, so a
+    new client never recovers underneath it."""
+    items = batches(3000, per=200)
+
+    async def run() -> None:
+        storage = await Storage.open(
+            config(tmp_path, max_inflight_bytes=1 << 30, fsync_max_bytes=1 << 30)
+        )
+        for b in items:
+            await storage.write(b)
+        with pytest.raises(CloseTimeoutError):
+            await storage.close(0)
+
+    asyncio.run(run())
+
+    async def reopen() -> Storage:
+        while True:
+            try:
+                return await Storage.open(config(tmp_path))
+            except DirectoryLockedError:
+                await asyncio.sleep(0.01)
+
+    async def check() -> None:
+        for _ in range(2):
+            storage = await asyncio.wait_for(reopen(), 60)
+            await storage.close(30)
+            cp = read_checkpoint(tmp_path)
+            assert cp is not None
+            everything = b"".join(b.data for b in items)
+            assert stored_bytes(tmp_path) == everything[: cp.committed_offset]
+
+    asyncio.run(check())
+
+
+FORK_CHILD = """
+    import asyncio, os, sys
+    from pathlib import Path
+    from shovel.batches import Batch
+    from shovel.storage import Storage, StorageConfig
+
+    async def main():
+        return await Storage.open(StorageConfig(Path("out"), 1 << 20, 5, 1 << 20, 1 << 24))
+
+    storage = asyncio.run(main())
+    pid = os.fork()
+    if pid == 0:
+        sys.exit(0)  # the child runs the exit hooks: they must leave the parent's client alone
+    _, status = os.waitpid(pid, 0)
+    asyncio.run(storage.close(5))
+    sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_forked_child_exits_without_touching_the_parents_client(tmp_path: Path) -> None:
+    result = run_script(FORK_CHILD, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Exception ignored" not in result.stderr, result.stderr
+    assert "fork()" not in result.stderr, result.stderr
