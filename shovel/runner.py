@@ -107,6 +107,24 @@ async def _until(
         waiter.cancel()
 
 
+def _left(loop: asyncio.AbstractEventLoop, deadline: float | None) -> float | None:
+    """Seconds until `deadline` (None: no deadline)."""
+    return None if deadline is None else max(deadline - loop.time(), 0.0)
+
+
+def _stop_arrived_late(
+    loop: asyncio.AbstractEventLoop, stop: StopRequest, settings: Settings
+) -> float:
+    """A stop signal came after the end of the source: the rest of the drain gets the usual
+    budget from now. Returns the new deadline."""
+    log.info(
+        "%s received while storing the end of the source: the rest has %.1fs",
+        stop.first_signal,
+        settings.shutdown_timeout_s,
+    )
+    return loop.time() + settings.shutdown_timeout_s
+
+
 def _log_status(state: RunState) -> None:
     s = _live_state(state)
     log.info(
@@ -158,9 +176,10 @@ class _Run:
     metrics: Metrics
 
 
-async def _pipeline(run: _Run) -> float:
+async def _pipeline(run: _Run) -> float | None:
     """Runs reader and storage until stop or end of source, then drains in order. Returns the
-    drain deadline (loop time)."""
+    drain deadline (loop time), or None when the source ended and no stop was asked for: then
+    nothing is in a hurry and the drain is not cut short."""
     settings, stop, storage, state, metrics = (
         run.settings,
         run.stop,
@@ -171,7 +190,7 @@ async def _pipeline(run: _Run) -> float:
     loop = asyncio.get_running_loop()
     queue = BatchQueue(settings.queue_max_batches)
     state.queue = queue
-    deadline = 0.0
+    deadline: float | None = None
     async with asyncio.TaskGroup() as tg:
         reader = tg.create_task(
             run_reader(run.source, storage.committed_offset, queue, state.tally, state.rejects),
@@ -180,10 +199,10 @@ async def _pipeline(run: _Run) -> float:
         writer = tg.create_task(run_storage(queue, storage), name="shovel-storage")
         await _until(stop.stop, reader)
         state.stop_started = time.monotonic()
-        deadline = loop.time() + settings.shutdown_timeout_s
         metrics.ready = False
         metrics.shutdown_in_progress.set(1)
         if stop.requested:
+            deadline = loop.time() + settings.shutdown_timeout_s
             log.info(
                 "%s received: stopping (deadline %.1fs)",
                 stop.first_signal,
@@ -194,7 +213,7 @@ async def _pipeline(run: _Run) -> float:
 
         phase = Phase("stop reader")
         reader.cancel()
-        await _until(stop.hurry, reader, limit_s=max(deadline - loop.time(), 0.0))
+        await _until(stop.hurry, reader, limit_s=_left(loop, deadline))
         if not reader.done():
             # Stuck finishing a read (a hung filesystem): interrupt that wait too. Reads run
             # on daemon threads, so the stuck one cannot hold up the exit either.
@@ -205,7 +224,11 @@ async def _pipeline(run: _Run) -> float:
         phase.done(f"{state.tally.records} records read, {queue.records} queued")
 
         phase = Phase("drain queue")
-        await _until(stop.hurry, writer, limit_s=max(deadline - loop.time(), 0.0))
+        if deadline is None:
+            await _until(stop.stop, writer)
+            if not writer.done():
+                deadline = _stop_arrived_late(loop, stop, settings)
+        await _until(stop.hurry, writer, limit_s=_left(loop, deadline))
         if not writer.done():
             why = "a second signal" if stop.hurry.is_set() else "the deadline"
             log.warning(
@@ -311,8 +334,25 @@ async def _run_and_close(run: _Run) -> int:
         # A bug, not an operating condition: keep the traceback, still close and commit.
         log.error("unexpected error", exc_info=group.exceptions[0])
         state.fatal = state.fatal or f"unexpected error: {group.exceptions[0]!r}"
+    if deadline is None and state.fatal is None:
+        # The source ended and nobody asked to stop: wait for everything to be durable,
+        # unless a stop signal arrives first.
+        phase = Phase("flush")
+        flushed = asyncio.ensure_future(storage.flushed())
+        try:
+            await _until(run.stop.stop, flushed)
+        finally:
+            finished = flushed.done()
+            flushed.cancel()
+        if finished:
+            # A storage error here is raised again by close() below; mark it as seen.
+            flushed.exception()
+            phase.done()
+        else:
+            deadline = _stop_arrived_late(loop, run.stop, settings)
+            phase.done("cut short by a stop signal")
     if deadline is None:
-        # The run failed: the close gets the whole drain budget from now.
+        # Everything is durable, or the run failed: the close gets the usual budget from now.
         deadline = loop.time() + settings.shutdown_timeout_s
     if state.stop_started is None:
         state.stop_started = time.monotonic()

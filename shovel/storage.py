@@ -97,6 +97,7 @@ class Storage:
         self._submitted: deque[tuple[int, float]] = deque()
         self._observers: list[Callable[[float], None]] = []
         self._watching = True
+        self._last_seq = 0
         _unclosed.add(client)
         loop.add_reader(client.notify_fd(), self._on_progress)
 
@@ -163,8 +164,13 @@ class Storage:
             seq = self._client.submit(batch.data, batch.records, batch.end_offset)
             if seq is not None:
                 self._submitted.append((seq, time.monotonic()))
+                self._last_seq = seq
                 return seq
             await self._progress()
+
+    async def flushed(self) -> None:
+        """Waits until every write handed over so far is durable."""
+        await self.durable(self._last_seq)
 
     async def durable(self, seq: int) -> None:
         """Waits until write `seq` is durable; raises the storage error that prevents it."""

@@ -578,6 +578,25 @@ def test_panic_on_a_storage_thread_exits_1_cleanly_and_a_restart_completes(
     assert committed(out) == n
 
 
+def test_the_end_of_a_source_is_not_cut_short_by_the_shutdown_timeout(
+    tmp_path: Path, shovels: Shovels
+) -> None:
+    """The drain deadline is for stop signals: a slow disk at the end of a finite source is
+    waited for, and the run exits 0."""
+    n = 5_000
+    out = tmp_path / "out"
+    code, text = shovels.run(
+        ["--source", f"generate:{n}", "--output-dir", out, *QUIET, *FAST,
+         "--shutdown-timeout-s", "0.3"],
+        "slow.log",
+        faults="before-fsync=delay:700",
+    )  # fmt: skip
+    assert code == 0, text
+    assert "stop phase 'flush'" in text
+    assert stored_bytes(out) == generated(0, n)
+    assert committed(out) == n
+
+
 # --- 8. damaged stores ------------------------------------------------------------------------
 
 N_FIRST = 20_000
