@@ -206,6 +206,10 @@ class StreamSource:
         return self._splitter.finish() if self._splitter is not None else []
 
 
+# The generator wakes at most this often when paced.
+PACING_TICK_S = 0.01
+
+
 def generated_record(seq: int) -> bytes:
     """Record `seq` of the generator: the same bytes in every run (about 100 bytes)."""
     digest = hashlib.blake2b(seq.to_bytes(8, "big"), digest_size=16).hexdigest()
@@ -239,8 +243,10 @@ class GeneratorSource:
             if self.rate > 0:
                 due = int((loop.time() - started) * self.rate) + 1 - produced
                 if due <= 0:
-                    # Pacing, not synchronisation: wait until the next record is due.
-                    await asyncio.sleep(produced / self.rate - (loop.time() - started))
+                    # Pacing, not synchronisation: wait until the next record is due, but
+                    # at least a tick, so that a modest rate still makes batches, not drips.
+                    wait_s = produced / self.rate - (loop.time() - started)
+                    await asyncio.sleep(max(wait_s, PACING_TICK_S))
                     continue
                 n = min(n, due)
             data = b"".join(generated_record(i) for i in range(seq, seq + n))

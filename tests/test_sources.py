@@ -98,3 +98,13 @@ def test_open_source_errors_are_clear(tmp_path: Path) -> None:
         open_source(FileSpec(tmp_path / "missing"), 4096, 1 << 20, 0)
     with pytest.raises(SourceError, match="is a directory"):
         open_source(FileSpec(tmp_path), 4096, 1 << 20, 0)
+
+
+def test_a_paced_generator_batches_instead_of_dripping() -> None:
+    async def run() -> list[Batch]:
+        return await asyncio.wait_for(collect(GeneratorSource(300, rate=1000), 0), 30)
+
+    batches = asyncio.run(run())
+    assert sum(b.records for b in batches) == 300
+    # About 10 ms of records per wake-up at 1000/s, not one record per batch.
+    assert len(batches) < 100, len(batches)
