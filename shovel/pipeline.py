@@ -26,6 +26,10 @@ class ReadTally:
 
     records: int = 0
     bytes: int = 0
+    # Over-long lines that could not be kept in rejected/ (they count as undelivered).
+    unkept: int = 0
+    # Why reading stopped early, if it did (a fatal condition reported after the drain).
+    error: str | None = None
 
 
 async def run_reader(
@@ -38,7 +42,9 @@ async def run_reader(
         async with aclosing(source.pieces(start_offset)) as pieces:
             async for piece in pieces:
                 if isinstance(piece, Rejected):
-                    await rejects.write(piece)
+                    if not await _keep_rejected(piece, rejects, tally):
+                        # Stop reading; what is queued is still drained and stored.
+                        return
                     continue
                 tally.records += piece.records
                 tally.bytes += len(piece.data)
@@ -50,18 +56,35 @@ async def run_reader(
         rejects.close()
 
 
+async def _keep_rejected(piece: Rejected, rejects: RejectWriter, tally: ReadTally) -> bool:
+    """Writes a piece of an over-long line; False (and `tally.error` set) if that failed."""
+    # The piece is consumed from the source: finish writing it even if the reader is being
+    # cancelled, so the rejected file and the splitter's offsets stay in step.
+    writing = asyncio.ensure_future(rejects.write(piece))
+    try:
+        await asyncio.shield(writing)
+    except asyncio.CancelledError:
+        await writing
+        raise
+    except OSError as e:
+        tally.unkept += 1
+        tally.error = f"keeping the line at source offset {piece.offset} in rejected/ failed: {e}"
+        log.error("%s", tally.error)
+        return False
+    return True
+
+
 def _keep_tail(source: Source, queue: BatchQueue, tally: ReadTally, rejects: RejectWriter) -> None:
     """Keeps what a stopped, non-replayable source had consumed but not yet handed over."""
     for piece in source.stop_tail():
         if isinstance(piece, Rejected):
-            rejects.write_now(piece)
+            try:
+                rejects.write_now(piece)
+            except (OSError, RuntimeError) as e:
+                if piece.last:
+                    tally.unkept += 1
+                log.error("a rejected line at source offset %d was not kept: %s", piece.offset, e)
             continue
-        if piece.records:
-            log.warning(
-                "%s stopped mid-line: its incomplete last line (%d bytes) is stored as a record",
-                source.description,
-                len(piece.data) - 1,
-            )
         tally.records += piece.records
         tally.bytes += len(piece.data)
         queue.spill(piece)

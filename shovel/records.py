@@ -39,7 +39,10 @@ class RecordSplitter:
     def __init__(self, start_offset: int, max_record_bytes: int) -> None:
         self.offset = start_offset
         self.limit = max_record_bytes
-        self._carry = b""
+        # The incomplete last line, as the chunks it came in (joined once, when it ends, so a
+        # long line costs linear, not quadratic, copying).
+        self._carry: list[bytes] = []
+        self._carry_len = 0
         # Source offset where the oversized line being streamed began, or None.
         self._rejecting: int | None = None
         self._rejected_len = 0
@@ -47,7 +50,7 @@ class RecordSplitter:
     @property
     def carried(self) -> int:
         """Bytes of an incomplete record held back."""
-        return len(self._carry)
+        return self._carry_len
 
     def feed(self, chunk: bytes) -> list[Piece]:
         """Adds a chunk; returns the pieces it completes, in source order."""
@@ -62,19 +65,23 @@ class RecordSplitter:
             self._rejecting = None
             pieces.append(Batch(b"", 0, self.offset))
             chunk = chunk[nl + 1 :]
-        buf = self._carry + chunk if self._carry else chunk
-        cut = buf.rfind(b"\n") + 1
-        if cut:
-            data = buf if cut == len(buf) else buf[:cut]
-            self._carry = buf[cut:]
-            self._cut(data, pieces)
+        if chunk.find(b"\n") == -1:
+            if chunk:
+                self._carry.append(chunk)
+                self._carry_len += len(chunk)
         else:
-            self._carry = buf
-        if len(self._carry) > self.limit:
+            buf = b"".join([*self._carry, chunk]) if self._carry else chunk
+            cut = buf.rfind(b"\n") + 1
+            data = buf if cut == len(buf) else buf[:cut]
+            rest = buf[cut:]
+            self._carry, self._carry_len = ([rest] if rest else []), len(rest)
+            self._cut(data, pieces)
+        if self._carry_len > self.limit:
             self._rejecting = self.offset
-            self._rejected_len = len(self._carry)
-            pieces.append(Rejected(self.offset, self._carry, first=True, last=False))
-            self._carry = b""
+            self._rejected_len = self._carry_len
+            data = b"".join(self._carry)
+            self._carry, self._carry_len = [], 0
+            pieces.append(Rejected(self.offset, data, first=True, last=False))
         return pieces
 
     def _cut(self, data: bytes, pieces: list[Piece]) -> None:
@@ -105,7 +112,8 @@ class RecordSplitter:
             return [*pieces, Batch(b"", 0, self.offset)]
         if not self._carry:
             return []
-        self.offset += len(self._carry)
-        data, self._carry = self._carry, b""
+        self.offset += self._carry_len
+        data = b"".join(self._carry)
+        self._carry, self._carry_len = [], 0
         # Within the limit here: a longer carry would have been rejected in feed().
         return [Batch(data + b"\n", 1, self.offset)]

@@ -30,6 +30,18 @@ def rejected_path(output_dir: Path, offset: int) -> Path:
     return output_dir / REJECTED_DIR / f"{offset:020d}.rec"
 
 
+def _partial(path: Path) -> Path:
+    return path.with_name(path.name + ".partial")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class RejectWriter:
     """Writes rejected lines; counts them; logs each (rate-limited) with its offset."""
 
@@ -39,6 +51,7 @@ class RejectWriter:
         self.records = 0
         self.bytes = 0
         self._file: BinaryIO | None = None
+        self._path = output_dir
         self._size = 0
         self._window_start = 0.0
         self._logged_in_window = 0
@@ -46,18 +59,21 @@ class RejectWriter:
 
     def _open(self, offset: int) -> BinaryIO:
         path = rejected_path(self.output_dir, offset)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path.open("wb")
+        if not path.parent.is_dir():
+            # Not parents=True: a removed output directory must not come back half-empty.
+            path.parent.mkdir()
+            _fsync_dir(self.output_dir)
+        self._path = path
+        return _partial(path).open("wb")
 
     def _seal(self, f: BinaryIO) -> None:
+        # Written under a temporary name and renamed when whole: a `.rec` file is always
+        # a complete line.
         f.flush()
         os.fsync(f.fileno())
         f.close()
-        dir_fd = os.open(self.output_dir / REJECTED_DIR, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        os.replace(_partial(self._path), self._path)
+        _fsync_dir(self._path.parent)
 
     async def write(self, piece: Rejected) -> None:
         """Appends a piece of a rejected line; the last piece makes the file durable."""
@@ -69,8 +85,8 @@ class RejectWriter:
         if f is None:
             raise RuntimeError("rejected line continued without its first piece")
         if piece.data:
-            await asyncio.to_thread(f.write, piece.data)
             self._size += len(piece.data)
+            await asyncio.to_thread(f.write, piece.data)
         if piece.last:
             await asyncio.to_thread(self._seal, f)
             self._file = None

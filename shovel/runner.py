@@ -371,8 +371,10 @@ async def _run_and_close(run: _Run) -> int:
         state.fatal = state.fatal or f"storage failed: {e}"
         phase.done(f"failed: {e}")
 
+    if state.tally.error is not None:
+        state.fatal = state.fatal or state.tally.error
     stats = storage.stats()
-    undelivered = max(state.tally.records - stats.records_durable, 0)
+    undelivered = max(state.tally.records - stats.records_durable, 0) + state.tally.unkept
     took = time.monotonic() - state.stop_started
     metrics.undelivered.set(undelivered)
     metrics.shutdown_duration.set(took)

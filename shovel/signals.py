@@ -29,10 +29,13 @@ def install_early() -> None:
 
 
 def block_for_exit() -> None:
-    """Keeps stop signals pending from now on. Called once the exit code is decided: the
-    interpreter's teardown restores the default actions, and a late SIGTERM would otherwise
-    turn a clean exit 0 into "killed by SIGTERM"."""
+    """Ignores stop signals from now on. Called once the exit code is decided: the
+    interpreter's teardown restores the default actions of handled signals, and a late SIGTERM
+    would otherwise turn a clean exit 0 into "killed by SIGTERM". An ignored disposition is
+    process-wide (any thread may be the one a signal is delivered to) and survives teardown."""
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 class StopRequest:

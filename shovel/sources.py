@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import stat
 import threading
+from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
@@ -24,6 +26,8 @@ import aiofiles
 
 from shovel.batches import Batch, Piece
 from shovel.records import RecordSplitter
+
+log = logging.getLogger(__name__)
 
 
 class SourceError(Exception):
@@ -162,6 +166,8 @@ class StreamSource:
         self.chunk_bytes = chunk_bytes
         self.owns_fd = owns_fd
         self._splitter: RecordSplitter | None = None
+        # Pieces cut from consumed bytes but not yet handed to the reader.
+        self._unhanded: deque[Piece] = deque()
 
     async def _readable(self) -> None:
         loop = asyncio.get_running_loop()
@@ -190,20 +196,34 @@ class StreamSource:
                     continue
                 if not chunk:
                     break
-                for piece in splitter.feed(chunk):
-                    yield piece
+                self._unhanded.extend(splitter.feed(chunk))
+                while self._unhanded:
+                    yield self._unhanded.popleft()
         finally:
             if self.owns_fd:
                 os.close(self.fd)
             else:
                 os.set_blocking(self.fd, was_blocking)
-        for piece in splitter.finish():
-            yield piece
+        self._unhanded.extend(splitter.finish())
+        while self._unhanded:
+            yield self._unhanded.popleft()
 
     def stop_tail(self) -> list[Piece]:
         # Bytes taken from a stream cannot be read again: a stop ends this stream for us, so
-        # its partial last line is kept the way the end of input keeps it.
-        return self._splitter.finish() if self._splitter is not None else []
+        # what was cut but not handed over, and the partial last line, are kept the way the
+        # end of input keeps them.
+        tail = list(self._unhanded)
+        self._unhanded.clear()
+        if self._splitter is not None:
+            partial = self._splitter.carried
+            tail += self._splitter.finish()
+            if partial:
+                log.warning(
+                    "%s stopped mid-line: its incomplete last line (%d bytes) is kept as a record",
+                    self.description,
+                    partial,
+                )
+        return tail
 
 
 # The generator wakes at most this often when paced.
