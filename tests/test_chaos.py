@@ -52,7 +52,8 @@ CHURN = [
 @pytest.fixture(scope="module")
 def chaos_input(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
     path = tmp_path_factory.mktemp("chaos") / "in.txt"
-    return path, write_input(path, 60_000, seed=3)
+    # Large enough that a run outlasts the longest random delay below.
+    return path, write_input(path, 500_000, seed=3)
 
 
 def kill_at_random(
@@ -64,7 +65,7 @@ def kill_at_random(
     if sig != signal.SIGKILL:
         wait_until(lambda: handles_sigterm(s.proc.pid) or s.proc.poll() is not None)
     # The random moment itself is the point here, not a wait for something to happen.
-    time.sleep(rng.uniform(0, 0.6))
+    time.sleep(rng.uniform(0, 0.8))
     if s.proc.poll() is None:
         s.signal(sig)
     return s.wait()
@@ -88,10 +89,13 @@ def test_random_sigkills_then_completion_is_exact(
     rng = random.Random(1000 + iteration)
     out = tmp_path / "out"
     args: list[str | os.PathLike[str]] = ["--source", source, "--output-dir", out, *CHURN]
+    landed = 0
     for kill in range(3):
         code = kill_at_random(args, out, tmp_path / f"kill{kill}.log", rng, signal.SIGKILL)
         assert code in (-signal.SIGKILL, 0), (iteration, code)
-        assert_prefix_of(out, data, 1000 + iteration)
+        if code == -signal.SIGKILL and assert_prefix_of(out, data, 1000 + iteration) < len(data):
+            landed += 1
+    assert landed, f"seed {1000 + iteration}: no kill interrupted the work"
     code, text = run_shovel(args, tmp_path / "final.log")
     assert code == 0, text
     assert_clean_stderr(text)
@@ -105,7 +109,7 @@ def test_random_sigterms_always_exit_0_with_an_exact_prefix(tmp_path: Path, iter
     out = tmp_path / "out"
     n = 40_000
     args: list[str | os.PathLike[str]] = [
-        "--source", f"generate:{n}", "--generate-rate", "100000", "--output-dir", out, *CHURN
+        "--source", f"generate:{n}", "--generate-rate", "40000", "--output-dir", out, *CHURN
     ]  # fmt: skip
     for stop in range(3):
         sig = rng.choice([signal.SIGTERM, signal.SIGINT])

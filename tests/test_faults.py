@@ -556,6 +556,7 @@ def test_fsync_failure_is_never_retried_exits_1_and_a_restart_completes(
     assert committed(out) == n
 
 
+@pytest.mark.usefixtures("faults_enabled")
 @pytest.mark.parametrize("point", ["before-write", "before-fsync", "mid-checkpoint"])
 def test_panic_on_a_storage_thread_exits_1_cleanly_and_a_restart_completes(
     tmp_path: Path, shovels: Shovels, point: str
@@ -578,6 +579,7 @@ def test_panic_on_a_storage_thread_exits_1_cleanly_and_a_restart_completes(
     assert committed(out) == n
 
 
+@pytest.mark.usefixtures("faults_enabled")
 def test_the_end_of_a_source_is_not_cut_short_by_the_shutdown_timeout(
     tmp_path: Path, shovels: Shovels
 ) -> None:

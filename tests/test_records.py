@@ -53,6 +53,13 @@ def check(data: bytes, pieces: list[Piece], limit: int, start: int) -> None:
             assert rejected[-1][0] == p.offset
             rejected[-1] = (p.offset, rejected[-1][1] + p.data)
     assert rejected == too_long
+    # The committed offset may only pass a rejected line once its last piece is out.
+    open_line: int | None = None
+    for p in pieces:
+        if isinstance(p, Rejected):
+            open_line = None if p.last else p.offset
+        elif open_line is not None:
+            assert p.end_offset <= open_line, "a batch passed a rejected line still being kept"
     # Offsets never go back, each batch ends where its data ends in the source, and the
     # last one ends at the end of the input.
     ends = [b.end_offset for b in batches]
