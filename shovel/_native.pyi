@@ -169,4 +169,5 @@ class StorageClient:
     def close(self, timeout_s: float) -> CloseReport:
         """Refuses new writes, waits up to `timeout_s` for every accepted write to be durable
         and checkpointed, then stops the runtime thread. Idempotent; concurrent callers get the
-        same outcome. Raises CloseTimeoutError (with counts) or the first storage error."""
+        same outcome (a second caller waits for the first close, whatever its own timeout).
+        Raises CloseTimeoutError (with counts) or the first storage error."""

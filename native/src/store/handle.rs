@@ -285,7 +285,9 @@ impl Store {
     }
 
     /// Refuses new writes, waits up to `timeout` for everything accepted to be durable and
-    /// checkpointed, then stops the runtime. Blocking: call it with the GIL released.
+    /// checkpointed, then stops the runtime. Blocking: call it with the GIL released. A
+    /// concurrent caller waits for the first close to finish (whatever its own timeout) and
+    /// gets the same outcome.
     pub fn close(&self, timeout: Duration) -> Result<CloseReport, CloseError> {
         self.check_pid().map_err(CloseError::Failed)?;
         let mut closer = lock(&self.closer);
