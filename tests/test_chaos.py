@@ -65,20 +65,23 @@ def kill_at_random(
     end: int,
 ) -> int:
     """Starts shovel and signals it at a random point: in a third of the runs at a random
-    moment of its first half second (imports, recovery, the first writes), otherwise once the
-    committed offset has passed a random point between where it started and `end` (the end of
-    the source), so that the signal lands in the middle of real work on any machine. Returns
-    the exit code."""
+    moment of its first half second (imports, recovery, the first writes) but before half of
+    the work is committed, otherwise once the committed offset has passed a random point
+    between where it started and `end` (the end of the source), so that the signal lands in
+    the middle of real work on a machine of any speed. Returns the exit code."""
     start = committed(out)
     s = Shovel(args, log)
     if sig != signal.SIGKILL:
         wait_until(lambda: handles_sigterm(s.proc.pid) or s.proc.poll() is not None)
     if rng.random() < 1 / 3:
-        # The random moment itself is the point here, not a wait for something to happen.
-        time.sleep(rng.uniform(0, 0.5))
+        moment = time.monotonic() + rng.uniform(0, 0.5)
+        target = start + 0.5 * (end - start)
     else:
+        moment = float("inf")
         target = start + rng.uniform(0.05, 0.9) * (end - start)
-        wait_until(lambda: committed(out) >= target or s.proc.poll() is not None)
+    wait_until(
+        lambda: time.monotonic() >= moment or committed(out) >= target or s.proc.poll() is not None
+    )
     if s.proc.poll() is None:
         s.signal(sig)
     return s.wait()
