@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from contextlib import aclosing
 from dataclasses import dataclass
 
-from shovel.batches import BatchQueue, Rejected
+from shovel.batches import BatchQueue, Piece, Rejected
 from shovel.rejects import RejectWriter
 from shovel.sources import Source
 from shovel.storage import Storage
@@ -38,11 +39,27 @@ async def run_reader(
     """Reads the source from `start_offset` into `queue` until the source ends or the task is
     cancelled. A batch held at cancellation is spilled into the queue, never dropped. Lines
     over the record limit go to `rejects`, durably, before anything after them is queued."""
+    # The rejected piece being written when the stop came: consumed, so it is finished first.
+    unfinished: asyncio.Future[None] | None = None
     try:
         async with aclosing(source.pieces(start_offset)) as pieces:
             async for piece in pieces:
                 if isinstance(piece, Rejected):
-                    if not await _keep_rejected(piece, rejects, tally):
+                    writing = asyncio.ensure_future(rejects.write(piece))
+                    try:
+                        # Shielded: the piece is consumed from the source, so a stop lets it
+                        # finish and the rejected file and the splitter's offsets stay in step.
+                        await asyncio.shield(writing)
+                    except asyncio.CancelledError:
+                        unfinished = writing
+                        raise
+                    except OSError as e:
+                        tally.unkept += 1
+                        tally.error = (
+                            f"keeping the line at source offset {piece.offset} in rejected/ "
+                            f"failed: {e}"
+                        )
+                        log.error("%s", tally.error)
                         # Stop reading; what is queued is still drained and stored.
                         return
                     continue
@@ -50,44 +67,68 @@ async def run_reader(
                 tally.bytes += len(piece.data)
                 await queue.put(piece)
     except asyncio.CancelledError:
-        _keep_tail(source, queue, tally, rejects)
+        await _keep_tail(source, queue, tally, rejects, unfinished)
         raise
     finally:
         rejects.close()
 
 
-async def _keep_rejected(piece: Rejected, rejects: RejectWriter, tally: ReadTally) -> bool:
-    """Writes a piece of an over-long line; False (and `tally.error` set) if that failed."""
-    # The piece is consumed from the source: finish writing it even if the reader is being
-    # cancelled, so the rejected file and the splitter's offsets stay in step.
-    writing = asyncio.ensure_future(rejects.write(piece))
+async def _keep_tail(
+    source: Source,
+    queue: BatchQueue,
+    tally: ReadTally,
+    rejects: RejectWriter,
+    unfinished: asyncio.Future[None] | None,
+) -> None:
+    """Keeps what a stopped source had consumed but not yet handed over: the rejected piece
+    being written, then what a non-replayable source cut from consumed bytes. Rejected pieces
+    are written in source order, off the event loop. Cancelled again (a second signal, the
+    deadline), it waits no more: what is left is spilled or counted as not kept, at once."""
+    rest = deque(source.stop_tail())
     try:
-        await asyncio.shield(writing)
+        if unfinished is not None:
+            await unfinished
+        while rest:
+            piece = rest.popleft()
+            if isinstance(piece, Rejected):
+                try:
+                    await rejects.write(piece)
+                except (OSError, RuntimeError) as e:
+                    if piece.last:
+                        tally.unkept += 1
+                    log.error(
+                        "a rejected line at source offset %d was not kept: %s", piece.offset, e
+                    )
+                continue
+            tally.records += piece.records
+            tally.bytes += len(piece.data)
+            queue.spill(piece)
     except asyncio.CancelledError:
-        await writing
+        _give_up(rest, queue, tally, rejects)
         raise
-    except OSError as e:
-        tally.unkept += 1
-        tally.error = f"keeping the line at source offset {piece.offset} in rejected/ failed: {e}"
-        log.error("%s", tally.error)
-        return False
-    return True
 
 
-def _keep_tail(source: Source, queue: BatchQueue, tally: ReadTally, rejects: RejectWriter) -> None:
-    """Keeps what a stopped, non-replayable source had consumed but not yet handed over."""
-    for piece in source.stop_tail():
+def _give_up(
+    rest: deque[Piece], queue: BatchQueue, tally: ReadTally, rejects: RejectWriter
+) -> None:
+    """For a stop that cannot wait: spills the batches left and counts the rejected lines left
+    (and the one being written) as not kept."""
+    lines = [] if (offset := rejects.give_up()) is None else [offset]
+    for piece in rest:
         if isinstance(piece, Rejected):
-            try:
-                rejects.write_now(piece)
-            except (OSError, RuntimeError) as e:
-                if piece.last:
-                    tally.unkept += 1
-                log.error("a rejected line at source offset %d was not kept: %s", piece.offset, e)
+            if piece.first:
+                lines.append(piece.offset)
             continue
         tally.records += piece.records
         tally.bytes += len(piece.data)
         queue.spill(piece)
+    for offset in lines:
+        tally.unkept += 1
+        log.error(
+            "gave up keeping the line at source offset %d in rejected/: the stop did not wait "
+            "for its write",
+            offset,
+        )
 
 
 async def run_storage(queue: BatchQueue, storage: Storage) -> int:

@@ -1,21 +1,31 @@
 """Lines too long to be records: kept whole in OUTPUT/rejected/, durably, never dropped.
 
-Each rejected line goes to `rejected/<source offset, 20 digits>.rec`. The file is fsynced (and
-its directory) before the reader queues anything after it, so the committed offset only moves
-past a rejected line once the line is safe. A line read again after a crash rewrites the same
-file from the start, so replays leave no duplicates.
+Each rejected line goes to `rejected/<source offset, 20 digits>.rec`, written under a
+`.partial` name and renamed once whole. The file is fsynced (and its directory) before the
+reader queues anything after it, so the committed offset only moves past a rejected line once
+the line is safe. A line read again after a crash rewrites the same file from the start, so
+replays leave no duplicates.
+
+Every file operation runs on a daemon thread, each after the one before, so pieces reach the
+disk in source order while a hung filesystem blocks neither the event loop (and with it the
+stop deadline) nor the interpreter's exit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
+import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from shovel.batches import Rejected
+from shovel.sources import DaemonThreads
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +33,10 @@ REJECTED_DIR = "rejected"
 # At most this many rejected lines are logged one by one per window; the rest are counted.
 LOG_BURST = 10
 LOG_WINDOW_S = 60.0
+
+# Not the default executor: its threads are joined at exit, so a write stuck on a hung
+# filesystem would keep the process alive after the stop gave up on it.
+_THREADS = DaemonThreads()
 
 
 def rejected_path(output_dir: Path, offset: int) -> Path:
@@ -42,6 +56,35 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+@dataclass(slots=True, eq=False)
+class _Line:
+    """A rejected line being written."""
+
+    offset: int
+    # Its `.rec` name; it is written under the `.partial` name next to it until whole.
+    path: Path
+    # Opened, written, sealed and closed by file operations only (one at a time, in order).
+    file: BinaryIO | None = None
+    # Bytes written so far; counted on the loop once a piece is written.
+    size: int = 0
+    # A stop stopped waiting for one of its pieces: nothing more of it is written, and it is
+    # never sealed unless the piece being written was its last.
+    given_up: bool = False
+
+
+def _discard(line: _Line) -> None:
+    """Closes the file of a line that will not be finished and removes its `.partial`. Best
+    effort: recovery removes a `.partial` left behind at the next start."""
+    partial = _partial(line.path)
+    try:
+        if line.file is not None:
+            f, line.file = line.file, None
+            f.close()
+        partial.unlink(missing_ok=True)
+    except OSError as e:
+        log.warning("could not remove %s, a rejected line left unfinished: %s", partial, e)
+
+
 class RejectWriter:
     """Writes rejected lines; counts them; logs each (rate-limited) with its offset."""
 
@@ -50,66 +93,100 @@ class RejectWriter:
         self.max_record_bytes = max_record_bytes
         self.records = 0
         self.bytes = 0
-        self._file: BinaryIO | None = None
-        self._path = output_dir
-        self._size = 0
+        self._line: _Line | None = None
+        # Set once the last file operation submitted has ended. Each operation waits for the
+        # one before, so the order holds even after a stop gave up waiting for one.
+        self._idle = threading.Event()
+        self._idle.set()
         self._window_start = 0.0
         self._logged_in_window = 0
         self._unlogged = 0
 
-    def _open(self, offset: int) -> BinaryIO:
-        path = rejected_path(self.output_dir, offset)
+    def _in_turn(self, op: Callable[[], None]) -> Callable[[], None]:
+        """`op`, made to run after every file operation submitted before it."""
+        before, done = self._idle, threading.Event()
+        self._idle = done
+
+        def run() -> None:
+            before.wait()
+            try:
+                op()
+            finally:
+                done.set()
+
+        return run
+
+    def _open(self, path: Path) -> BinaryIO:
         if not path.parent.is_dir():
             # Not parents=True: a removed output directory must not come back half-empty.
             path.parent.mkdir()
             _fsync_dir(self.output_dir)
-        self._path = path
         return _partial(path).open("wb")
 
-    def _seal(self, f: BinaryIO) -> None:
+    def _seal(self, line: _Line, f: BinaryIO) -> None:
         # Written under a temporary name and renamed when whole: a `.rec` file is always
         # a complete line.
         f.flush()
         os.fsync(f.fileno())
+        line.file = None
         f.close()
-        os.replace(_partial(self._path), self._path)
-        _fsync_dir(self._path.parent)
+        os.replace(_partial(line.path), line.path)
+        _fsync_dir(line.path.parent)
 
-    async def write(self, piece: Rejected) -> None:
-        """Appends a piece of a rejected line; the last piece makes the file durable."""
+    def _write_piece(self, line: _Line, piece: Rejected) -> None:
+        """On a file thread: opens the file for a first piece, appends, seals after the last."""
         if piece.first:
-            self.close()
-            self._file = await asyncio.to_thread(self._open, piece.offset)
-            self._size = 0
-        f = self._file
+            line.file = self._open(line.path)
+        f = line.file
         if f is None:
             raise RuntimeError("rejected line continued without its first piece")
-        if piece.data:
-            self._size += len(piece.data)
-            await asyncio.to_thread(f.write, piece.data)
+        f.write(piece.data)
         if piece.last:
-            await asyncio.to_thread(self._seal, f)
-            self._file = None
-            self.records += 1
-            self.bytes += self._size
-            self._report(piece.offset, self._size)
+            self._seal(line, f)
 
-    def write_now(self, piece: Rejected) -> None:
-        """`write`, blocking: for the end of a stream that was stopped mid-line."""
+    async def write(self, piece: Rejected) -> None:
+        """Appends a piece of a rejected line (off the event loop); the last piece makes the file
+        durable. Cancelled while the piece is being written, the line is given up: its thread
+        goes on, but nothing more of the line is written."""
         if piece.first:
             self.close()
-            self._file = self._open(piece.offset)
-            self._size = 0
-        if self._file is None:
+            self._line = _Line(piece.offset, rejected_path(self.output_dir, piece.offset))
+        line = self._line
+        if line is None or line.offset != piece.offset:
             raise RuntimeError("rejected line continued without its first piece")
-        self._file.write(piece.data)
-        self._size += len(piece.data)
+        if line.given_up:
+            return
+        op = self._in_turn(functools.partial(self._write_piece, line, piece))
+        written = asyncio.get_running_loop().run_in_executor(_THREADS, op)
+        try:
+            await written
+        except asyncio.CancelledError:
+            if written.cancelled() or written.exception() is not None:
+                line.given_up = True
+            else:
+                # It ended just as the wait was cancelled: it is written.
+                self._written(line, piece)
+            raise
+        self._written(line, piece)
+
+    def _written(self, line: _Line, piece: Rejected) -> None:
+        line.size += len(piece.data)
         if piece.last:
-            self._seal(self._file)
-            self._file = None
+            self._line = None
             self.records += 1
-            self.bytes += self._size
-            self._report(piece.offset, self._size)
+            self.bytes += line.size
+            self._report(line.offset, line.size)
+
+    def give_up(self) -> int | None:
+        """Gives up the line being written, if any, without waiting: it is not finished, and its
+        file is closed and its `.partial` removed once the operation running on it ends. Returns
+        its offset, or None if no line was being written."""
+        line, self._line = self._line, None
+        if line is None:
+            return None
+        line.given_up = True
+        _THREADS.submit(self._in_turn(functools.partial(_discard, line)))
+        return line.offset
 
     def _report(self, offset: int, size: int) -> None:
         now = time.monotonic()
@@ -130,7 +207,5 @@ class RejectWriter:
             self._unlogged += 1
 
     def close(self) -> None:
-        """Closes a line left unfinished (the reader stopped mid-line; it will be read again)."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        """Gives up a line left unfinished (the reader stopped mid-line; it will be read again)."""
+        self.give_up()

@@ -1,15 +1,21 @@
-"""The reader task under cancellation: nothing consumed from a stream is dropped."""
+"""The reader task under cancellation: nothing consumed from a stream is dropped, and keeping
+a rejected line never blocks the event loop."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from shovel.batches import Batch, BatchQueue, Rejected
 from shovel.pipeline import ReadTally, run_reader
 from shovel.rejects import RejectWriter, rejected_path
 from shovel.sources import StreamSource
+from tests.helpers import WAIT_S, wait_until
 
 
 async def drain(queue: BatchQueue) -> list[Batch]:
@@ -64,3 +70,125 @@ def test_a_rejected_line_is_whole_under_its_name_or_not_there(tmp_path: Path) ->
     asyncio.run(run())
     assert rejected_path(tmp_path, 5).read_bytes() == b"y" * 100 + b"\n"
     assert sorted(p.name for p in (tmp_path / "rejected").iterdir()) == [f"{5:020d}.rec"]
+
+
+# --- filesystem faults for rejected lines, by patching Path.open for `.partial` names --------
+
+
+class BlockedOpens:
+    """Opening a `.partial` file waits until `released`: a hung filesystem. `entered` is set
+    once an open is waiting, `opened` once one has returned."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.entered = threading.Event()
+        self.released = threading.Event()
+        self.opened = threading.Event()
+        real_open = Path.open
+
+        def open_(path: Path, *args: Any, **kwargs: Any) -> Any:
+            if not path.name.endswith(".partial"):
+                return real_open(path, *args, **kwargs)
+            self.entered.set()
+            # Bounded, so that a failing test does not leave a thread stuck for good.
+            self.released.wait(WAIT_S)
+            f = real_open(path, *args, **kwargs)
+            self.opened.set()
+            return f
+
+        monkeypatch.setattr(Path, "open", open_)
+
+
+# --- keeping a rejected line when the reader is stopped --------------------------------------
+
+
+async def until_blocked_on_the_queue(tally: ReadTally, records: int) -> None:
+    """Lets the reader run until it has read `records` and waits for room in the queue."""
+    for _ in range(100_000):
+        if tally.records == records:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"the reader read {tally.records} records, expected {records}")
+
+
+def test_a_blocked_rejected_line_write_leaves_the_event_loop_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocked = BlockedOpens(monkeypatch)
+    long_line = b"x" * 100 + b"\n"
+    data = b"a\n" + long_line + b"b\n"
+    read_fd, write_fd = os.pipe()
+    os.write(write_fd, data)
+    loop_ran: list[bool] = []
+
+    def watchdog(loop: asyncio.AbstractEventLoop) -> None:
+        # Runs while the write of the rejected line is stuck: can the loop still run a callback?
+        if blocked.entered.wait(WAIT_S):
+            ran = threading.Event()
+            loop.call_soon_threadsafe(ran.set)
+            loop_ran.append(ran.wait(WAIT_S))
+        blocked.released.set()
+
+    async def run() -> tuple[list[Batch], ReadTally, RejectWriter]:
+        source = StreamSource(read_fd, "pipe", 4096, 10, owns_fd=True)
+        queue = BatchQueue(1)
+        await queue.put(Batch(b"already queued\n", 1, 0))
+        tally = ReadTally()
+        rejects = RejectWriter(tmp_path, 10)
+        reader = asyncio.create_task(run_reader(source, 0, queue, tally, rejects))
+        await until_blocked_on_the_queue(tally, 1)
+        # The rejected line is in the stream's tail: the stop writes it.
+        dog = threading.Thread(target=watchdog, args=(asyncio.get_running_loop(),), daemon=True)
+        dog.start()
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+        return await drain(queue), tally, rejects
+
+    batches, tally, rejects = asyncio.run(run())
+    os.close(write_fd)
+    assert loop_ran == [True], "the event loop was blocked by the rejected line's write"
+    assert rejected_path(tmp_path, 2).read_bytes() == long_line
+    assert (rejects.records, tally.unkept) == (1, 0)
+    assert b"".join(b.data for b in batches) == b"already queued\na\nb\n"
+    assert batches[-1].end_offset == len(data)
+
+
+def test_a_second_stop_gives_up_a_blocked_rejected_line_and_still_spills_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The stream ends mid-line at the stop: the line's first piece, then an empty last piece
+    # and the batch past it. Opening its file hangs until released.
+    blocked = BlockedOpens(monkeypatch)
+    data = b"a\n" + b"x" * 50
+    read_fd, write_fd = os.pipe()
+    os.write(write_fd, data)
+
+    async def run() -> tuple[BaseException | None, list[Batch], ReadTally, RejectWriter]:
+        source = StreamSource(read_fd, "pipe", 4096, 10, owns_fd=True)
+        queue = BatchQueue(1)
+        await queue.put(Batch(b"already queued\n", 1, 0))
+        tally = ReadTally()
+        rejects = RejectWriter(tmp_path, 10)
+        reader = asyncio.create_task(run_reader(source, 0, queue, tally, rejects))
+        await until_blocked_on_the_queue(tally, 1)
+        reader.cancel()
+        entered = asyncio.get_running_loop().run_in_executor(None, blocked.entered.wait, WAIT_S)
+        assert await entered, "the rejected line's file was never opened"
+        reader.cancel()
+        # Bounded: the reader must end while the open is still stuck.
+        (outcome,) = await asyncio.wait_for(asyncio.gather(reader, return_exceptions=True), WAIT_S)
+        assert not blocked.released.is_set()
+        return outcome, await drain(queue), tally, rejects
+
+    try:
+        outcome, batches, tally, rejects = asyncio.run(run())
+    finally:
+        blocked.released.set()
+    os.close(write_fd)
+    assert isinstance(outcome, asyncio.CancelledError), f"the reader ended with {outcome!r}"
+    assert (rejects.records, tally.unkept, tally.error) == (0, 1, None)
+    assert b"".join(b.data for b in batches) == b"already queued\na\n"
+    assert batches[-1].end_offset == len(data)
+    # Once the open returns, the file of the line given up is closed and removed.
+    assert blocked.opened.wait(WAIT_S)
+    rejected = tmp_path / "rejected"
+    wait_until(lambda: not any(rejected.iterdir()), what=f"{rejected} to be empty")
