@@ -54,12 +54,7 @@ async def run_reader(
                         unfinished = writing
                         raise
                     except OSError as e:
-                        tally.unkept += 1
-                        tally.error = (
-                            f"keeping the line at source offset {piece.offset} in rejected/ "
-                            f"failed: {e}"
-                        )
-                        log.error("%s", tally.error)
+                        _not_kept(tally, piece.offset, e)
                         # Stop reading; what is queued is still drained and stored.
                         return
                     continue
@@ -93,12 +88,9 @@ async def _keep_tail(
             if isinstance(piece, Rejected):
                 try:
                     await rejects.write(piece)
-                except (OSError, RuntimeError) as e:
-                    if piece.last:
-                        tally.unkept += 1
-                    log.error(
-                        "a rejected line at source offset %d was not kept: %s", piece.offset, e
-                    )
+                except OSError as e:
+                    # Raised once per line: its later pieces are ignored by the writer.
+                    _not_kept(tally, piece.offset, e)
                 continue
             tally.records += piece.records
             tally.bytes += len(piece.data)
@@ -106,6 +98,14 @@ async def _keep_tail(
     except asyncio.CancelledError:
         _give_up(rest, queue, tally, rejects)
         raise
+
+
+def _not_kept(tally: ReadTally, offset: int, e: OSError) -> None:
+    """Counts a rejected line whose write failed; the first failure is the run's fatal error."""
+    why = f"keeping the line at source offset {offset} in rejected/ failed: {e}"
+    tally.unkept += 1
+    tally.error = tally.error or why
+    log.error("%s", why)
 
 
 def _give_up(

@@ -67,9 +67,11 @@ class _Line:
     file: BinaryIO | None = None
     # Bytes written so far; counted on the loop once a piece is written.
     size: int = 0
-    # A stop stopped waiting for one of its pieces: nothing more of it is written, and it is
-    # never sealed unless the piece being written was its last.
+    # A piece failed, or a stop stopped waiting for one: nothing more of it is written, and it
+    # is never sealed (unless the piece a stop stopped waiting for was its last and succeeds).
     given_up: bool = False
+    # Its loss was raised to the caller (as the OSError of the piece that failed), once.
+    reported: bool = False
 
 
 def _discard(line: _Line) -> None:
@@ -135,19 +137,26 @@ class RejectWriter:
 
     def _write_piece(self, line: _Line, piece: Rejected) -> None:
         """On a file thread: opens the file for a first piece, appends, seals after the last."""
-        if piece.first:
-            line.file = self._open(line.path)
-        f = line.file
-        if f is None:
-            raise RuntimeError("rejected line continued without its first piece")
-        f.write(piece.data)
-        if piece.last:
-            self._seal(line, f)
+        try:
+            if piece.first:
+                line.file = self._open(line.path)
+            f = line.file
+            if f is None:
+                raise RuntimeError("rejected line continued without its first piece")
+            f.write(piece.data)
+            if piece.last:
+                self._seal(line, f)
+        except OSError:
+            # The line now has a piece missing: it must never be sealed, so drop what it has.
+            _discard(line)
+            raise
 
     async def write(self, piece: Rejected) -> None:
         """Appends a piece of a rejected line (off the event loop); the last piece makes the file
-        durable. Cancelled while the piece is being written, the line is given up: its thread
-        goes on, but nothing more of the line is written."""
+        durable. A piece that fails raises its OSError and gives up its line: its `.partial` is
+        removed, and its later pieces are ignored (no error raised again). Cancelled while the
+        piece is being written, the line is given up too: its thread goes on, but nothing more
+        of the line is written."""
         if piece.first:
             self.close()
             self._line = _Line(piece.offset, rejected_path(self.output_dir, piece.offset))
@@ -155,6 +164,9 @@ class RejectWriter:
         if line is None or line.offset != piece.offset:
             raise RuntimeError("rejected line continued without its first piece")
         if line.given_up:
+            if piece.last and line.reported:
+                # Its loss was raised already; one given up by a stop waits for give_up().
+                self._line = None
             return
         op = self._in_turn(functools.partial(self._write_piece, line, piece))
         written = asyncio.get_running_loop().run_in_executor(_THREADS, op)
@@ -166,6 +178,11 @@ class RejectWriter:
             else:
                 # It ended just as the wait was cancelled: it is written.
                 self._written(line, piece)
+            raise
+        except OSError:
+            line.given_up = line.reported = True
+            if piece.last:
+                self._line = None
             raise
         self._written(line, piece)
 
@@ -180,13 +197,13 @@ class RejectWriter:
     def give_up(self) -> int | None:
         """Gives up the line being written, if any, without waiting: it is not finished, and its
         file is closed and its `.partial` removed once the operation running on it ends. Returns
-        its offset, or None if no line was being written."""
+        its offset, or None if no line was being written or its loss was already raised."""
         line, self._line = self._line, None
         if line is None:
             return None
         line.given_up = True
         _THREADS.submit(self._in_turn(functools.partial(_discard, line)))
-        return line.offset
+        return None if line.reported else line.offset
 
     def _report(self, offset: int, size: int) -> None:
         now = time.monotonic()

@@ -4,10 +4,13 @@ a rejected line never blocks the event loop."""
 from __future__ import annotations
 
 import asyncio
+import errno
+import logging
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, BinaryIO
 
 import pytest
 
@@ -75,6 +78,44 @@ def test_a_rejected_line_is_whole_under_its_name_or_not_there(tmp_path: Path) ->
 # --- filesystem faults for rejected lines, by patching Path.open for `.partial` names --------
 
 
+class FailingWrites:
+    """A file whose writes numbered in `failing` (from 1) raise ENOSPC: a disk that fills up at a
+    chosen moment."""
+
+    def __init__(self, f: BinaryIO, failing: set[int]) -> None:
+        self._f = f
+        self._failing = failing
+        self.writes = 0
+
+    def write(self, data: bytes) -> int:
+        self.writes += 1
+        if self.writes in self._failing:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self._f.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+    def __enter__(self) -> FailingWrites:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._f.close()
+
+
+def fail_partial_writes(monkeypatch: pytest.MonkeyPatch, failing: set[int]) -> None:
+    """Files opened under a `.partial` name fail their writes numbered in `failing`."""
+    real_open = Path.open
+
+    def open_(path: Path, *args: Any, **kwargs: Any) -> Any:
+        f = real_open(path, *args, **kwargs)
+        return FailingWrites(f, failing) if path.name.endswith(".partial") else f
+
+    monkeypatch.setattr(Path, "open", open_)
+
+
 class BlockedOpens:
     """Opening a `.partial` file waits until `released`: a hung filesystem. `entered` is set
     once an open is waiting, `opened` once one has returned."""
@@ -108,6 +149,10 @@ async def until_blocked_on_the_queue(tally: ReadTally, records: int) -> None:
             return
         await asyncio.sleep(0)
     raise AssertionError(f"the reader read {tally.records} records, expected {records}")
+
+
+def errors_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 def test_a_blocked_rejected_line_write_leaves_the_event_loop_running(
@@ -192,3 +237,38 @@ def test_a_second_stop_gives_up_a_blocked_rejected_line_and_still_spills_the_res
     assert blocked.opened.wait(WAIT_S)
     rejected = tmp_path / "rejected"
     wait_until(lambda: not any(rejected.iterdir()), what=f"{rejected} to be empty")
+
+
+def test_a_stopped_stream_gives_up_a_rejected_line_whose_first_piece_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The stream ends mid-line at the stop: the line comes as a first piece, then an empty last
+    # piece from the end of input. Only the first piece's write fails.
+    fail_partial_writes(monkeypatch, {1})
+    data = b"a\n" + b"x" * 50
+    read_fd, write_fd = os.pipe()
+    os.write(write_fd, data)
+
+    async def run() -> tuple[list[Batch], ReadTally, RejectWriter]:
+        source = StreamSource(read_fd, "pipe", 4096, 10, owns_fd=True)
+        queue = BatchQueue(1)
+        await queue.put(Batch(b"already queued\n", 1, 0))
+        tally = ReadTally()
+        rejects = RejectWriter(tmp_path, 10)
+        reader = asyncio.create_task(run_reader(source, 0, queue, tally, rejects))
+        await until_blocked_on_the_queue(tally, 1)
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+        return await drain(queue), tally, rejects
+
+    batches, tally, rejects = asyncio.run(run())
+    os.close(write_fd)
+    assert sorted((tmp_path / "rejected").iterdir()) == [], "a line with a piece missing was kept"
+    assert (rejects.records, tally.unkept) == (0, 1)
+    assert tally.error == (
+        "keeping the line at source offset 2 in rejected/ failed: "
+        "[Errno 28] No space left on device"
+    )
+    assert errors_logged(caplog) == [tally.error]
+    assert b"".join(b.data for b in batches) == b"already queued\na\n"
+    assert batches[-1].end_offset == len(data)
