@@ -40,7 +40,7 @@ async def run_reader(
     cancelled. A batch held at cancellation is spilled into the queue, never dropped. Lines
     over the record limit go to `rejects`, durably, before anything after them is queued."""
     # The rejected piece being written when the stop came: consumed, so it is finished first.
-    unfinished: asyncio.Future[None] | None = None
+    unfinished: tuple[Rejected, asyncio.Future[None]] | None = None
     try:
         async with aclosing(source.pieces(start_offset)) as pieces:
             async for piece in pieces:
@@ -51,7 +51,7 @@ async def run_reader(
                         # finish and the rejected file and the splitter's offsets stay in step.
                         await asyncio.shield(writing)
                     except asyncio.CancelledError:
-                        unfinished = writing
+                        unfinished = piece, writing
                         raise
                     except OSError as e:
                         _not_kept(tally, piece.offset, e)
@@ -73,7 +73,7 @@ async def _keep_tail(
     queue: BatchQueue,
     tally: ReadTally,
     rejects: RejectWriter,
-    unfinished: asyncio.Future[None] | None,
+    unfinished: tuple[Rejected, asyncio.Future[None]] | None,
 ) -> None:
     """Keeps what a stopped source had consumed but not yet handed over: the rejected piece
     being written, then what a non-replayable source cut from consumed bytes. Rejected pieces
@@ -82,7 +82,12 @@ async def _keep_tail(
     rest = deque(source.stop_tail())
     try:
         if unfinished is not None:
-            await unfinished
+            being_written, writing = unfinished
+            try:
+                await writing
+            except OSError as e:
+                # Not raised from here: the stop goes on, keeping the rest and draining.
+                _not_kept(tally, being_written.offset, e)
         while rest:
             piece = rest.popleft()
             if isinstance(piece, Rejected):

@@ -272,3 +272,46 @@ def test_a_stopped_stream_gives_up_a_rejected_line_whose_first_piece_fails(
     assert errors_logged(caplog) == [tally.error]
     assert b"".join(b.data for b in batches) == b"already queued\na\n"
     assert batches[-1].end_offset == len(data)
+
+
+class FailingAfterStop(RejectWriter):
+    """Every write waits until `release`, then fails: a write that fails after a stop came."""
+
+    def __init__(self, output_dir: Path) -> None:
+        super().__init__(output_dir, 10)
+        self.writing = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def write(self, piece: Rejected) -> None:
+        self.writing.set()
+        await self.release.wait()
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+
+def test_a_stop_during_a_rejected_write_that_fails_still_keeps_the_tail(tmp_path: Path) -> None:
+    long_line = b"x" * 100 + b"\n"
+    data = b"a\n" + long_line + b"b\n" + b"partial"
+    read_fd, write_fd = os.pipe()
+    os.write(write_fd, data)
+
+    async def run() -> tuple[BaseException | None, list[Batch], ReadTally]:
+        source = StreamSource(read_fd, "pipe", 4096, 10, owns_fd=True)
+        queue = BatchQueue(8)
+        tally = ReadTally()
+        rejects = FailingAfterStop(tmp_path)
+        reader = asyncio.create_task(run_reader(source, 0, queue, tally, rejects))
+        await asyncio.wait_for(rejects.writing.wait(), WAIT_S)
+        reader.cancel()
+        rejects.release.set()
+        (outcome,) = await asyncio.gather(reader, return_exceptions=True)
+        return outcome, await drain(queue), tally
+
+    outcome, batches, tally = asyncio.run(run())
+    os.close(write_fd)
+    assert isinstance(outcome, asyncio.CancelledError), f"the reader ended with {outcome!r}"
+    assert b"".join(b.data for b in batches) == b"a\nb\npartial\n"
+    assert batches[-1].end_offset == len(data)
+    assert (tally.records, tally.unkept) == (3, 1)
+    assert tally.error == (
+        "keeping the line at source offset 2 in rejected/ failed: [Errno 5] Input/output error"
+    )
