@@ -9,6 +9,9 @@ replays leave no duplicates.
 Every file operation runs on a daemon thread, each after the one before, so pieces reach the
 disk in source order while a hung filesystem blocks neither the event loop (and with it the
 stop deadline) nor the interpreter's exit.
+
+At startup, `recover_rejected` makes rejected/ agree with the committed offset: a line kept by
+a run that crashed before committing past it is read again, and must not be kept twice.
 """
 
 from __future__ import annotations
@@ -54,6 +57,64 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _offset_of(name: str) -> int | None:
+    """The source offset in a `.rec` file's name, or None for any other name."""
+    stem, _, ext = name.partition(".")
+    if ext != "rec" or len(stem) != 20 or not (stem.isascii() and stem.isdigit()):
+        return None
+    return int(stem)
+
+
+def _unused(path: Path) -> Path:
+    """`path`, or `path.1`, `path.2`... whichever does not exist yet."""
+    candidate, n = path, 0
+    while os.path.lexists(candidate):
+        n += 1
+        candidate = path.with_name(f"{path.name}.{n}")
+    return candidate
+
+
+def recover_rejected(output_dir: Path, committed_offset: int, replayable: bool) -> list[str]:
+    """Makes rejected/ agree with the committed offset; blocking, for startup, with the output
+    directory locked. Returns one note per file changed.
+
+    Every `.partial` (a line whose write a crash cut short) is removed. A `.rec` at or past the
+    committed offset holds a line that the crashed run kept but never committed past. A
+    replayable source reads that line again, and may now store it as a record (with a larger
+    --max-record-bytes): its file is removed. A stream cannot be read again, so that file is
+    the only copy: it is renamed `<name>.uncommitted` (numbered if that exists), out of the way
+    of the next run's line at the same offset.
+    """
+    directory = output_dir / REJECTED_DIR
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return []
+    notes = []
+    for name in names:
+        path = directory / name
+        if name.endswith(".partial"):
+            path.unlink()
+            notes.append(f"removed {path}, left by an interrupted write of a rejected line")
+            continue
+        offset = _offset_of(name)
+        if offset is None or offset < committed_offset:
+            continue
+        why = f"the line at source offset {offset} is past the committed offset {committed_offset}"
+        if replayable:
+            path.unlink()
+            notes.append(f"removed {path}: {why} and will be read again")
+        else:
+            # The directory lock is held: nothing can take the name between the check and the
+            # rename.
+            aside = _unused(path.with_name(name + ".uncommitted"))
+            os.rename(path, aside)
+            notes.append(f"kept {path} as {aside}: {why} and this source cannot be read again")
+    if notes:
+        _fsync_dir(directory)
+    return notes
 
 
 @dataclass(slots=True, eq=False)

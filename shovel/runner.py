@@ -22,7 +22,7 @@ from typing import Any
 from shovel.batches import BatchQueue
 from shovel.metrics import LiveState, Metrics, MetricsServer
 from shovel.pipeline import ReadTally, run_reader, run_storage
-from shovel.rejects import RejectWriter
+from shovel.rejects import REJECTED_DIR, RejectWriter, recover_rejected
 from shovel.settings import Settings
 from shovel.signals import StopRequest
 from shovel.sources import Source, SourceError, open_source
@@ -298,6 +298,21 @@ async def run_service(settings: Settings) -> int:
         state.storage = storage
         storage.on_durable(metrics.write_duration.observe)
         for note in storage.recovery_notes:
+            log.warning("recovery: %s", note)
+        try:
+            # Blocking, and the directory lock is held: a line a crash kept in rejected/ but
+            # never committed past is read again and must not be kept twice.
+            rejected_notes = await asyncio.to_thread(
+                recover_rejected, settings.output_dir, storage.committed_offset, source.replayable
+            )
+        except OSError as e:
+            log.error("cannot recover %s: %s", settings.output_dir / REJECTED_DIR, e)
+            try:
+                await storage.close(settings.shutdown_timeout_s)
+            except StorageError as err:
+                log.error("closing the output directory failed too: %s", err)
+            return ExitCode.FATAL
+        for note in rejected_notes:
             log.warning("recovery: %s", note)
         log.info(
             "shovel started: %s -> %s, resuming at offset %d (%d records already stored)",

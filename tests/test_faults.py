@@ -712,3 +712,113 @@ def test_crash_leftovers_are_repaired_with_a_warning_and_the_run_completes_exact
     assert not (out / "checkpoint.tmp").exists()
     assert not (out / "segments" / SEGMENT_1).exists()
     assert committed(out) == N_SECOND
+
+
+# --- 9. rejected lines past the committed offset ----------------------------------------------
+
+LONG_LINE = b"L" * 2000 + b"\n"
+# `a\n`, a line over --max-record-bytes 1000 (kept in rejected/ at source offset 2), `b\n`.
+WITH_LONG_LINE = b"a\n" + LONG_LINE + b"b\n"
+REJECTED_AT_2 = f"{2:020d}.rec"
+# The first fsync comes when 3 bytes are unsynced: only once `b\n` is written, which the reader
+# queues after the long line is kept. With before-fsync=abort the run crashes there: nothing
+# committed, the .rec file already whole.
+CRASH_AFTER_REJECTING = [
+    "--max-record-bytes", "1000", "--fsync-interval-ms", "60000", "--fsync-max-bytes", "3",
+]  # fmt: skip
+
+
+def rejected_files(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((out / "rejected").iterdir())}
+
+
+@pytest.mark.usefixtures("faults_enabled")
+def test_a_rejected_line_past_the_committed_offset_is_not_kept_twice_after_a_crash(
+    tmp_path: Path, shovels: Shovels
+) -> None:
+    source = tmp_path / "in.txt"
+    source.write_bytes(WITH_LONG_LINE)
+    out = tmp_path / "out"
+    args: list[str | Path] = ["--source", source, "--output-dir", out, *QUIET]
+    code, text = shovels.run(
+        [*args, *CRASH_AFTER_REJECTING], "crash.log", faults="before-fsync=abort"
+    )
+    assert code == -signal.SIGABRT, text
+    assert "abort at before-fsync (hit 1)" in text
+    assert committed(out) == 0
+    assert rejected_files(out) == {REJECTED_AT_2: LONG_LINE}
+
+    # With a larger limit the line is now a record: it must be stored, and only there.
+    text = finish(shovels, source, out, WITH_LONG_LINE, "restart.log", "--max-record-bytes", "5000")
+    assert rejected_files(out) == {}, "the line is stored, and still in rejected/"
+    rec = out / "rejected" / REJECTED_AT_2
+    assert (
+        f"recovery: removed {rec}: the line at source offset 2 is past the committed offset 0 "
+        "and will be read again" in text
+    ), text
+    assert committed(out) == len(WITH_LONG_LINE)
+
+
+@pytest.mark.usefixtures("faults_enabled")
+def test_a_rejected_line_from_a_stream_past_the_committed_offset_is_kept_aside_not_overwritten(
+    tmp_path: Path, shovels: Shovels
+) -> None:
+    """A stream cannot be read again: its rejected line is the only copy, so recovery keeps it
+    under another name, out of the way of the next run's line at the same offset."""
+    fifo = tmp_path / "in.fifo"
+    os.mkfifo(fifo)
+    out = tmp_path / "out"
+    args: list[str | Path] = ["--source", fifo, "--output-dir", out, *QUIET]
+
+    def feed(s: Shovel, data: bytes) -> None:
+        # O_RDWR does not wait for a reader; closing it after shovel opened the FIFO ends the
+        # stream with the data still in the pipe.
+        fd = os.open(fifo, os.O_RDWR)
+        try:
+            os.write(fd, data)
+            s.wait_for_log("shovel started")
+        finally:
+            os.close(fd)
+
+    s = shovels.start([*args, *CRASH_AFTER_REJECTING], "crash.log", faults="before-fsync=abort")
+    feed(s, WITH_LONG_LINE)
+    code = s.wait()
+    assert code == -signal.SIGABRT, s.stderr
+    assert committed(out) == 0
+    assert rejected_files(out) == {REJECTED_AT_2: LONG_LINE}
+
+    other_long_line = b"M" * 3000 + b"\n"
+    s = shovels.start([*args, "--max-record-bytes", "1000"], "restart.log")
+    feed(s, b"c\n" + other_long_line + b"d\n")
+    code = s.wait()
+    text = s.stderr
+    assert code == 0, text
+    assert_clean_stderr(text)
+    assert rejected_files(out) == {
+        REJECTED_AT_2: other_long_line,
+        f"{REJECTED_AT_2}.uncommitted": LONG_LINE,
+    }, "the first run's line was overwritten"
+    rec = out / "rejected" / REJECTED_AT_2
+    assert (
+        f"recovery: kept {rec} as {rec}.uncommitted: the line at source offset 2 is past the "
+        "committed offset 0 and this source cannot be read again" in text
+    ), text
+    assert stored_bytes(out) == b"c\nd\n"
+
+
+def test_a_rejected_directory_that_cannot_be_recovered_exits_1_before_reading(
+    tmp_path: Path, shovels: Shovels
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "rejected").write_bytes(b"not a directory")
+    code, text = shovels.run(
+        ["--source", "generate:10", "--output-dir", out, *QUIET, *FAST], "broken.log"
+    )
+    assert code == 1, text
+    assert_clean_stderr(text)
+    errors = [line for line in text.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, text
+    assert f"cannot recover {out / 'rejected'}: [Errno 20] Not a directory" in errors[0], text
+    assert "shovel started" not in text
+    assert stored_bytes(out) == b""

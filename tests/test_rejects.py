@@ -1,4 +1,4 @@
-"""Rejected lines: a line whose write fails part-way."""
+"""Rejected lines: a line whose write fails part-way, and rejected/ after a crash."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from shovel.batches import Rejected
-from shovel.rejects import RejectWriter, rejected_path
+from shovel.rejects import RejectWriter, recover_rejected, rejected_path
 from tests.test_pipeline import fail_partial_writes
 
 
@@ -34,3 +34,77 @@ def test_a_failed_piece_gives_up_its_line_which_is_never_sealed(
     assert rejected_path(tmp_path, 300).read_bytes() == b"n" * 20 + b"\n"
     assert sorted(p.name for p in (tmp_path / "rejected").iterdir()) == [f"{300:020d}.rec"]
     assert (w.records, w.bytes) == (1, 21)
+
+
+# --- rejected/ after a crash ------------------------------------------------------------------
+
+
+def rec(offset: int) -> str:
+    return f"{offset:020d}.rec"
+
+
+def make_rejected(out: Path, files: dict[str, bytes]) -> Path:
+    directory = out / "rejected"
+    directory.mkdir()
+    for name, data in files.items():
+        (directory / name).write_bytes(data)
+    return directory
+
+
+def contents(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def test_recovery_of_a_replayable_source_removes_what_will_be_read_again(tmp_path: Path) -> None:
+    d = make_rejected(
+        tmp_path,
+        {rec(10): b"committed\n", rec(100): b"at the offset\n", rec(500): b"past it\n",
+         f"{rec(700)}.partial": b"cut short", f"{rec(5)}.uncommitted": b"kept aside before\n",
+         "notes.txt": b"not ours\n"},
+    )  # fmt: skip
+    notes = recover_rejected(tmp_path, 100, replayable=True)
+    assert contents(d) == {
+        rec(10): b"committed\n",
+        f"{rec(5)}.uncommitted": b"kept aside before\n",
+        "notes.txt": b"not ours\n",
+    }
+    why = "is past the committed offset 100 and will be read again"
+    assert notes == [
+        f"removed {d / rec(100)}: the line at source offset 100 {why}",
+        f"removed {d / rec(500)}: the line at source offset 500 {why}",
+        f"removed {d / rec(700)}.partial, left by an interrupted write of a rejected line",
+    ]
+
+
+def test_recovery_of_a_stream_keeps_its_lines_aside_under_names_not_taken(tmp_path: Path) -> None:
+    d = make_rejected(
+        tmp_path,
+        {rec(10): b"committed\n", rec(100): b"only copy\n", f"{rec(100)}.uncommitted": b"older\n",
+         f"{rec(100)}.uncommitted.1": b"older still\n", f"{rec(300)}.partial": b"cut short"},
+    )  # fmt: skip
+    notes = recover_rejected(tmp_path, 50, replayable=False)
+    assert contents(d) == {
+        rec(10): b"committed\n",
+        f"{rec(100)}.uncommitted": b"older\n",
+        f"{rec(100)}.uncommitted.1": b"older still\n",
+        f"{rec(100)}.uncommitted.2": b"only copy\n",
+    }
+    assert notes == [
+        f"kept {d / rec(100)} as {d / rec(100)}.uncommitted.2: the line at source offset 100 is "
+        "past the committed offset 50 and this source cannot be read again",
+        f"removed {d / rec(300)}.partial, left by an interrupted write of a rejected line",
+    ]
+    # Run again (a crash during recovery): nothing more to do, nothing lost.
+    assert recover_rejected(tmp_path, 50, replayable=False) == []
+    assert contents(d)[f"{rec(100)}.uncommitted.2"] == b"only copy\n"
+
+
+def test_recovery_without_a_rejected_directory_has_nothing_to_do(tmp_path: Path) -> None:
+    assert recover_rejected(tmp_path, 0, replayable=True) == []
+    assert not (tmp_path / "rejected").exists()
+
+
+def test_recovery_raises_what_stops_it(tmp_path: Path) -> None:
+    (tmp_path / "rejected").write_bytes(b"not a directory")
+    with pytest.raises(NotADirectoryError):
+        recover_rejected(tmp_path, 0, replayable=True)
