@@ -128,12 +128,16 @@ class StorageClient:
 
         Raises DirectoryLockedError, CorruptStoreError, StorageIOError or ValueError.
         """
-    def submit(self, data: bytes, records: int, end_offset: int) -> int | None:
+    def submit(
+        self, data: bytes, records: int, end_offset: int, source: str | None = None
+    ) -> int | None:
         """Hands a batch of whole records to the writer without waiting.
 
-        Returns the write's sequence number (durable once `durable_seq` reaches it), or None
-        when too many bytes are in flight. Raises the first storage error once one happened,
-        ClientClosedError after close, ValueError if `end_offset` goes back.
+        `source`, when given, is the source descriptor from this write on: the checkpoints that
+        cover it keep it (one line, at most 4096 bytes). Returns the write's sequence number
+        (durable once `durable_seq` reaches it), or None when too many bytes are in flight.
+        Raises the first storage error once one happened, ClientClosedError after close,
+        ValueError if `end_offset` goes back or `source` is not one line.
         """
     @property
     def durable_seq(self) -> int:
@@ -151,6 +155,9 @@ class StorageClient:
     @property
     def initial_committed_offset(self) -> int:
         """Committed source offset found at open (where the source resumes)."""
+    @property
+    def initial_source(self) -> str:
+        """The source descriptor of the checkpoint found at open ("" if none)."""
     @property
     def initial_records(self) -> int:
         """Records stored in the directory when it was opened."""

@@ -18,6 +18,9 @@ class Batch:
     data: bytes
     records: int
     end_offset: int
+    # The source descriptor (identity.py) that takes effect with this batch and is kept in the
+    # checkpoint that covers it; None: unchanged.
+    source: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -120,6 +120,12 @@ class Storage:
         return self._client.initial_committed_offset
 
     @property
+    def initial_source(self) -> str:
+        """The source descriptor of the checkpoint found at open ("" if none): what the
+        committed offset belongs to."""
+        return self._client.initial_source
+
+    @property
     def initial_records(self) -> int:
         """Records already stored when the directory was opened."""
         return self._client.initial_records
@@ -161,7 +167,7 @@ class Storage:
         """Hands `batch` to the client, waiting while it is full. Returns the write's sequence
         number. Raises the first storage error once one has happened."""
         while True:
-            seq = self._client.submit(batch.data, batch.records, batch.end_offset)
+            seq = self._client.submit(batch.data, batch.records, batch.end_offset, batch.source)
             if seq is not None:
                 self._submitted.append((seq, time.monotonic()))
                 self._last_seq = seq

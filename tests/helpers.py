@@ -39,6 +39,8 @@ class Checkpoint:
     bytes: int
     segment: int
     segment_len: int
+    # The source descriptor ("" when there is none).
+    source: str = ""
 
 
 def read_checkpoint(out: Path) -> Checkpoint | None:
@@ -47,13 +49,17 @@ def read_checkpoint(out: Path) -> Checkpoint | None:
         text = (out / "checkpoint").read_text()
     except FileNotFoundError:
         return None
-    fields = dict(line.split(" ", 1) for line in text.splitlines()[1:])
+    fields: dict[str, str] = {}
+    for line in text.splitlines()[1:]:
+        name, _, value = line.partition(" ")
+        fields[name] = value
     return Checkpoint(
         committed_offset=int(fields["committed_offset"]),
         records=int(fields["records"]),
         bytes=int(fields["bytes"]),
         segment=int(fields["segment"]),
         segment_len=int(fields["segment_len"]),
+        source=fields.get("source", ""),
     )
 
 

@@ -172,14 +172,17 @@ impl StorageClient {
     }
 
     /// Hands a batch to the writer; returns its sequence number, or `None` when full.
+    /// `source`, when given, becomes the source descriptor kept in the checkpoint.
+    #[pyo3(signature = (data, records, end_offset, source=None))]
     fn submit(
         &self,
         py: Python<'_>,
         data: &[u8],
         records: u64,
         end_offset: u64,
+        source: Option<&str>,
     ) -> PyResult<Option<u64>> {
-        match self.store.submit(data, records, end_offset) {
+        match self.store.submit(data, records, end_offset, source) {
             Ok(Submitted::Accepted(seq)) => Ok(Some(seq)),
             Ok(Submitted::Full) => Ok(None),
             Err(e) => Err(to_py(py, e)),
@@ -237,6 +240,12 @@ impl StorageClient {
     #[getter]
     fn initial_committed_offset(&self) -> u64 {
         self.store.initial_checkpoint().committed_offset
+    }
+
+    /// The source descriptor of the checkpoint found at open ("" if none).
+    #[getter]
+    fn initial_source(&self) -> String {
+        self.store.initial_checkpoint().source.to_string()
     }
 
     /// Records stored in the directory when it was opened.

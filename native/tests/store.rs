@@ -38,7 +38,7 @@ fn submit_all(store: &Store, batches: &[Batch]) {
     for (data, records, end) in batches {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            match store.submit(data, *records, *end).unwrap() {
+            match store.submit(data, *records, *end, None).unwrap() {
                 Submitted::Accepted(_) => break,
                 Submitted::Full => {
                     assert!(Instant::now() < deadline, "stayed full");
@@ -95,7 +95,7 @@ fn close_with_a_thousand_writes_in_flight_keeps_every_byte() {
     assert_eq!(stats.durable_seq, 1000);
     // Reopen: the checkpoint says exactly what is there.
     let again = Store::open(config(dir.path())).unwrap();
-    assert_eq!(again.initial_checkpoint(), report.checkpoint);
+    assert_eq!(again.initial_checkpoint(), &report.checkpoint);
     assert!(
         again.recovery_notes().is_empty(),
         "{:?}",
@@ -140,7 +140,7 @@ fn write_after_close_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(config(dir.path())).unwrap();
     store.close(Duration::from_secs(5)).unwrap();
-    assert_eq!(store.submit(b"a\n", 1, 2), Err(StoreError::Closed));
+    assert_eq!(store.submit(b"a\n", 1, 2, None), Err(StoreError::Closed));
     assert!(store.is_closed());
 }
 
@@ -148,9 +148,9 @@ fn write_after_close_is_refused() {
 fn offsets_may_not_go_back() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(config(dir.path())).unwrap();
-    store.submit(b"a\n", 1, 10).unwrap();
+    store.submit(b"a\n", 1, 10, None).unwrap();
     assert!(matches!(
-        store.submit(b"b\n", 1, 5),
+        store.submit(b"b\n", 1, 5, None),
         Err(StoreError::Invalid(_))
     ));
     store.close(Duration::from_secs(5)).unwrap();
@@ -165,9 +165,12 @@ fn backpressure_reports_full_then_recovers() {
     cfg.fsync_max_bytes = 1 << 30;
     let store = Store::open(cfg).unwrap();
     let big = vec![b'x'; 999];
-    assert_eq!(store.submit(&big, 0, 1).unwrap(), Submitted::Accepted(1));
+    assert_eq!(
+        store.submit(&big, 0, 1, None).unwrap(),
+        Submitted::Accepted(1)
+    );
     // Nothing becomes durable (no fsync is due), so the client stays full.
-    assert_eq!(store.submit(b"y\n", 1, 2).unwrap(), Submitted::Full);
+    assert_eq!(store.submit(b"y\n", 1, 2, None).unwrap(), Submitted::Full);
     assert_eq!(store.stats().inflight_bytes, 999);
     store.close(Duration::from_secs(5)).unwrap();
     assert_eq!(store.stats().inflight_bytes, 0);
@@ -215,7 +218,7 @@ fn failing_checkpoint_surfaces_from_close() {
     let store = Store::open(config(dir.path())).unwrap();
     // A directory where the checkpoint's temp file must go makes every checkpoint fail.
     fs::create_dir(dir.path().join("checkpoint.tmp")).unwrap();
-    let _ = store.submit(b"a\n", 1, 2).unwrap();
+    let _ = store.submit(b"a\n", 1, 2, None).unwrap();
     match store.close(Duration::from_secs(10)) {
         Err(CloseError::Failed(StoreError::Io { op, .. })) => assert_eq!(op, "create checkpoint"),
         other => panic!("expected a checkpoint failure, got {other:?}"),
@@ -223,9 +226,33 @@ fn failing_checkpoint_surfaces_from_close() {
     assert!(store.stats().errors >= 1);
     assert_eq!(store.stats().committed_offset, 0);
     assert!(matches!(
-        store.submit(b"b\n", 1, 4),
+        store.submit(b"b\n", 1, 4, None),
         Err(StoreError::Io { .. })
     ));
     let cp = fs::read_to_string(dir.path().join(CHECKPOINT_FILE)).unwrap();
     assert!(cp.contains("committed_offset 0\n"), "{cp}");
+}
+
+#[test]
+fn the_source_descriptor_of_the_last_durable_write_is_checkpointed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).unwrap();
+    assert_eq!(&*store.initial_checkpoint().source, "");
+    store.submit(b"a\n", 1, 2, Some("first")).unwrap();
+    store.submit(b"b\n", 1, 4, None).unwrap();
+    assert!(matches!(
+        store.submit(b"c\n", 1, 6, Some("two\nlines")),
+        Err(StoreError::Invalid(_))
+    ));
+    let report = store.close(Duration::from_secs(30)).unwrap();
+    assert_eq!(&*report.checkpoint.source, "first");
+
+    let again = Store::open(config(dir.path())).unwrap();
+    assert_eq!(&*again.initial_checkpoint().source, "first");
+    again.submit(b"c\n", 1, 6, Some("second")).unwrap();
+    again.close(Duration::from_secs(30)).unwrap();
+    let last = Store::open(config(dir.path())).unwrap();
+    assert_eq!(&*last.initial_checkpoint().source, "second");
+    assert_eq!(last.initial_checkpoint().committed_offset, 6);
+    last.close(Duration::from_secs(30)).unwrap();
 }

@@ -2,11 +2,13 @@
 //!
 //! It is replaced atomically (write a temp file, fsync it, rename it over the old one, fsync the
 //! directory), so a reader sees either the old or the new checkpoint, never a mix. A CRC over the
-//! body tells a damaged file from a valid one.
+//! body tells a damaged file from a valid one. Version 2 adds the source descriptor; version 1
+//! files (without it) are still read, with an empty descriptor.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::error::{StoreError, StoreResult};
 use super::fault::{self, Point};
@@ -15,10 +17,28 @@ use super::fault::{self, Point};
 pub const CHECKPOINT_FILE: &str = "checkpoint";
 /// File name of the checkpoint being written; a leftover one is the trace of a crash.
 pub const CHECKPOINT_TMP_FILE: &str = "checkpoint.tmp";
-const MAGIC: &str = "shovel-checkpoint 1";
+const MAGIC: &str = "shovel-checkpoint 2";
+const MAGIC_V1: &str = "shovel-checkpoint 1";
+/// The longest source descriptor accepted (bytes).
+pub const MAX_SOURCE_BYTES: usize = 4096;
+
+/// Checks that `source` can be stored as a descriptor: one line of at most
+/// [`MAX_SOURCE_BYTES`] bytes, without NUL.
+pub fn validate_source(source: &str) -> Result<(), String> {
+    if source.len() > MAX_SOURCE_BYTES {
+        return Err(format!(
+            "source descriptor is {} bytes, over the {MAX_SOURCE_BYTES}-byte limit",
+            source.len()
+        ));
+    }
+    if source.contains(['\n', '\r', '\0']) {
+        return Err("source descriptor must be one line without NUL".into());
+    }
+    Ok(())
+}
 
 /// What has been made durable, as recorded on disk.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Checkpoint {
     /// Source offset up to which every record is durable (file: byte position; generator: next
     /// sequence number).
@@ -31,14 +51,23 @@ pub struct Checkpoint {
     pub segment: u64,
     /// Durable length of that segment; anything past it is discarded on recovery.
     pub segment_len: u64,
+    /// What the committed offset belongs to, as the service described it (opaque here; one
+    /// line, validated by [`validate_source`]); empty until a write carries one.
+    pub source: Arc<str>,
 }
 
 impl Checkpoint {
     /// The text form written to disk, ending with a CRC of everything before it.
     pub fn encode(&self) -> String {
         let body = format!(
-            "{MAGIC}\ncommitted_offset {}\nrecords {}\nbytes {}\nsegment {}\nsegment_len {}\n",
-            self.committed_offset, self.records, self.bytes, self.segment, self.segment_len
+            "{MAGIC}\ncommitted_offset {}\nrecords {}\nbytes {}\nsegment {}\nsegment_len {}\n\
+             source {}\n",
+            self.committed_offset,
+            self.records,
+            self.bytes,
+            self.segment,
+            self.segment_len,
+            self.source
         );
         let crc = crc32fast::hash(body.as_bytes());
         format!("{body}crc32 {crc:08x}\n")
@@ -67,9 +96,11 @@ impl Checkpoint {
             )));
         }
         let mut lines = body.lines();
-        if lines.next() != Some(MAGIC) {
-            return Err(bad("not a shovel checkpoint (unknown header)"));
-        }
+        let version = match lines.next() {
+            Some(MAGIC) => 2,
+            Some(MAGIC_V1) => 1,
+            _ => return Err(bad("not a shovel checkpoint (unknown header)")),
+        };
         let mut field = |name: &str| -> StoreResult<u64> {
             let line = lines
                 .next()
@@ -79,13 +110,29 @@ impl Checkpoint {
                 .and_then(|v| v.parse::<u64>().ok())
                 .ok_or_else(|| bad(&format!("bad field {name}: {line:?}")))
         };
-        Ok(Checkpoint {
+        let mut cp = Checkpoint {
             committed_offset: field("committed_offset")?,
             records: field("records")?,
             bytes: field("bytes")?,
             segment: field("segment")?,
             segment_len: field("segment_len")?,
-        })
+            source: Arc::from(""),
+        };
+        if version >= 2 {
+            let line = lines.next().ok_or_else(|| bad("missing field source"))?;
+            let source = line
+                .strip_prefix("source")
+                .and_then(|rest| {
+                    rest.strip_prefix(' ')
+                        .or(Some(rest).filter(|r| r.is_empty()))
+                })
+                .ok_or_else(|| bad(&format!("bad field source: {line:?}")))?;
+            cp.source = Arc::from(source);
+        }
+        if lines.next().is_some() {
+            return Err(bad("unexpected text after the last field"));
+        }
+        Ok(cp)
     }
 }
 
@@ -138,7 +185,41 @@ mod tests {
             bytes: 100_000,
             segment: 3,
             segment_len: 4096,
+            source: Arc::from(r#"{"kind":"file","path":"/a b"}"#),
         }
+    }
+
+    #[test]
+    fn reads_version_1_without_a_source() {
+        let body = "shovel-checkpoint 1\ncommitted_offset 5\nrecords 2\nbytes 5\nsegment 0\n\
+                    segment_len 5\n";
+        let text = format!("{body}crc32 {:08x}\n", crc32fast::hash(body.as_bytes()));
+        let cp = Checkpoint::decode(text.as_bytes(), Path::new("cp")).expect("v1");
+        assert_eq!(cp.committed_offset, 5);
+        assert_eq!(&*cp.source, "");
+    }
+
+    #[test]
+    fn round_trips_an_empty_source_and_refuses_a_changed_one() {
+        let cp = Checkpoint {
+            source: Arc::from(""),
+            ..sample()
+        };
+        let text = cp.encode();
+        assert_eq!(Checkpoint::decode(text.as_bytes(), Path::new("cp")), Ok(cp));
+        let tampered = sample().encode().replace("/a b", "/a c");
+        assert!(matches!(
+            Checkpoint::decode(tampered.as_bytes(), Path::new("cp")),
+            Err(StoreError::Corrupt { ref detail, .. }) if detail.contains("crc32")
+        ));
+    }
+
+    #[test]
+    fn source_validation() {
+        assert!(validate_source(r#"{"a":1}"#).is_ok());
+        assert!(validate_source("a\nb").is_err());
+        assert!(validate_source("a\0b").is_err());
+        assert!(validate_source(&"x".repeat(MAX_SOURCE_BYTES + 1)).is_err());
     }
 
     #[test]

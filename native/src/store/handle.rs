@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
-use super::checkpoint::Checkpoint;
+use super::checkpoint::{validate_source, Checkpoint};
 use super::error::{StoreError, StoreResult};
 use super::notify::Notifier;
 use super::recovery;
@@ -67,7 +67,7 @@ pub enum Submitted {
 }
 
 /// What a successful close reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CloseReport {
     /// The final checkpoint on disk.
     pub checkpoint: Checkpoint,
@@ -188,7 +188,7 @@ impl Store {
             Arc::clone(&shared),
             rec.lock,
             rec.segment,
-            rec.checkpoint,
+            rec.checkpoint.clone(),
         );
         let (tx, rx) = unbounded_channel();
         let (reply_tx, reply_rx) = mpsc::sync_channel(1);
@@ -238,11 +238,21 @@ impl Store {
         Ok(())
     }
 
-    /// Hands a batch to the writer without waiting. Errors: the first storage error once one
-    /// happened; [`StoreError::Closed`] after close; [`StoreError::Invalid`] for an offset that
-    /// goes back.
-    pub fn submit(&self, data: &[u8], records: u64, end_offset: u64) -> StoreResult<Submitted> {
+    /// Hands a batch to the writer without waiting. `source`, when given, is the source
+    /// descriptor from this write on (kept in the checkpoints that cover it). Errors: the first
+    /// storage error once one happened; [`StoreError::Closed`] after close;
+    /// [`StoreError::Invalid`] for an offset that goes back or a descriptor that is not one line.
+    pub fn submit(
+        &self,
+        data: &[u8],
+        records: u64,
+        end_offset: u64,
+        source: Option<&str>,
+    ) -> StoreResult<Submitted> {
         self.check_pid()?;
+        if let Some(text) = source {
+            validate_source(text).map_err(StoreError::Invalid)?;
+        }
         if let Some(err) = self.shared.first_error() {
             return Err(err);
         }
@@ -271,6 +281,7 @@ impl Store {
             data: data.to_vec(),
             records,
             end_offset,
+            source: source.map(Arc::from),
         };
         if tx.send(req).is_err() {
             // The writer is gone (it panicked): report what it left.
@@ -356,8 +367,8 @@ impl Store {
     }
 
     /// The checkpoint found when the store was opened (after recovery).
-    pub fn initial_checkpoint(&self) -> Checkpoint {
-        self.initial
+    pub fn initial_checkpoint(&self) -> &Checkpoint {
+        &self.initial
     }
 
     /// What recovery repaired at open, one sentence each.

@@ -8,7 +8,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::checkpoint::{self, sync_dir, Checkpoint, CHECKPOINT_TMP_FILE};
 use super::error::{StoreError, StoreResult};
@@ -42,15 +42,29 @@ fn remove_segment(seg: &SegmentInfo) -> StoreResult<()> {
     fs::remove_file(&seg.path).map_err(|e| StoreError::io("remove segment", &seg.path, &e))
 }
 
+/// `dir` and those of its ancestors that do not exist yet, innermost first.
+fn missing_ancestors(dir: &Path) -> Vec<PathBuf> {
+    let mut missing = Vec::new();
+    let mut next = Some(dir);
+    while let Some(d) = next.filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        missing.push(d.to_path_buf());
+        next = d.parent();
+    }
+    missing
+}
+
 /// Locks `dir` (creating it if needed) and recovers it to its last checkpoint.
 pub fn recover(dir: &Path) -> StoreResult<Recovered> {
-    let existed = dir.is_dir();
+    let missing = missing_ancestors(dir);
     fs::create_dir_all(dir).map_err(|e| StoreError::io("create output directory", dir, &e))?;
-    if !existed {
-        // A new directory's entry must survive a power loss too.
-        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            sync_dir(parent)?;
-        }
+    // Each new directory's entry must survive a power loss too: fsync every parent that got one,
+    // outermost first.
+    for created in missing.iter().rev() {
+        let parent = created
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        sync_dir(parent)?;
     }
     let lock = lock::acquire(dir)?;
     let seg_dir = dir.join(SEGMENTS_DIR);
@@ -220,6 +234,20 @@ mod tests {
     }
 
     #[test]
+    fn nested_new_directories_are_all_created() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("a").join("b").join("c");
+        let missing = missing_ancestors(&out);
+        assert_eq!(
+            missing,
+            vec![out.clone(), dir.path().join("a/b"), dir.path().join("a")]
+        );
+        drop(recover(&out).expect("recover"));
+        assert!(seg(&out, 0).exists());
+        assert!(missing_ancestors(&out).is_empty());
+    }
+
+    #[test]
     fn fresh_directory_gets_segment_zero_and_checkpoint() {
         let dir = tempfile::tempdir().expect("tempdir");
         let out = dir.path().join("out");
@@ -241,6 +269,7 @@ mod tests {
             bytes: 4,
             segment: 0,
             segment_len: 4,
+            ..Checkpoint::default()
         };
         checkpoint::persist(out, &cp).expect("persist");
         fs::write(seg(out, 1), b"zzz").expect("write later");
@@ -263,6 +292,7 @@ mod tests {
             bytes: 10,
             segment: 0,
             segment_len: 10,
+            ..Checkpoint::default()
         };
         checkpoint::persist(out, &cp).expect("persist");
         let err = recover(out).expect_err("must refuse");
@@ -302,6 +332,7 @@ mod tests {
             bytes: 2,
             segment: 1,
             segment_len: 0,
+            ..Checkpoint::default()
         };
         checkpoint::persist(out, &cp).expect("persist");
         drop(recover(out).expect("consistent"));

@@ -98,6 +98,9 @@ pub struct WriteRequest {
     pub records: u64,
     /// Source offset just past the last record of the batch.
     pub end_offset: u64,
+    /// A new source descriptor that takes effect with this write (kept in the checkpoints
+    /// that cover it); `None`: unchanged.
+    pub source: Option<Arc<str>>,
 }
 
 /// Tuning of the writer.
@@ -112,7 +115,7 @@ pub struct WriterConfig {
 }
 
 /// A position in the written stream: the writes up to `seq` and the checkpoint describing them.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct Watermark {
     seq: u64,
     cp: Checkpoint,
@@ -206,7 +209,7 @@ impl Writer {
             shared,
             lock: Arc::new(lock),
             file: Arc::new(file),
-            written: mark,
+            written: mark.clone(),
             durable: mark,
             pending: VecDeque::new(),
             dirty_since: None,
@@ -267,13 +270,13 @@ impl Writer {
         }
         let outcome = match self.shared.first_error() {
             Some(err) => Err(err),
-            None => Ok(self.durable.cp),
+            None => Ok(self.durable.cp.clone()),
         };
         let _ = reply.send(outcome);
     }
 
     fn start_sync(&mut self) -> SyncJob {
-        let mark = self.written;
+        let mark = self.written.clone();
         let file = Arc::clone(&self.file);
         let dir = self.dir.clone();
         let seg_path = self.segment_path();
@@ -392,6 +395,9 @@ impl Writer {
                 cp.records += req.records;
                 cp.bytes += len;
                 cp.segment_len += len;
+                if let Some(source) = req.source {
+                    cp.source = source;
+                }
                 self.written.seq = req.seq;
                 self.pending.push_back(Pending {
                     seq: req.seq,
@@ -421,13 +427,15 @@ impl Writer {
         let old_path = self.segment_path();
         let seg_dir = self.seg_dir.clone();
         let dir = self.dir.clone();
-        let mut mark = self.written;
+        let mut mark = self.written.clone();
         mark.cp.segment += 1;
         mark.cp.segment_len = 0;
         let shared = Arc::clone(&self.shared);
         let lock = Arc::clone(&self.lock);
+        let next_mark = mark.clone();
         let res = tokio::task::spawn_blocking(move || {
             let _locked = lock;
+            let mark = next_mark;
             fault::hit(Point::BeforeFsync)
                 .and_then(|()| old.sync_data())
                 .map_err(|e| StoreError::io("fsync segment", &old_path, &e))?;
@@ -441,7 +449,7 @@ impl Writer {
         match res {
             Ok(Ok(next)) => {
                 self.file = Arc::new(next);
-                self.written = mark;
+                self.written = mark.clone();
                 self.dirty_since = None;
                 self.publish(mark);
             }
