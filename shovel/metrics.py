@@ -41,6 +41,11 @@ class LiveState:
     storage_errors: int
     storage_retries: int
     records_rejected: int
+    # A file source: its path ("" otherwise), size, read position and rotations seen.
+    source_file: str = ""
+    source_size: int = 0
+    source_position: int = 0
+    source_rotations: int = 0
 
 
 class _LiveCollector(Collector):
@@ -115,6 +120,30 @@ class _LiveCollector(Collector):
             "Errors met by the native storage writer",
             value("storage_errors"),
         )
+        if state is not None and state.source_file:
+            info = GaugeMetricFamily(
+                "shovel_source_file_info", "The file being read (1)", labels=["path"]
+            )
+            info.add_metric([state.source_file], 1.0)
+            yield info
+            yield GaugeMetricFamily(
+                "shovel_source_file_size_bytes", "Size of the file being read", value("source_size")
+            )
+            yield GaugeMetricFamily(
+                "shovel_source_position_bytes",
+                "Read position in the file being read",
+                value("source_position"),
+            )
+            yield GaugeMetricFamily(
+                "shovel_source_lag_bytes",
+                "Bytes of the file being read that are not read yet (size - position)",
+                float(max(state.source_size - state.source_position, 0)),
+            )
+            yield CounterMetricFamily(
+                "shovel_source_rotations",
+                "Rotations of the followed file seen (rename + create, or copy + truncate)",
+                value("source_rotations"),
+            )
 
 
 class Metrics:

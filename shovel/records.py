@@ -52,6 +52,11 @@ class RecordSplitter:
         """Bytes of an incomplete record held back."""
         return self._carry_len
 
+    @property
+    def rejecting_line(self) -> bool:
+        """Whether an oversized line is being streamed out (its end not seen yet)."""
+        return self._rejecting is not None
+
     def feed(self, chunk: bytes) -> list[Piece]:
         """Adds a chunk; returns the pieces it completes, in source order."""
         pieces: list[Piece] = []

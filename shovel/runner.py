@@ -25,7 +25,14 @@ from shovel.pipeline import ReadTally, run_reader, run_storage
 from shovel.rejects import REJECTED_DIR, RejectWriter, recover_rejected
 from shovel.settings import Settings
 from shovel.signals import StopRequest
-from shovel.sources import Source, SourceError, open_source
+from shovel.sources import (
+    DaemonThreads,
+    FileSource,
+    Source,
+    SourceError,
+    SourceMismatch,
+    open_source,
+)
 from shovel.storage import (
     CloseTimeoutError,
     CorruptStoreError,
@@ -67,6 +74,7 @@ class RunState:
     """What the run has done, for metrics, status lines and the summary."""
 
     rejects: RejectWriter
+    source: Source | None = None
     tally: ReadTally = field(default_factory=ReadTally)
     storage: Storage | None = None
     queue: BatchQueue | None = None
@@ -93,7 +101,20 @@ def _live_state(state: RunState) -> LiveState:
         storage_errors=st.errors if st else 0,
         storage_retries=st.retries if st else 0,
         records_rejected=state.rejects.records,
+        **_file_progress(state.source),
     )
+
+
+def _file_progress(source: Source | None) -> dict[str, Any]:
+    progress = source.progress if isinstance(source, FileSource) else None
+    if progress is None:
+        return {}
+    return {
+        "source_file": progress.path,
+        "source_size": progress.size,
+        "source_position": progress.position,
+        "source_rotations": progress.rotations,
+    }
 
 
 async def _until(
@@ -262,10 +283,12 @@ async def run_service(settings: Settings) -> int:
                 settings.read_chunk_bytes,
                 settings.max_record_bytes,
                 settings.generate_rate,
+                settings.follow_config,
             )
         except SourceError as e:
             log.error("%s", e)
             return ExitCode.USAGE
+        state.source = source
         if settings.metrics_port:
             try:
                 server = MetricsServer(metrics, settings.metrics_host, settings.metrics_port)
@@ -299,26 +322,18 @@ async def run_service(settings: Settings) -> int:
         storage.on_durable(metrics.write_duration.observe)
         for note in storage.recovery_notes:
             log.warning("recovery: %s", note)
-        try:
-            # Blocking, and the directory lock is held: a line a crash kept in rejected/ but
-            # never committed past is read again and must not be kept twice.
-            rejected_notes = await asyncio.to_thread(
-                recover_rejected, settings.output_dir, storage.committed_offset, source.replayable
-            )
-        except OSError as e:
-            log.error("cannot recover %s: %s", settings.output_dir / REJECTED_DIR, e)
+        where = await _resume(settings, storage, source)
+        if where is None:
             try:
                 await storage.close(settings.shutdown_timeout_s)
             except StorageError as err:
                 log.error("closing the output directory failed too: %s", err)
             return ExitCode.FATAL
-        for note in rejected_notes:
-            log.warning("recovery: %s", note)
         log.info(
-            "shovel started: %s -> %s, resuming at offset %d (%d records already stored)",
+            "shovel started: %s -> %s, %s (%d records already stored)",
             source.description,
             settings.output_dir,
-            storage.committed_offset,
+            where,
             storage.initial_records,
         )
         metrics.ready = not stop.requested
@@ -331,6 +346,33 @@ async def run_service(settings: Settings) -> int:
         stop.detach()
         if server is not None:
             server.stop()
+
+
+async def _resume(settings: Settings, storage: Storage, source: Source) -> str | None:
+    """Checks that `source` continues what the output directory holds, then brings rejected/
+    in line with the committed offset. Returns the phrase for the start line, or None (logged)
+    when the run must not go on."""
+    try:
+        # Blocking (stat, a fingerprint, a directory scan): on a daemon thread, so that a hung
+        # filesystem cannot hold up the exit.
+        where = await asyncio.get_running_loop().run_in_executor(
+            DaemonThreads(), source.resume, storage.committed_offset, storage.initial_source
+        )
+    except SourceMismatch as e:
+        log.error("refusing to start: %s", e)
+        return None
+    try:
+        # Only now that the source is known to be the stored one: a line a crash kept in
+        # rejected/ but never committed past is read again and must not be kept twice.
+        notes = await asyncio.to_thread(
+            recover_rejected, settings.output_dir, storage.committed_offset, source.replayable
+        )
+    except OSError as e:
+        log.error("cannot recover %s: %s", settings.output_dir / REJECTED_DIR, e)
+        return None
+    for note in notes:
+        log.warning("recovery: %s", note)
+    return str(where)
 
 
 async def _run_and_close(run: _Run) -> int:
@@ -420,4 +462,11 @@ async def _run_and_close(run: _Run) -> int:
             else "; this source cannot replay them",
         )
         return ExitCode.UNDELIVERED
+    if not run.source.replayable:
+        log.info(
+            "%s: every record read is durable (a stream is never read twice: this holds for a "
+            "stop by signal or end of input; a SIGKILL loses what was read but not yet "
+            "committed, and nothing can count it)",
+            run.source.description,
+        )
     return ExitCode.OK

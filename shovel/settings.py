@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict, SettingsError
 
-from shovel.sources import SourceSpec, parse_source
+from shovel.sources import FileSpec, FollowConfig, SourceSpec, parse_source
 
 ENV_PREFIX = "SHOVEL_"
 MiB = 1024 * 1024
@@ -32,9 +32,16 @@ class Settings(BaseSettings):
     stops reading, stores everything it has read, fsyncs, commits the source offset, and exits.
     Run it again on the same source and output to resume where it stopped.
 
+    A file is resumed only if it is the same file (device, inode and a fingerprint of its first
+    bytes, kept in the checkpoint); a replaced or truncated file is refused, or with --follow
+    read through its rotation. A stream (stdin, a FIFO) is never re-read: each run appends what
+    it reads; a graceful stop stores all of it, but a SIGKILL loses what was read and not yet
+    committed, and nothing can say how much.
+
     Exit codes: 0 everything read is durable; 1 fatal runtime error (storage failure, output
-    directory in use or damaged); 2 bad usage or configuration; 3 stopped by the deadline or a
-    second signal with records read but not stored (their number is logged).
+    directory in use or damaged, a source that does not continue what was stored); 2 bad usage
+    or configuration; 3 stopped by the deadline or a second signal with records read but not
+    stored (their number is logged).
     """
 
     model_config = SettingsConfigDict(
@@ -55,6 +62,26 @@ class Settings(BaseSettings):
     output_dir: Path = Field(
         Path("shovel-data"),
         description="directory for segments/, the checkpoint and the lock (created if missing)",
+    )
+    follow: bool = Field(
+        False,
+        description="keep reading a file as it grows, like tail -F, through rotation by "
+        "rename + create and by copy + truncate, until stopped; an unfinished last line waits "
+        "for its newline",
+    )
+    follow_poll_ms: int = Field(
+        200,
+        ge=10,
+        le=60_000,
+        description="with --follow: how often to look for growth or rotation at the end of "
+        "the file",
+    )
+    follow_rotated_quiet_ms: int = Field(
+        1000,
+        ge=0,
+        le=3_600_000,
+        description="with --follow: after a rotation, keep reading the old file until it has "
+        "had no new data for this long (its writer may not have reopened yet)",
     )
     generate_rate: float = Field(
         1000.0,
@@ -138,6 +165,12 @@ class Settings(BaseSettings):
         return value.upper() if isinstance(value, str) else value
 
     @model_validator(mode="after")
+    def _follow_needs_a_file(self) -> Settings:
+        if self.follow and not isinstance(parse_source(self.source), FileSpec):
+            raise ValueError(f"--follow reads a file, and the source is {self.source!r}")
+        return self
+
+    @model_validator(mode="after")
     def _fits_grace_period(self) -> Settings:
         grace = self.grace_period_s
         if grace is not None and self.shutdown_timeout_s + GRACE_MARGIN_S > grace:
@@ -152,6 +185,15 @@ class Settings(BaseSettings):
     def source_spec(self) -> SourceSpec:
         """The parsed `source`."""
         return parse_source(self.source)
+
+    @property
+    def follow_config(self) -> FollowConfig | None:
+        """How to follow the file, or None without --follow."""
+        if not self.follow:
+            return None
+        return FollowConfig(
+            poll_s=self.follow_poll_ms / 1000, rotated_quiet_s=self.follow_rotated_quiet_ms / 1000
+        )
 
 
 def _document_env_names() -> None:

@@ -1,10 +1,12 @@
-"""Sources of records: a regular file, a stream (stdin, a FIFO), or a deterministic generator.
+"""Sources of records: the `--source` syntax, streams (stdin, a FIFO), the deterministic
+generator, and `open_source`, which picks one (files live in files.py).
 
 Every source yields `Batch`es of whole records, cut at newlines (see records.py), with the
 source offset just past the batch, and `Rejected` pieces for lines over the record limit.
-Offsets: a file's byte position; a stream's byte count continued from the
-committed offset (a stream cannot be re-read, so each run appends what it reads); the
-generator's next sequence number. A last line without a newline is a record and gets one.
+Offsets: for a file, the position in everything read into the output directory (see
+files.py); a stream's byte count continued from the committed offset (a stream cannot be
+re-read, so each run appends what it reads); the generator's next sequence number. The first
+batch of a run carries the source's descriptor (identity.py) for the checkpoint.
 """
 
 from __future__ import annotations
@@ -14,24 +16,59 @@ import hashlib
 import logging
 import os
 import stat
-import threading
 from collections import deque
-from collections.abc import AsyncGenerator, Callable
-from concurrent.futures import Executor, Future
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import ParamSpec, Protocol, TypeVar
-
-import aiofiles
 
 from shovel.batches import Batch, Piece
+from shovel.files import FileSource, FollowConfig
+from shovel.identity import (
+    DescriptorError,
+    GeneratorOrigin,
+    Origin,
+    StreamOrigin,
+    decode,
+    encode,
+    kind_of,
+)
 from shovel.records import RecordSplitter
+from shovel.source_api import DaemonThreads, Source, SourceError, SourceMismatch
+
+__all__ = [
+    "DaemonThreads",
+    "FileSource",
+    "FileSpec",
+    "FollowConfig",
+    "GeneratorSource",
+    "GeneratorSpec",
+    "Source",
+    "SourceError",
+    "SourceMismatch",
+    "SourceSpec",
+    "StdinSpec",
+    "StreamSource",
+    "generated_record",
+    "open_source",
+    "parse_source",
+]
 
 log = logging.getLogger(__name__)
 
 
-class SourceError(Exception):
-    """The source cannot be opened or does not match the committed offset."""
+def _stored_origin(descriptor: str, expected: type, now: str) -> Origin | None:
+    """The checkpoint's origin when it is of the `expected` kind (or absent); otherwise
+    SourceMismatch, naming both."""
+    try:
+        origin = decode(descriptor)
+    except DescriptorError as e:
+        raise SourceMismatch(f"the checkpoint's record of its source is unreadable: {e}") from e
+    if origin is not None and not isinstance(origin, expected):
+        raise SourceMismatch(
+            f"this output directory holds records from {kind_of(origin)}, and the source now "
+            f"is {now}: refusing to mix them (use a new --output-dir for this source)"
+        )
+    return origin
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,81 +110,6 @@ def parse_source(text: str) -> SourceSpec:
     return FileSpec(Path(path))
 
 
-class Source(Protocol):
-    """Something that yields pieces (batches, and lines too long to store) from an offset."""
-
-    description: str
-    replayable: bool
-
-    def pieces(self, start_offset: int) -> AsyncGenerator[Piece, None]:
-        """Pieces from `start_offset` on, in source order; ends with a finite source."""
-        ...
-
-    def stop_tail(self) -> list[Piece]:
-        """After the reader was stopped: the pieces of data already consumed but not yet
-        yielded (a partial last line). Empty for a replayable source, which reads it again."""
-        ...
-
-
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
-
-
-class DaemonThreads(Executor):
-    """Runs each call on a daemon thread of its own. File reads go through it so that a read
-    stuck on a hung filesystem holds up neither the stop sequence nor the interpreter's exit
-    (the default executor's threads are joined at exit)."""
-
-    def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:
-        future: Future[_T] = Future()
-
-        def run() -> None:
-            if not future.set_running_or_notify_cancel():
-                return
-            try:
-                future.set_result(fn(*args, **kwargs))
-            except BaseException as e:
-                future.set_exception(e)
-
-        threading.Thread(target=run, name="shovel-read", daemon=True).start()
-        return future
-
-
-class FileSource:
-    """A regular file, read in large chunks through aiofiles; resumes by seeking."""
-
-    replayable = True
-
-    def __init__(self, path: Path, chunk_bytes: int, max_record_bytes: int) -> None:
-        self.path = path
-        self.chunk_bytes = chunk_bytes
-        self.max_record_bytes = max_record_bytes
-        self.description = f"file {path}"
-
-    async def pieces(self, start_offset: int) -> AsyncGenerator[Piece, None]:
-        size = (await asyncio.to_thread(self.path.stat)).st_size
-        if size < start_offset:
-            raise SourceError(
-                f"{self.path} holds {size} bytes but the committed offset is {start_offset}: "
-                "the file was truncated or replaced since the last run; refusing to resume at a "
-                "wrong position (use a new output directory to store it from the start)"
-            )
-        splitter = RecordSplitter(start_offset, self.max_record_bytes)
-        async with aiofiles.open(self.path, "rb", executor=DaemonThreads()) as f:
-            await f.seek(start_offset)
-            # A read cancelled mid-way still completes in its thread and moves the file
-            # position; that is harmless because offsets come from the splitter, and a
-            # cancelled reader never reads again.
-            while chunk := await f.read(self.chunk_bytes):
-                for piece in splitter.feed(chunk):
-                    yield piece
-        for piece in splitter.finish():
-            yield piece
-
-    def stop_tail(self) -> list[Piece]:
-        return []
-
-
 class StreamSource:
     """A non-seekable stream (stdin, a FIFO), read from a non-blocking descriptor.
 
@@ -165,9 +127,25 @@ class StreamSource:
         self.description = description
         self.chunk_bytes = chunk_bytes
         self.owns_fd = owns_fd
+        self._origin = encode(StreamOrigin(description))
         self._splitter: RecordSplitter | None = None
         # Pieces cut from consumed bytes but not yet handed to the reader.
         self._unhanded: deque[Piece] = deque()
+
+    def resume(self, committed_offset: int, descriptor: str) -> str:
+        _stored_origin(descriptor, StreamOrigin, f"a stream ({self.description})")
+        # Nothing is resumed: a stream cannot be read twice. Its offsets go on counting from the
+        # committed one so that they keep growing across runs.
+        return "appending what it delivers (a stream is never re-read)"
+
+    def _first(self, pieces: list[Piece]) -> list[Piece]:
+        """Stamps the first batch of the run with the stream's descriptor."""
+        for i, piece in enumerate(pieces):
+            if isinstance(piece, Batch) and self._origin:
+                pieces[i] = replace(piece, source=self._origin)
+                self._origin = ""
+                break
+        return pieces
 
     async def _readable(self) -> None:
         loop = asyncio.get_running_loop()
@@ -196,7 +174,7 @@ class StreamSource:
                     continue
                 if not chunk:
                     break
-                self._unhanded.extend(splitter.feed(chunk))
+                self._unhanded.extend(self._first(splitter.feed(chunk)))
                 while self._unhanded:
                     yield self._unhanded.popleft()
         finally:
@@ -204,7 +182,7 @@ class StreamSource:
                 os.close(self.fd)
             else:
                 os.set_blocking(self.fd, was_blocking)
-        self._unhanded.extend(splitter.finish())
+        self._unhanded.extend(self._first(splitter.finish()))
         while self._unhanded:
             yield self._unhanded.popleft()
 
@@ -216,7 +194,7 @@ class StreamSource:
         self._unhanded.clear()
         if self._splitter is not None:
             partial = self._splitter.carried
-            tail += self._splitter.finish()
+            tail += self._first(self._splitter.finish())
             if partial:
                 log.warning(
                     "%s stopped mid-line: its incomplete last line (%d bytes) is kept as a record",
@@ -249,11 +227,16 @@ class GeneratorSource:
         pace = "as fast as possible" if rate == 0 else f"{rate:g} records/s"
         self.description = f"generator ({limit}, {pace})"
 
+    def resume(self, committed_offset: int, descriptor: str) -> str:
+        _stored_origin(descriptor, GeneratorOrigin, "the generator")
+        return f"resuming at offset {committed_offset}"
+
     async def pieces(self, start_offset: int) -> AsyncGenerator[Piece, None]:
         loop = asyncio.get_running_loop()
         seq = start_offset
         started = loop.time()
         produced = 0
+        origin: str | None = encode(GeneratorOrigin())
         while self.count is None or seq < self.count:
             n = (
                 self.batch_records
@@ -272,30 +255,43 @@ class GeneratorSource:
             data = b"".join(generated_record(i) for i in range(seq, seq + n))
             seq += n
             produced += n
-            yield Batch(data, n, seq)
+            yield Batch(data, n, seq, origin)
+            origin = None
 
     def stop_tail(self) -> list[Piece]:
         return []
 
 
 def open_source(
-    spec: SourceSpec, chunk_bytes: int, max_record_bytes: int, generate_rate: float
+    spec: SourceSpec,
+    chunk_bytes: int,
+    max_record_bytes: int,
+    generate_rate: float,
+    follow: FollowConfig | None = None,
 ) -> Source:
-    """The source for `spec`; raises SourceError when a file cannot be used."""
+    """The source for `spec`; raises SourceError when a file cannot be used. `follow` applies
+    to a file (the caller checks that it is one)."""
     if isinstance(spec, GeneratorSpec):
         return GeneratorSource(spec.count, generate_rate)
     if isinstance(spec, StdinSpec):
         return StreamSource(0, "stdin", chunk_bytes, max_record_bytes, owns_fd=False)
     try:
         mode = spec.path.stat().st_mode
+    except FileNotFoundError:
+        if follow is not None and spec.path.parent.is_dir():
+            # Like tail -F: wait for it to appear.
+            return FileSource(spec.path, chunk_bytes, max_record_bytes, follow)
+        raise SourceError(f"cannot read source {spec.path}: No such file or directory") from None
     except OSError as e:
         raise SourceError(f"cannot read source {spec.path}: {e.strerror}") from e
     if stat.S_ISREG(mode):
         if not os.access(spec.path, os.R_OK):
             raise SourceError(f"cannot read source {spec.path}: permission denied")
-        return FileSource(spec.path, chunk_bytes, max_record_bytes)
+        return FileSource(spec.path, chunk_bytes, max_record_bytes, follow)
     if stat.S_ISDIR(mode):
         raise SourceError(f"source {spec.path} is a directory, not a file")
+    if follow is not None:
+        raise SourceError(f"--follow reads a regular file, and {spec.path} is not one")
     # A FIFO opened non-blocking reads as ended while no writer has it open: start the
     # writer first (this is documented in --help).
     try:
