@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -22,7 +23,8 @@ def served() -> Iterator[tuple[Metrics, int]]:
 
 
 def state(**values: int) -> LiveState:
-    fields = dict.fromkeys(LiveState.__dataclass_fields__, 0)
+    fields: dict[str, Any] = dict.fromkeys(LiveState.__dataclass_fields__, 0)
+    fields["source_file"] = ""
     fields.update(values)
     return LiveState(**fields)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from shovel import identity
 from shovel.batches import Batch, Piece
 from shovel.sources import (
     FileSource,
@@ -16,6 +17,7 @@ from shovel.sources import (
     GeneratorSource,
     GeneratorSpec,
     SourceError,
+    SourceMismatch,
     StdinSpec,
     StreamSource,
     generated_record,
@@ -43,7 +45,10 @@ def test_generated_records_are_stable_and_about_100_bytes() -> None:
     assert generated_record(5).count(b"\n") == 1
 
 
-async def collect(source: GeneratorSource | FileSource | StreamSource, start: int) -> list[Batch]:
+async def collect(
+    source: GeneratorSource | FileSource | StreamSource, start: int, descriptor: str = ""
+) -> list[Batch]:
+    source.resume(start, descriptor)
     pieces: list[Piece] = [p async for p in source.pieces(start)]
     batches = [p for p in pieces if isinstance(p, Batch)]
     assert len(batches) == len(pieces), "no line here is over the limit"
@@ -72,8 +77,76 @@ def test_file_source_resumes_by_seeking(tmp_path: Path) -> None:
 def test_file_shorter_than_committed_offset_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "f"
     path.write_bytes(b"short\n")
-    with pytest.raises(SourceError, match="truncated or replaced"):
+    with pytest.raises(SourceMismatch, match="truncated or replaced"):
         asyncio.run(collect(FileSource(path, 4096, 1 << 20), 100))
+
+
+def test_each_batch_names_its_file_until_the_fingerprint_is_whole(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    data = b"".join(b"line %d\n" % i for i in range(2000))
+    path.write_bytes(data)
+    batches = asyncio.run(collect(FileSource(path, 300, 1 << 20), 0))
+    assert b"".join(b.data for b in batches) == data
+    stamped = [b for b in batches if b.source is not None]
+    # The fingerprint grows with what was read, up to its 1 KiB: then the batches carry none.
+    assert stamped == batches[: len(stamped)]
+    assert all(b.end_offset <= 1024 for b in stamped[:-1])
+    last = identity.decode(stamped[-1].source or "")
+    assert isinstance(last, identity.FileOrigin)
+    st = path.stat()
+    assert (last.path, last.dev, last.ino) == (str(path), st.st_dev, st.st_ino)
+    assert last.fp_len == 1024
+    assert last.fp == identity.fingerprint(data[:1024])
+    assert (last.base, last.open_line) == (0, False)
+
+
+def test_a_finished_unterminated_line_is_marked_open(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"a\nb")
+    batches = asyncio.run(collect(FileSource(path, 4096, 1 << 20), 0))
+    assert [b.data for b in batches] == [b"a\n", b"b\n"]
+    origins = [identity.decode(b.source or "") for b in batches]
+    assert [o.open_line for o in origins if isinstance(o, identity.FileOrigin)] == [False, True]
+
+
+def test_descriptors_round_trip_and_garbage_is_named() -> None:
+    origins: list[identity.Origin] = [
+        identity.FileOrigin("/a b/\u00e9\n", 1, 2, 3, "ff", 4, True),
+        identity.GeneratorOrigin(),
+        identity.StreamOrigin("stdin"),
+    ]
+    for origin in origins:
+        text = identity.encode(origin)
+        assert "\n" not in text
+        assert text.isascii()
+        assert identity.decode(text) == origin
+    assert identity.decode("") is None
+    for bad, why in [
+        ("{", "not JSON"),
+        ("[]", "not a JSON object"),
+        ('{"v":9,"kind":"file"}', "unknown version"),
+        ('{"v":1,"kind":"tape"}', "unknown source kind"),
+        ('{"v":1,"kind":"file","path":"p","dev":-1,"fp_len":1}', "'dev'"),
+    ]:
+        with pytest.raises(identity.DescriptorError, match=why):
+            identity.decode(bad)
+
+
+def test_a_source_of_another_kind_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"x\n")
+    generator = identity.encode(identity.GeneratorOrigin())
+    with pytest.raises(SourceMismatch, match="holds records from the generator"):
+        FileSource(path, 4096, 1 << 20).resume(10, generator)
+    with pytest.raises(SourceMismatch, match="holds records from the file"):
+        GeneratorSource(None, 0).resume(2, asyncio.run(_first_descriptor(path)))
+    with pytest.raises(SourceMismatch, match="unreadable"):
+        StreamSource(0, "stdin", 4096, 1, owns_fd=False).resume(0, "{garbage")
+
+
+async def _first_descriptor(path: Path) -> str:
+    batches = await collect(FileSource(path, 4096, 1 << 20), 0)
+    return batches[0].source or ""
 
 
 def test_stream_source_reads_a_pipe() -> None:
