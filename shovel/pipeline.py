@@ -41,6 +41,7 @@ async def run_reader(
     over the record limit go to `rejects`, durably, before anything after them is queued."""
     # The rejected piece being written when the stop came: consumed, so it is finished first.
     unfinished: tuple[Rejected, asyncio.Future[None]] | None = None
+    failed = False
     try:
         async with aclosing(source.pieces(start_offset)) as pieces:
             async for piece in pieces:
@@ -55,12 +56,16 @@ async def run_reader(
                         raise
                     except OSError as e:
                         _not_kept(tally, piece.offset, e)
-                        # Stop reading; what is queued is still drained and stored.
-                        return
+                        # Stop reading; what is queued is still drained and stored, and so
+                        # is what a stream had consumed past this line.
+                        failed = True
+                        break
                     continue
                 tally.records += piece.records
                 tally.bytes += len(piece.data)
                 await queue.put(piece)
+        if failed:
+            await _keep_tail(source, queue, tally, rejects, None)
     except asyncio.CancelledError:
         await _keep_tail(source, queue, tally, rejects, unfinished)
         raise

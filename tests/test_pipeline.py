@@ -315,3 +315,31 @@ def test_a_stop_during_a_rejected_write_that_fails_still_keeps_the_tail(tmp_path
     assert tally.error == (
         "keeping the line at source offset 2 in rejected/ failed: [Errno 5] Input/output error"
     )
+
+
+def test_a_failed_rejected_line_on_a_stream_still_keeps_what_was_consumed_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One chunk holds a record, an over-long line, a record and a partial line: when keeping
+    # the long line fails, reading stops, but the bytes after it were consumed from a stream
+    # that cannot be read again, so they are still handed over (and the failure is counted).
+    fail_partial_writes(monkeypatch, {1})
+    data = b"a\n" + b"x" * 50 + b"\nb\npartial"
+    read_fd, write_fd = os.pipe()
+    os.write(write_fd, data)
+
+    async def run() -> tuple[list[Batch], ReadTally]:
+        source = StreamSource(read_fd, "pipe", 4096, 10, owns_fd=True)
+        queue = BatchQueue(8)
+        tally = ReadTally()
+        await run_reader(source, 0, queue, tally, RejectWriter(tmp_path, 10))
+        queue.close()
+        return await drain(queue), tally
+
+    batches, tally = asyncio.run(run())
+    os.close(write_fd)
+    assert b"".join(b.data for b in batches) == b"a\nb\npartial\n"
+    assert batches[-1].end_offset == len(data)
+    assert (tally.records, tally.unkept) == (3, 1)
+    assert tally.error is not None
+    assert "source offset 2" in tally.error
