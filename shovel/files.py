@@ -120,6 +120,8 @@ class _Open:
         # Loop time when the name was first seen to point elsewhere, and of the last growth.
         self.rotated_at: float | None = None
         self.grew_at = 0.0
+        # Its content was replaced under the read position (copy + truncate): done with it.
+        self.replaced = False
 
     def origin(self, end_offset: int, open_line: bool) -> FileOrigin:
         fp_len = min(FINGERPRINT_MAX_BYTES, end_offset - self.base)
@@ -332,6 +334,9 @@ class FileSource:
                 if pieces is not None:
                     for piece in pieces:
                         yield piece
+                    if cur.replaced:
+                        await cur.file.close()
+                        cur = None
                     continue
                 # At the end of what the file holds now.
                 if self.follow is None:
@@ -402,6 +407,13 @@ class FileSource:
         if not chunk:
             return None
         start = cur.read_pos
+        if self.follow is not None and await self._replaced_under(cur, start):
+            # Copy + truncate, then new writes past the position, since the last look: the
+            # chunk is new content read from the middle, not the rest of the old.
+            cur.replaced = True
+            return await self._truncated(
+                cur, splitter, f"was truncated and rewritten past the read position {start}"
+            )
         cur.read_pos += len(chunk)
         cur.grew_at = asyncio.get_running_loop().time()
         if cur.open_line:
@@ -422,6 +434,16 @@ class FileSource:
         cur.size = max(cur.size, cur.read_pos)
         self._show(cur)
         return [self._stamp(cur, p) for p in splitter.feed(chunk)]
+
+    async def _replaced_under(self, cur: _Open, consumed: int) -> bool:
+        """Whether the file's first bytes (as many as were consumed, up to the fingerprint's
+        length) changed: checked after each read while following, so that a truncate that
+        came before the read completed is seen before its chunk is used."""
+        known = min(len(cur.head), consumed)
+        if known == 0:
+            return False
+        head: bytes = await self._run(os.pread, cur.file.fileno(), known, 0)
+        return head != cur.head[:known]
 
     def _stamp(self, cur: _Open, piece: Piece, open_line: bool = False) -> Piece:
         """Attaches the file's identity to a batch when it differs from the last one sent."""
@@ -449,8 +471,12 @@ class FileSource:
         cur.size = size
         self._show(cur)
         known = min(len(cur.head), cur.read_pos)
-        if size < cur.read_pos or head[:known] != cur.head[:known]:
-            return True, await self._truncated(cur, splitter, size)
+        if size < cur.read_pos:
+            what = f"shrank to {size} bytes, below the read position {cur.read_pos}"
+            return True, await self._truncated(cur, splitter, what)
+        if head[:known] != cur.head[:known]:
+            what = f"has other first bytes than before, at read position {cur.read_pos}"
+            return True, await self._truncated(cur, splitter, what)
         if size > cur.read_pos:
             return False, []
         if not cur.retired and named is not None and _inode(named) == (cur.dev, cur.ino):
@@ -479,7 +505,7 @@ class FileSource:
         )
         return True, pieces
 
-    async def _truncated(self, cur: _Open, splitter: RecordSplitter, size: int) -> list[Piece]:
+    async def _truncated(self, cur: _Open, splitter: RecordSplitter, what: str) -> list[Piece]:
         """Copy + truncate. With a copy of the old content in the directory, its rest is read
         from there (the partial line in hand continues in it), then the new content from the
         start; without one, the old content ends here. Returns the pieces that end it."""
@@ -489,11 +515,10 @@ class FileSource:
             _find_old_file, self.path.parent, origin, cur.read_pos, self.path.name
         )
         log.warning(
-            "%s shrank to %d bytes below the read position %d (copytruncate): %s; lines written "
-            "between the copy and the truncate cannot be read by anyone and may be lost",
+            "%s %s (copytruncate): %s; lines written between the copy and the truncate cannot "
+            "be read by anyone and may be lost",
             cur.path,
-            size,
-            cur.read_pos,
+            what,
             f"reading the rest of the old content from {found[0]}"
             if found
             else "no copy of the old content was found in the directory",

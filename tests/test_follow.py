@@ -181,3 +181,22 @@ def test_a_missing_file_is_waited_for_and_a_stop_ends_the_wait(tmp_path: Path) -
     s.wait_for_log("shovel started")
     text = stop(s)
     assert stored_bytes(out) == lines("a", 0, 5), text
+
+
+def test_copytruncate_and_regrowth_within_one_poll_is_not_read_as_a_continuation(
+    tmp_path: Path,
+) -> None:
+    """The file is copied, truncated and written past the old read position while shovel
+    waits between two looks: its next read lands in the middle of new content, which must be
+    seen as such (the first bytes changed) instead of being stored as the old file's rest."""
+    src, out = tmp_path / "app.log", tmp_path / "out"
+    src.write_bytes(lines("old", 0, 100))
+    s = start(src, out, tmp_path / "1.log", "--metrics-port", "0", "--follow-poll-ms", "1500")
+    wait_stored(s, out, lines("old", 0, 100))
+    shutil.copyfile(src, tmp_path / "app.log.1")
+    with src.open("r+b") as f:
+        f.truncate(0)
+    append(src, lines("new", 0, 2000))
+    wait_stored(s, out, lines("old", 0, 100) + lines("new", 0, 2000))
+    text = stop(s)
+    assert "copytruncate" in text, text
