@@ -282,7 +282,7 @@ async def run_service(settings: Settings) -> int:
                 settings.source_spec,
                 settings.read_chunk_bytes,
                 settings.max_record_bytes,
-                settings.generate_rate,
+                settings.generator_rate,
                 settings.follow_config,
             )
         except SourceError as e:

@@ -12,12 +12,14 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict, SettingsError
 
-from shovel.sources import FileSpec, FollowConfig, SourceSpec, parse_source
+from shovel.sources import FileSpec, FollowConfig, GeneratorSpec, SourceSpec, parse_source
 
 ENV_PREFIX = "SHOVEL_"
 MiB = 1024 * 1024
 # Byte counts go to the native client as unsigned 64-bit integers.
 U64_MAX = 2**64 - 1
+# The endless generator's pace when none is given: slow enough to watch.
+DEFAULT_GENERATE_RATE = 1000.0
 # The drain deadline must end this long before the orchestrator's SIGKILL.
 GRACE_MARGIN_S = 5.0
 
@@ -83,12 +85,14 @@ class Settings(BaseSettings):
         description="with --follow: after a rotation, keep reading the old file until it has "
         "had no new data for this long (its writer may not have reopened yet)",
     )
-    generate_rate: float = Field(
-        1000.0,
+    generate_rate: float | None = Field(
+        None,
         ge=0,
         le=1e9,
         allow_inf_nan=False,
-        description="generator records per second; 0 means as fast as possible",
+        description="generator records per second; 0 means as fast as possible. Unset: "
+        f"{DEFAULT_GENERATE_RATE:g}/s for the endless 'generate' (to watch it run), as fast as "
+        "possible for 'generate:N'",
     )
     read_chunk_bytes: int = Field(
         1 * MiB, ge=4096, le=256 * MiB, description="bytes per read from a file or stream"
@@ -185,6 +189,17 @@ class Settings(BaseSettings):
     def source_spec(self) -> SourceSpec:
         """The parsed `source`."""
         return parse_source(self.source)
+
+    @property
+    def generator_rate(self) -> float:
+        """Records per second for the generator (0: as fast as possible): --generate-rate if
+        given, else unlimited for an exact count and a watchable pace for the endless one."""
+        if self.generate_rate is not None:
+            return self.generate_rate
+        spec = self.source_spec
+        if isinstance(spec, GeneratorSpec) and spec.count is not None:
+            return 0.0
+        return DEFAULT_GENERATE_RATE
 
     @property
     def follow_config(self) -> FollowConfig | None:

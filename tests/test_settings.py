@@ -59,3 +59,25 @@ def test_help_documents_every_option_with_env_name_and_default(
         assert f"SHOVEL_{name.upper()}" in text
     assert "(default: 9108)" in text
     assert "Exit codes" in text
+
+
+@pytest.mark.parametrize(
+    ("argv", "rate"),
+    [
+        (["--source", "generate"], 1000.0),  # endless: a pace a person can watch
+        (["--source", "generate:1000000"], 0.0),  # an exact count: as fast as possible
+        (["--source", "generate:1000000", "--generate-rate", "50"], 50.0),
+        (["--source", "generate", "--generate-rate", "0"], 0.0),
+    ],
+)
+def test_an_exact_count_is_generated_as_fast_as_possible_unless_a_rate_is_given(
+    argv: list[str], rate: float
+) -> None:
+    assert load_settings(argv).generator_rate == rate
+
+
+def test_the_generator_rate_from_the_environment_counts_as_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SHOVEL_GENERATE_RATE", "25")
+    assert load_settings(["--source", "generate:10"]).generator_rate == 25.0
