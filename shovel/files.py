@@ -12,9 +12,11 @@ Following (like `tail -F`), checked every poll interval at the end of the file:
 - the name now points to another file, or to none (rename + create, replacement, deletion):
   the old file, still open, is read until it has been quiet for `rotated_quiet_s` (a writer
   may still hold it), then finished and the new file is read from its start;
-- the file shrank below the read position, or its first bytes changed (copy + truncate): the
-  rest of the old content is read from the copy if one is found in the directory, then the
-  new content from the start. Lines written between the copy and the truncate are lost: that
+- the file shrank below the read position, or its first bytes changed (copy + truncate; the
+  first bytes are also checked after every read, so that new content written past the old
+  position between two looks is not taken for the old file's rest): the rest of the old
+  content is read from the copy if one is found in the directory, then the new content from
+  the start. Lines written between the copy and the truncate are lost: that
   is how copytruncate works, and it is logged.
 When a file is finished (the end of a finite run, or a rotated file) an unterminated last line
 is stored as a record with a newline, and the checkpoint says so (`open_line`): if that file
