@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use super::error::{StoreError, StoreResult};
 use super::fault::{self, Point};
+use super::perm;
 
 /// File name of the checkpoint inside the output directory.
 pub const CHECKPOINT_FILE: &str = "checkpoint";
@@ -161,7 +162,12 @@ pub fn sync_dir(dir: &Path) -> StoreResult<()> {
 /// Atomically replaces the checkpoint of `dir` with `cp` (blocking).
 pub fn persist(dir: &Path, cp: &Checkpoint) -> StoreResult<()> {
     let tmp = dir.join(CHECKPOINT_TMP_FILE);
-    let mut file = File::create(&tmp).map_err(|e| StoreError::io("create checkpoint", &tmp, &e))?;
+    let mut file = perm::options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(|e| perm::open_error("create checkpoint", &tmp, &e))?;
     file.write_all(cp.encode().as_bytes())
         .map_err(|e| StoreError::io("write checkpoint", &tmp, &e))?;
     file.sync_all()

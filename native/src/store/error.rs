@@ -81,6 +81,7 @@ pub fn errno_name(errno: i32) -> Option<&'static str> {
         27 => "EFBIG",
         28 => "ENOSPC",
         30 => "EROFS",
+        40 => "ELOOP",
         116 => "ESTALE",
         122 => "EDQUOT",
         _ => return None,

@@ -1,10 +1,11 @@
 //! The output directory's exclusive lock: one writing process per directory.
 
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::{File, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use super::error::{StoreError, StoreResult};
+use super::perm;
 
 /// File name of the lock inside the output directory.
 pub const LOCK_FILE: &str = "lock";
@@ -13,13 +14,13 @@ pub const LOCK_FILE: &str = "lock";
 /// file is open and is released by the kernel if the process dies.
 pub fn acquire(dir: &Path) -> StoreResult<File> {
     let path = dir.join(LOCK_FILE);
-    let mut file = OpenOptions::new()
+    let mut file = perm::options()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .open(&path)
-        .map_err(|e| StoreError::io("open lock file", &path, &e))?;
+        .map_err(|e| perm::open_error("open lock file", &path, &e))?;
     match file.try_lock() {
         Ok(()) => {}
         Err(TryLockError::WouldBlock) => {

@@ -6,6 +6,7 @@ pub mod fault;
 mod handle;
 mod lock;
 mod notify;
+mod perm;
 mod recovery;
 mod segment;
 mod shared;

@@ -6,13 +6,14 @@
 //! other mismatch (a segment shorter than its checkpointed length, a missing segment, a
 //! checkpoint that does not parse) is damage no crash leaves, and recovery refuses.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 
 use super::checkpoint::{self, sync_dir, Checkpoint, CHECKPOINT_TMP_FILE};
 use super::error::{StoreError, StoreResult};
 use super::lock;
+use super::perm;
 use super::segment::{self, SegmentInfo, SEGMENTS_DIR};
 
 /// An output directory ready for appending.
@@ -29,10 +30,10 @@ pub struct Recovered {
 }
 
 fn truncate_to(path: &Path, len: u64) -> StoreResult<()> {
-    let file = OpenOptions::new()
+    let file = perm::options()
         .write(true)
         .open(path)
-        .map_err(|e| StoreError::io("open segment", path, &e))?;
+        .map_err(|e| perm::open_error("open segment", path, &e))?;
     file.set_len(len)
         .and_then(|()| file.sync_all())
         .map_err(|e| StoreError::io("truncate segment", path, &e))
@@ -56,7 +57,7 @@ fn missing_ancestors(dir: &Path) -> Vec<PathBuf> {
 /// Locks `dir` (creating it if needed) and recovers it to its last checkpoint.
 pub fn recover(dir: &Path) -> StoreResult<Recovered> {
     let missing = missing_ancestors(dir);
-    fs::create_dir_all(dir).map_err(|e| StoreError::io("create output directory", dir, &e))?;
+    perm::create_dir_all(dir).map_err(|e| StoreError::io("create output directory", dir, &e))?;
     // Each new directory's entry must survive a power loss too: fsync every parent that got one,
     // outermost first.
     for created in missing.iter().rev() {
@@ -69,7 +70,7 @@ pub fn recover(dir: &Path) -> StoreResult<Recovered> {
     let lock = lock::acquire(dir)?;
     let seg_dir = dir.join(SEGMENTS_DIR);
     if !seg_dir.is_dir() {
-        fs::create_dir(&seg_dir)
+        perm::create_dir(&seg_dir)
             .map_err(|e| StoreError::io("create segments directory", &seg_dir, &e))?;
         sync_dir(dir)?;
     }

@@ -1,11 +1,12 @@
 //! Segment files: `OUTPUT/segments/<20-digit index>.seg`, whose concatenation in name order is the
 //! exact byte stream of stored records.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
 use super::checkpoint::sync_dir;
 use super::error::{StoreError, StoreResult};
+use super::perm;
 
 /// Sub-directory of the output directory holding the segments.
 pub const SEGMENTS_DIR: &str = "segments";
@@ -68,21 +69,21 @@ pub fn list(seg_dir: &Path) -> StoreResult<(Vec<SegmentInfo>, Vec<String>)> {
 /// Creates segment `index` (it must not exist) and makes its directory entry durable.
 pub fn create(seg_dir: &Path, index: u64) -> StoreResult<File> {
     let path = segment_path(seg_dir, index);
-    let file = OpenOptions::new()
+    let file = perm::options()
         .append(true)
         .create_new(true)
         .open(&path)
-        .map_err(|e| StoreError::io("create segment", &path, &e))?;
+        .map_err(|e| perm::open_error("create segment", &path, &e))?;
     sync_dir(seg_dir)?;
     Ok(file)
 }
 
 /// Opens an existing segment for appending.
 pub fn open_append(path: &Path) -> StoreResult<File> {
-    OpenOptions::new()
+    perm::options()
         .append(true)
         .open(path)
-        .map_err(|e| StoreError::io("open segment", path, &e))
+        .map_err(|e| perm::open_error("open segment", path, &e))
 }
 
 #[cfg(test)]
