@@ -17,6 +17,7 @@ a run that crashed before committing past it is read again, and must not be kept
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import logging
 import os
@@ -40,6 +41,26 @@ LOG_WINDOW_S = 60.0
 # Not the default executor: its threads are joined at exit, so a write stuck on a hung
 # filesystem would keep the process alive after the stop gave up on it.
 _THREADS = DaemonThreads()
+
+
+# Files and directories made here: owner and group only (before the umask), never written
+# through a symbolic link planted in the output directory.
+FILE_MODE = 0o640
+DIR_MODE = 0o750
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _create_file(path: Path) -> BinaryIO:
+    """Creates (or empties) `path` for writing, with FILE_MODE, never through a link."""
+    try:
+        fd = os.open(path, _CREATE_FLAGS, FILE_MODE)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise OSError(
+                e.errno, f"{path} is a symbolic link, which shovel never follows"
+            ) from None
+        raise
+    return os.fdopen(fd, "wb")
 
 
 def rejected_path(output_dir: Path, offset: int) -> Path:
@@ -182,9 +203,9 @@ class RejectWriter:
     def _open(self, path: Path) -> BinaryIO:
         if not path.parent.is_dir():
             # Not parents=True: a removed output directory must not come back half-empty.
-            path.parent.mkdir()
+            path.parent.mkdir(mode=DIR_MODE)
             _fsync_dir(self.output_dir)
-        return _partial(path).open("wb")
+        return _create_file(_partial(path))
 
     def _seal(self, line: _Line, f: BinaryIO) -> None:
         # Written under a temporary name and renamed when whole: a `.rec` file is always

@@ -14,6 +14,7 @@ from typing import Any, BinaryIO
 
 import pytest
 
+from shovel import rejects as rejects_module
 from shovel.batches import Batch, BatchQueue, Rejected
 from shovel.pipeline import ReadTally, run_reader
 from shovel.rejects import RejectWriter, rejected_path
@@ -107,13 +108,13 @@ class FailingWrites:
 
 def fail_partial_writes(monkeypatch: pytest.MonkeyPatch, failing: set[int]) -> None:
     """Files opened under a `.partial` name fail their writes numbered in `failing`."""
-    real_open = Path.open
+    real_create = rejects_module._create_file
 
-    def open_(path: Path, *args: Any, **kwargs: Any) -> Any:
-        f = real_open(path, *args, **kwargs)
-        return FailingWrites(f, failing) if path.name.endswith(".partial") else f
+    def create(path: Path) -> Any:
+        assert path.name.endswith(".partial"), path
+        return FailingWrites(real_create(path), failing)
 
-    monkeypatch.setattr(Path, "open", open_)
+    monkeypatch.setattr(rejects_module, "_create_file", create)
 
 
 class BlockedOpens:
@@ -124,19 +125,18 @@ class BlockedOpens:
         self.entered = threading.Event()
         self.released = threading.Event()
         self.opened = threading.Event()
-        real_open = Path.open
+        real_create = rejects_module._create_file
 
-        def open_(path: Path, *args: Any, **kwargs: Any) -> Any:
-            if not path.name.endswith(".partial"):
-                return real_open(path, *args, **kwargs)
+        def create(path: Path) -> Any:
+            assert path.name.endswith(".partial"), path
             self.entered.set()
             # Bounded, so that a failing test does not leave a thread stuck for good.
             self.released.wait(WAIT_S)
-            f = real_open(path, *args, **kwargs)
+            f = real_create(path)
             self.opened.set()
             return f
 
-        monkeypatch.setattr(Path, "open", open_)
+        monkeypatch.setattr(rejects_module, "_create_file", create)
 
 
 # --- keeping a rejected line when the reader is stopped --------------------------------------
