@@ -20,6 +20,8 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from shovel.laststop import NO_REPORT_EXIT_CODE, StopReport
+
 log = logging.getLogger(__name__)
 
 
@@ -146,6 +148,42 @@ class _LiveCollector(Collector):
             )
 
 
+class _LastStopCollector(Collector):
+    """The previous run's stop, from its persisted report (see laststop.py); nothing before
+    the report is read, or when the directory has none (its first run)."""
+
+    def __init__(self) -> None:
+        self.report: StopReport | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        report = self.report
+        if report is None:
+            return
+        yield GaugeMetricFamily(
+            "shovel_last_stop_exit_code",
+            "Exit code of the previous run on this output directory; "
+            f"{NO_REPORT_EXIT_CODE} when it ended without a report (killed, crashed, power loss)",
+            float(NO_REPORT_EXIT_CODE if report.exit_code is None else report.exit_code),
+        )
+        known = {
+            "shovel_last_stop_undelivered_records": (
+                "Records the previous run read but did not make durable",
+                report.undelivered,
+            ),
+            "shovel_last_stop_duration_seconds": (
+                "How long the previous run's stop took (signal or end of source to exit)",
+                report.stop_duration_s,
+            ),
+            "shovel_last_stop_end_timestamp_seconds": (
+                "When the previous run ended (Unix time)",
+                report.ended_at,
+            ),
+        }
+        for name, (doc, value) in known.items():
+            if value is not None:
+                yield GaugeMetricFamily(name, doc, float(value))
+
+
 class Metrics:
     """The registry and the metrics set by the service."""
 
@@ -153,6 +191,8 @@ class Metrics:
         self.registry = CollectorRegistry()
         self._live = _LiveCollector()
         self.registry.register(self._live)
+        self._last_stop = _LastStopCollector()
+        self.registry.register(self._last_stop)
         self.write_duration = Histogram(
             "shovel_storage_write_duration_seconds",
             "Time from handing a batch to storage until it is durable",
@@ -175,6 +215,10 @@ class Metrics:
             registry=self.registry,
         )
         self.ready = False
+
+    def show_last_stop(self, report: StopReport) -> None:
+        """Exports the previous run's stop report as the shovel_last_stop_* gauges."""
+        self._last_stop.report = report
 
     def read_live_state_from(self, read_state: Callable[[], LiveState]) -> None:
         """Makes scrapes read `read_state()`; it runs on the server thread."""

@@ -20,6 +20,15 @@ from enum import IntEnum
 from typing import Any
 
 from shovel.batches import BatchQueue
+from shovel.laststop import (
+    REPORT_FILE,
+    ReportError,
+    StopReport,
+    describe,
+    read_report,
+    running_marker,
+    write_report,
+)
 from shovel.metrics import LiveState, Metrics, MetricsServer
 from shovel.pipeline import ReadTally, run_reader, run_storage
 from shovel.rejects import REJECTED_DIR, RejectWriter, recover_rejected
@@ -81,6 +90,7 @@ class RunState:
     stop_started: float | None = None
     fatal: str | None = None
     close_timed_out: bool = False
+    started_at: float = field(default_factory=time.time)
 
 
 def _live_state(state: RunState) -> LiveState:
@@ -322,8 +332,24 @@ async def run_service(settings: Settings) -> int:
         storage.on_durable(metrics.write_duration.observe)
         for note in storage.recovery_notes:
             log.warning("recovery: %s", note)
+        await _take_over_report(settings, metrics, state)
         where = await _resume(settings, storage, source)
-        if where is None:
+        if isinstance(where, _Refused):
+            await _save_report(
+                settings,
+                StopReport(
+                    reason="refused",
+                    started_at=state.started_at,
+                    exit_code=ExitCode.FATAL,
+                    ended_at=time.time(),
+                    records_read=0,
+                    records_stored=0,
+                    undelivered=0,
+                    stop_duration_s=0.0,
+                    committed_offset=storage.committed_offset,
+                    detail=where.why,
+                ),
+            )
             try:
                 await storage.close(settings.shutdown_timeout_s)
             except StorageError as err:
@@ -348,10 +374,56 @@ async def run_service(settings: Settings) -> int:
             server.stop()
 
 
-async def _resume(settings: Settings, storage: Storage, source: Source) -> str | None:
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    """Why the run must not go on (already logged)."""
+
+    why: str
+
+
+# How long the stop report may take to write before the exit goes on without it.
+_REPORT_WRITE_S = 5.0
+
+
+async def _take_over_report(settings: Settings, metrics: Metrics, state: RunState) -> None:
+    """Exports the previous run's stop report and marks this run as going on. Neither is
+    worth failing the run for: a problem is logged and the run goes on."""
+    loop = asyncio.get_running_loop()
+    try:
+        previous = await loop.run_in_executor(DaemonThreads(), read_report, settings.output_dir)
+    except ReportError as e:
+        log.warning("ignoring %s: %s", settings.output_dir / REPORT_FILE, e)
+        previous = None
+    if previous is not None:
+        metrics.show_last_stop(previous)
+        if previous.running or previous.exit_code:
+            log.warning("last stop: %s", describe(previous))
+        else:
+            log.info("last stop: %s", describe(previous))
+    await _save_report(settings, running_marker(state.started_at))
+
+
+async def _save_report(settings: Settings, report: StopReport) -> None:
+    """Persists `report` off the loop, bounded in time; a failure is logged, not raised."""
+    job = asyncio.get_running_loop().run_in_executor(
+        DaemonThreads(), write_report, settings.output_dir, report
+    )
+    try:
+        await asyncio.wait_for(job, _REPORT_WRITE_S)
+    except TimeoutError:
+        log.warning(
+            "writing %s took over %.0fs: going on without it",
+            settings.output_dir / REPORT_FILE,
+            _REPORT_WRITE_S,
+        )
+    except OSError as e:
+        log.warning("cannot write %s: %s", settings.output_dir / REPORT_FILE, e)
+
+
+async def _resume(settings: Settings, storage: Storage, source: Source) -> str | _Refused:
     """Checks that `source` continues what the output directory holds, then brings rejected/
-    in line with the committed offset. Returns the phrase for the start line, or None (logged)
-    when the run must not go on."""
+    in line with the committed offset. Returns the phrase for the start line, or why (logged)
+    the run must not go on."""
     try:
         # Blocking (stat, a fingerprint, a directory scan): on a daemon thread, so that a hung
         # filesystem cannot hold up the exit.
@@ -360,7 +432,7 @@ async def _resume(settings: Settings, storage: Storage, source: Source) -> str |
         )
     except SourceMismatch as e:
         log.error("refusing to start: %s", e)
-        return None
+        return _Refused(f"refusing to start: {e}")
     try:
         # Only now that the source is known to be the stored one: a line a crash kept in
         # rejected/ but never committed past is read again and must not be kept twice.
@@ -369,7 +441,7 @@ async def _resume(settings: Settings, storage: Storage, source: Source) -> str |
         )
     except OSError as e:
         log.error("cannot recover %s: %s", settings.output_dir / REJECTED_DIR, e)
-        return None
+        return _Refused(f"cannot recover {settings.output_dir / REJECTED_DIR}: {e}")
     for note in notes:
         log.warning("recovery: %s", note)
     return str(where)
@@ -447,6 +519,34 @@ async def _run_and_close(run: _Run) -> int:
         took,
         undelivered,
     )
+    code = _exit_code(run, undelivered, stats.committed_offset)
+    if settings.output_dir.is_dir():
+        await _save_report(
+            settings,
+            StopReport(
+                reason="fatal"
+                if state.fatal is not None
+                else "signal"
+                if run.stop.requested
+                else "end of source",
+                started_at=state.started_at,
+                exit_code=code,
+                signal=run.stop.first_signal if run.stop.requested else None,
+                ended_at=time.time(),
+                records_read=state.tally.records,
+                records_stored=stats.records_durable,
+                undelivered=undelivered,
+                stop_duration_s=took,
+                committed_offset=stats.committed_offset,
+                detail=state.fatal,
+            ),
+        )
+    return code
+
+
+def _exit_code(run: _Run, undelivered: int, committed_offset: int) -> ExitCode:
+    """Logs how the run ended; returns its exit code."""
+    state, settings = run.state, run.settings
     if state.fatal is not None:
         if not settings.output_dir.is_dir():
             state.fatal += f" (the output directory {settings.output_dir} no longer exists)"
@@ -456,7 +556,7 @@ async def _run_and_close(run: _Run) -> int:
         log.error(
             "%d records were read but are not durable; the committed offset (%d) excludes them%s",
             undelivered,
-            stats.committed_offset,
+            committed_offset,
             "; a replayable source will read them again next run"
             if run.source.replayable
             else "; this source cannot replay them",

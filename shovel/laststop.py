@@ -1,0 +1,171 @@
+"""The report of each stop, kept in OUTPUT_DIR/last-stop.json so that the next start can
+export it: the gauges set in the last moments of a run are almost never scraped before the
+process is gone, so a stop that left records undelivered would otherwise stay invisible to
+Prometheus.
+
+At start, holding the directory's lock, the previous report is read (and exported as the
+shovel_last_stop_* gauges), then replaced by a marker saying a run is going on; at the end of
+the run the marker is replaced by the full report. A marker found at start means that the
+previous run ended without writing its report: it was killed (SIGKILL, OOM), crashed, or the
+machine lost power. Every write is atomic (a temporary file, fsynced, renamed, the directory
+fsynced) and never goes through a symbolic link.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+REPORT_FILE = "last-stop.json"
+_TMP_FILE = REPORT_FILE + ".tmp"
+_FILE_MODE = 0o640
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_VERSION = 1
+
+# The exit code exported for a run that ended without a report: no exit code of shovel's.
+NO_REPORT_EXIT_CODE = -1
+
+
+@dataclass(frozen=True, slots=True)
+class StopReport:
+    """One run's end, or (exit_code None) a run going on."""
+
+    # "signal", "end of source", "fatal", "refused", or "running".
+    reason: str
+    started_at: float
+    exit_code: int | None = None
+    signal: str | None = None
+    ended_at: float | None = None
+    records_read: int | None = None
+    records_stored: int | None = None
+    undelivered: int | None = None
+    stop_duration_s: float | None = None
+    committed_offset: int | None = None
+    detail: str | None = None
+
+    @property
+    def running(self) -> bool:
+        """Whether this is the marker of a run that never wrote its report."""
+        return self.exit_code is None
+
+
+def running_marker(started_at: float | None = None) -> StopReport:
+    """The marker written at start."""
+    return StopReport(
+        reason="running", started_at=time.time() if started_at is None else started_at
+    )
+
+
+class ReportError(ValueError):
+    """last-stop.json cannot be read."""
+
+
+def _check(report: dict[str, object]) -> StopReport:
+    if report.get("v") != _VERSION:
+        raise ReportError(f"unknown version {report.get('v')!r}")
+    known = {f.name: f for f in fields(StopReport)}
+    values: dict[str, object] = {}
+    for name, value in report.items():
+        if name == "v":
+            continue
+        if name not in known:
+            raise ReportError(f"unknown field {name!r}")
+        values[name] = value
+    if not isinstance(values.get("reason"), str):
+        raise ReportError("'reason' is not text")
+    for name in ("started_at", "ended_at", "stop_duration_s"):
+        v = values.get(name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
+            raise ReportError(f"{name!r} is not a number")
+    if "started_at" not in values:
+        raise ReportError("'started_at' is missing")
+    for name in ("exit_code", "records_read", "records_stored", "undelivered", "committed_offset"):
+        v = values.get(name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+            raise ReportError(f"{name!r} is not a whole number")
+    for name in ("signal", "detail"):
+        v = values.get(name)
+        if v is not None and not isinstance(v, str):
+            raise ReportError(f"{name!r} is not text")
+    return StopReport(**values)  # type: ignore[arg-type]
+
+
+def read_report(output_dir: Path) -> StopReport | None:
+    """The report in `output_dir`, None when there is none; raises ReportError when it is
+    damaged (blocking)."""
+    path = output_dir / REPORT_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise ReportError(f"cannot open it: {e.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        raw = f.read(65536)
+    try:
+        body = json.loads(raw)
+    except ValueError as e:
+        raise ReportError(f"not JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise ReportError("not a JSON object")
+    return _check(body)
+
+
+def write_report(output_dir: Path, report: StopReport) -> None:
+    """Replaces the report in `output_dir` with `report`, atomically and durably (blocking)."""
+    tmp, path = output_dir / _TMP_FILE, output_dir / REPORT_FILE
+    body = {"v": _VERSION, **{k: v for k, v in asdict(report).items() if v is not None}}
+    data = (json.dumps(body, indent=1, sort_keys=True) + "\n").encode()
+    # A leftover of an interrupted write, or anything planted there (a symbolic link
+    # included: unlinking removes the link, not its target), goes first.
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    try:
+        fd = os.open(tmp, _CREATE_FLAGS, _FILE_MODE)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise OSError(
+                e.errno, f"{tmp} is a symbolic link, which shovel never follows"
+            ) from None
+        raise
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(output_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def describe(report: StopReport) -> str:
+    """One phrase for the start-up log."""
+    if report.running:
+        return (
+            f"the previous run (started {_when(report.started_at)}) ended without a report: it "
+            "was killed (SIGKILL, OOM), crashed or lost power; what it committed is kept"
+        )
+    how = report.reason + (f" ({report.signal})" if report.signal else "")
+    text = (
+        f"the previous run stopped on {how} at {_when(report.ended_at)}: exit "
+        f"{report.exit_code}, undelivered {report.undelivered}"
+    )
+    if report.detail:
+        text += f", {report.detail}"
+    return text
+
+
+def _when(t: float | None) -> str:
+    if t is None:
+        return "an unknown time"
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(t))
