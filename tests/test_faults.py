@@ -8,6 +8,7 @@ byte for byte.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -22,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from shovel._native import FAULT_INJECTION
+from shovel.laststop import REPORT_FILE
 from tests.helpers import (
     Checkpoint,
     Shovel,
@@ -419,14 +421,33 @@ def test_hung_fsync_stops_by_the_deadline_with_exit_3_and_a_restart_completes(
     assert_summary_matches(s1, cp)
     on_disk = len(stored_bytes(out))
     assert on_disk > cp.bytes, "the drained records were expected on disk past the checkpoint"
+    report = json.loads((out / REPORT_FILE).read_text())
+    assert (report["exit_code"], report["undelivered"]) == (3, s1.undelivered), report
 
-    text = finish(shovels, f"generate:{n}", out, generated(0, n), "restart.log", *FAST)
+    # The next start shows that stop to Prometheus (the gauges of the run itself were set
+    # moments before its exit, when nobody scraped them).
+    port = free_port()
+    watched = shovels.start(
+        ["--source", f"generate:{n}", "--output-dir", out, "--generate-rate", "1000",
+         "--metrics-port", str(port), "--status-interval-s", "0"],
+        "watched.log",
+    )  # fmt: skip
+    watched.wait_for_log("shovel started")
+    value = scraper(port)
+    assert value("shovel_last_stop_exit_code") == 3
+    assert value("shovel_last_stop_undelivered_records") == s1.undelivered
+    watched.signal(signal.SIGTERM)
+    assert watched.wait() == 0, watched.stderr
+    text = watched.stderr
+    assert f"exit 3, undelivered {s1.undelivered}" in text, text
     seg = out / "segments" / SEGMENT_0
     assert (
         f"recovery: discarded {on_disk - cp.bytes} bytes written past the checkpoint at the end "
         f"of {seg}" in text
     ), text
     assert f"resuming at offset {cp.committed_offset}" in text
+
+    finish(shovels, f"generate:{n}", out, generated(0, n), "restart.log", *FAST)
     assert committed(out) == n
 
 
