@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 NATIVE_INPUTS := $(shell find native/src -name '*.rs') native/Cargo.toml Cargo.toml Cargo.lock pyproject.toml
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test test-python test-rust lint fmt bench wheel clean
+.PHONY: run test test-python test-rust lint fmt bench wheel clean container-test deploy-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +32,8 @@ test-python: $(INSTALLED)
 	$(BIN)/python -m pytest
 
 lint: $(INSTALLED)
-	$(BIN)/ruff check shovel tests bench
-	$(BIN)/ruff format --check shovel tests bench
+	$(BIN)/ruff check shovel tests bench deploy/container
+	$(BIN)/ruff format --check shovel tests bench deploy/container
 	$(BIN)/mypy
 	$(BIN)/python -m mypy.stubtest shovel._native
 	cargo fmt --check
@@ -41,8 +41,8 @@ lint: $(INSTALLED)
 	cargo clippy --locked --all-targets --features python,fault-injection -- -D warnings
 
 fmt: $(INSTALLED)
-	$(BIN)/ruff format shovel tests bench
-	$(BIN)/ruff check --fix shovel tests bench
+	$(BIN)/ruff format shovel tests bench deploy/container
+	$(BIN)/ruff check --fix shovel tests bench deploy/container
 	cargo fmt
 
 bench: $(INSTALLED)
@@ -53,3 +53,29 @@ wheel: | $(BIN)/python
 
 clean:
 	rm -rf $(VENV) target dist shovel/*.so
+
+# Builds the real image from the Dockerfile with rootful podman and checks it (needs root; on a
+# fresh machine it installs podman and makes the base images first): see deploy/container/.
+container-test: $(INSTALLED)
+	bash deploy/container/setup.sh
+	$(BIN)/python -m pytest deploy/container -p no:cacheprovider
+
+# Checks the deploy files: hadolint on the Dockerfile, the Kubernetes manifest against the API
+# schemas of KUBERNETES_VERSION, the compose file against the compose specification's schema,
+# and Prometheus' configuration, alert rules and alert unit tests with promtool. The tools are
+# the `deploy` extra of pyproject.toml, installed with pip without building shovel; promtool
+# comes from Debian's prometheus package when it is missing. (tests/test_deploy_files.py, in
+# `make test`, ties the same files to the code.)
+KUBERNETES_VERSION ?= 1.35.0
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+deploy-check: | $(BIN)/python
+	$(BIN)/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["deploy"], sep="\n")' > $(VENV)/deploy-requirements.txt
+	$(BIN)/python -m pip install --quiet -r $(VENV)/deploy-requirements.txt
+	command -v promtool >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+	$(BIN)/hadolint --config .hadolint.yaml Dockerfile
+	$(BIN)/kubernetes-validate --strict --kubernetes-version $(KUBERNETES_VERSION) deploy/kubernetes/shovel.yaml
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec deploy/compose.yaml
+	promtool check config --lint=all --lint-fatal deploy/prometheus/prometheus.yml
+	promtool check rules --lint=all --lint-fatal deploy/prometheus/alerts.yml
+	promtool test rules deploy/prometheus/alerts_test.yml
