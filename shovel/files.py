@@ -418,6 +418,10 @@ class FileSource:
             )
         cur.read_pos += len(chunk)
         cur.grew_at = asyncio.get_running_loop().time()
+        if start <= len(cur.head) < min(FINGERPRINT_MAX_BYTES, cur.read_pos):
+            # The first bytes grow from what was read, not from a new look at the file: a
+            # look could see content that replaced the file since, and take it for the old.
+            cur.head += chunk[len(cur.head) - start : FINGERPRINT_MAX_BYTES - start]
         if cur.open_line:
             # The stored stream ends with this file's last line, which had no newline then.
             cur.open_line = False
@@ -431,8 +435,6 @@ class FileSource:
                     "rest would split that line in two; use a new --output-dir to store the "
                     "file from its start (with --follow an unfinished line waits for its newline)"
                 )
-        if len(cur.head) < FINGERPRINT_MAX_BYTES and len(cur.head) < cur.read_pos:
-            cur.head = await self._run(os.pread, cur.file.fileno(), FINGERPRINT_MAX_BYTES, 0)
         cur.size = max(cur.size, cur.read_pos)
         self._show(cur)
         return [self._stamp(cur, p) for p in splitter.feed(chunk)]
