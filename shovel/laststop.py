@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -25,7 +26,6 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 REPORT_FILE = "last-stop.json"
-_TMP_FILE = REPORT_FILE + ".tmp"
 _FILE_MODE = 0o640
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _VERSION = 1
@@ -50,6 +50,8 @@ class StopReport:
     stop_duration_s: float | None = None
     committed_offset: int | None = None
     detail: str | None = None
+    # The process that wrote it: a run replaces only its own marker.
+    pid: int | None = None
 
     @property
     def running(self) -> bool:
@@ -60,7 +62,9 @@ class StopReport:
 def running_marker(started_at: float | None = None) -> StopReport:
     """The marker written at start."""
     return StopReport(
-        reason="running", started_at=time.time() if started_at is None else started_at
+        reason="running",
+        started_at=time.time() if started_at is None else started_at,
+        pid=os.getpid(),
     )
 
 
@@ -68,29 +72,42 @@ class ReportError(ValueError):
     """last-stop.json cannot be read."""
 
 
+# Bounds of the values a report may hold: anything else is damage, not a report.
+_MAX_SECONDS = 1e11
+_WHOLE_NUMBERS = (
+    ("exit_code", -1, 255),
+    ("pid", 1, 2**22),
+    ("records_read", 0, 2**64 - 1),
+    ("records_stored", 0, 2**64 - 1),
+    ("undelivered", 0, 2**64 - 1),
+    ("committed_offset", 0, 2**64 - 1),
+)
+
+
 def _check(report: dict[str, object]) -> StopReport:
     if report.get("v") != _VERSION:
         raise ReportError(f"unknown version {report.get('v')!r}")
-    known = {f.name: f for f in fields(StopReport)}
-    values: dict[str, object] = {}
-    for name, value in report.items():
-        if name == "v":
-            continue
-        if name not in known:
-            raise ReportError(f"unknown field {name!r}")
-        values[name] = value
+    known = {f.name for f in fields(StopReport)}
+    values = {name: value for name, value in report.items() if name != "v"}
+    unknown = set(values) - known
+    if unknown:
+        raise ReportError(f"unknown fields {sorted(unknown)}")
     if not isinstance(values.get("reason"), str):
         raise ReportError("'reason' is not text")
-    for name in ("started_at", "ended_at", "stop_duration_s"):
-        v = values.get(name)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
-            raise ReportError(f"{name!r} is not a number")
     if "started_at" not in values:
         raise ReportError("'started_at' is missing")
-    for name in ("exit_code", "records_read", "records_stored", "undelivered", "committed_offset"):
+    for name in ("started_at", "ended_at", "stop_duration_s"):
         v = values.get(name)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
-            raise ReportError(f"{name!r} is not a whole number")
+        if v is not None and (
+            isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= _MAX_SECONDS
+        ):
+            raise ReportError(f"{name!r} is not a time in seconds: {v!r}")
+    for name, low, high in _WHOLE_NUMBERS:
+        v = values.get(name)
+        if v is not None and (
+            isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high
+        ):
+            raise ReportError(f"{name!r} is not a whole number from {low} to {high}: {v!r}")
     for name in ("signal", "detail"):
         v = values.get(name)
         if v is not None and not isinstance(v, str):
@@ -98,9 +115,13 @@ def _check(report: dict[str, object]) -> StopReport:
     return StopReport(**values)  # type: ignore[arg-type]
 
 
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
 def read_report(output_dir: Path) -> StopReport | None:
     """The report in `output_dir`, None when there is none; raises ReportError when it is
-    damaged (blocking)."""
+    damaged or cannot be read (blocking)."""
     path = output_dir / REPORT_FILE
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -108,10 +129,13 @@ def read_report(output_dir: Path) -> StopReport | None:
         return None
     except OSError as e:
         raise ReportError(f"cannot open it: {e.strerror}") from None
-    with os.fdopen(fd, "rb") as f:
-        raw = f.read(65536)
     try:
-        body = json.loads(raw)
+        with os.fdopen(fd, "rb") as f:
+            raw = f.read(65536)
+    except OSError as e:
+        raise ReportError(f"cannot read it: {e.strerror}") from None
+    try:
+        body = json.loads(raw, parse_constant=_no_constant)
     except ValueError as e:
         raise ReportError(f"not JSON: {e}") from None
     if not isinstance(body, dict):
@@ -120,12 +144,61 @@ def read_report(output_dir: Path) -> StopReport | None:
 
 
 def write_report(output_dir: Path, report: StopReport) -> None:
-    """Replaces the report in `output_dir` with `report`, atomically and durably (blocking)."""
-    tmp, path = output_dir / _TMP_FILE, output_dir / REPORT_FILE
+    """Replaces the report in `output_dir` with `report`, atomically and durably (blocking).
+    The caller holds the directory's lock."""
+    for stale in output_dir.glob(f"{REPORT_FILE}.*.tmp"):
+        # Left by a writer that died or gave up; unlinked, so a planted link is not followed.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(stale)
+    _replace(output_dir, report)
+
+
+def write_final_report(output_dir: Path, report: StopReport, marker: StopReport) -> bool:
+    """Replaces this run's `marker` with its final `report` (blocking). Called after the store
+    was closed, when the directory's lock is no longer this run's: the lock is taken again for
+    the write when it is free; when it is not (this run's own abandoned writes may still hold
+    it after a timed-out close, or a new run has just taken the directory), the report is
+    written only if the file still holds this run's marker. Returns whether it was written."""
+    lock_fd = _try_lock(output_dir)
+    try:
+        try:
+            current = read_report(output_dir)
+        except ReportError:
+            current = None
+        if current != marker:
+            log.warning(
+                "not writing %s: another shovel took %s after this run closed it",
+                output_dir / REPORT_FILE,
+                output_dir,
+            )
+            return False
+        _replace(output_dir, report)
+        return True
+    finally:
+        if lock_fd is not None:
+            os.close(lock_fd)
+
+
+def _try_lock(output_dir: Path) -> int | None:
+    """The directory's lock file, locked; None when it is held or cannot be opened."""
+    try:
+        fd = os.open(output_dir / "lock", os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _replace(output_dir: Path, report: StopReport) -> None:
+    # A temporary name of this process's own: a writer that gave up on a hung write cannot
+    # rename another's file.
+    tmp, path = output_dir / f"{REPORT_FILE}.{os.getpid()}.tmp", output_dir / REPORT_FILE
     body = {"v": _VERSION, **{k: v for k, v in asdict(report).items() if v is not None}}
     data = (json.dumps(body, indent=1, sort_keys=True) + "\n").encode()
-    # A leftover of an interrupted write, or anything planted there (a symbolic link
-    # included: unlinking removes the link, not its target), goes first.
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)
     try:
@@ -166,6 +239,9 @@ def describe(report: StopReport) -> str:
 
 
 def _when(t: float | None) -> str:
-    if t is None:
-        return "an unknown time"
-    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(t))
+    try:
+        if t is not None:
+            return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(t))
+    except (OverflowError, ValueError, OSError):
+        pass
+    return "an unknown time"

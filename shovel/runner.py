@@ -27,6 +27,7 @@ from shovel.laststop import (
     describe,
     read_report,
     running_marker,
+    write_final_report,
     write_report,
 )
 from shovel.metrics import LiveState, Metrics, MetricsServer
@@ -91,6 +92,8 @@ class RunState:
     fatal: str | None = None
     close_timed_out: bool = False
     started_at: float = field(default_factory=time.time)
+    # The marker this run wrote into last-stop.json at start (None if it could not).
+    marker: StopReport | None = None
 
 
 def _live_state(state: RunState) -> LiveState:
@@ -335,8 +338,9 @@ async def run_service(settings: Settings) -> int:
         await _take_over_report(settings, metrics, state)
         where = await _resume(settings, storage, source)
         if isinstance(where, _Refused):
-            await _save_report(
+            await _save_final_report(
                 settings,
+                state,
                 StopReport(
                     reason="refused",
                     started_at=state.started_at,
@@ -381,8 +385,10 @@ class _Refused:
     why: str
 
 
-# How long the stop report may take to write before the exit goes on without it.
-_REPORT_WRITE_S = 5.0
+# How long a stop report may take to write before the run goes on without it: at start, and
+# at the end, where it comes out of the 5 s margin before the orchestrator's kill.
+_MARKER_WRITE_S = 5.0
+_REPORT_WRITE_S = 1.0
 
 
 async def _take_over_report(settings: Settings, metrics: Metrics, state: RunState) -> None:
@@ -400,24 +406,46 @@ async def _take_over_report(settings: Settings, metrics: Metrics, state: RunStat
             log.warning("last stop: %s", describe(previous))
         else:
             log.info("last stop: %s", describe(previous))
-    await _save_report(settings, running_marker(state.started_at))
+    marker = running_marker(state.started_at)
+    if await _save_report(settings, write_report, (settings.output_dir, marker), _MARKER_WRITE_S):
+        state.marker = marker
 
 
-async def _save_report(settings: Settings, report: StopReport) -> None:
-    """Persists `report` off the loop, bounded in time; a failure is logged, not raised."""
-    job = asyncio.get_running_loop().run_in_executor(
-        DaemonThreads(), write_report, settings.output_dir, report
-    )
+async def _save_report(
+    settings: Settings, write: Callable[..., object], args: tuple[object, ...], limit_s: float
+) -> bool:
+    """Runs `write(*args)` off the loop, bounded in time; a failure is logged, not raised.
+    Returns whether it completed."""
+    job = asyncio.get_running_loop().run_in_executor(DaemonThreads(), write, *args)
     try:
-        await asyncio.wait_for(job, _REPORT_WRITE_S)
+        await asyncio.wait_for(job, limit_s)
     except TimeoutError:
         log.warning(
             "writing %s took over %.0fs: going on without it",
             settings.output_dir / REPORT_FILE,
-            _REPORT_WRITE_S,
+            limit_s,
         )
     except OSError as e:
         log.warning("cannot write %s: %s", settings.output_dir / REPORT_FILE, e)
+    else:
+        return True
+    return False
+
+
+async def _save_final_report(settings: Settings, state: RunState, report: StopReport) -> None:
+    """Replaces this run's marker with its report (see laststop.write_final_report)."""
+    if state.marker is None:
+        log.warning(
+            "not writing %s: this run could not mark it as its own at start",
+            settings.output_dir / REPORT_FILE,
+        )
+        return
+    await _save_report(
+        settings,
+        write_final_report,
+        (settings.output_dir, report, state.marker),
+        _REPORT_WRITE_S,
+    )
 
 
 async def _resume(settings: Settings, storage: Storage, source: Source) -> str | _Refused:
@@ -521,8 +549,9 @@ async def _run_and_close(run: _Run) -> int:
     )
     code = _exit_code(run, undelivered, stats.committed_offset)
     if settings.output_dir.is_dir():
-        await _save_report(
+        await _save_final_report(
             settings,
+            state,
             StopReport(
                 reason="fatal"
                 if state.fatal is not None
