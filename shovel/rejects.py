@@ -50,15 +50,21 @@ DIR_MODE = 0o750
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+def _link_refused(path: Path) -> OSError:
+    return OSError(
+        errno.ELOOP,
+        f"{path} is a symbolic link, which shovel never follows; remove it, or use another "
+        "output directory",
+    )
+
+
 def _create_file(path: Path) -> BinaryIO:
     """Creates (or empties) `path` for writing, with FILE_MODE, never through a link."""
     try:
         fd = os.open(path, _CREATE_FLAGS, FILE_MODE)
     except OSError as e:
         if e.errno == errno.ELOOP:
-            raise OSError(
-                e.errno, f"{path} is a symbolic link, which shovel never follows"
-            ) from None
+            raise _link_refused(path) from None
         raise
     return os.fdopen(fd, "wb")
 
@@ -109,6 +115,8 @@ def recover_rejected(output_dir: Path, committed_offset: int, replayable: bool) 
     of the next run's line at the same offset.
     """
     directory = output_dir / REJECTED_DIR
+    if directory.is_symlink():
+        raise _link_refused(directory)
     try:
         names = sorted(os.listdir(directory))
     except FileNotFoundError:
@@ -201,6 +209,8 @@ class RejectWriter:
         return run
 
     def _open(self, path: Path) -> BinaryIO:
+        if path.parent.is_symlink():
+            raise _link_refused(path.parent)
         if not path.parent.is_dir():
             # Not parents=True: a removed output directory must not come back half-empty.
             path.parent.mkdir(mode=DIR_MODE)

@@ -69,6 +69,14 @@ pub fn recover(dir: &Path) -> StoreResult<Recovered> {
     }
     let lock = lock::acquire(dir)?;
     let seg_dir = dir.join(SEGMENTS_DIR);
+    if fs::symlink_metadata(&seg_dir).is_ok_and(|m| m.file_type().is_symlink()) {
+        let refused = io::Error::from_raw_os_error(libc::ELOOP);
+        return Err(perm::open_error(
+            "open segments directory",
+            &seg_dir,
+            &refused,
+        ));
+    }
     if !seg_dir.is_dir() {
         perm::create_dir(&seg_dir)
             .map_err(|e| StoreError::io("create segments directory", &seg_dir, &e))?;
