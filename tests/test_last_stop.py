@@ -5,6 +5,7 @@ symbolic link planted there is ever written through."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -15,11 +16,19 @@ from pathlib import Path
 
 import pytest
 
-from shovel.laststop import REPORT_FILE
+from shovel.laststop import (
+    REPORT_FILE,
+    StopReport,
+    read_report,
+    running_marker,
+    write_final_report,
+    write_report,
+)
 from tests.helpers import (
     Shovel,
     assert_clean_stderr,
     free_port,
+    generated,
     http_get,
     read_checkpoint,
     run_shovel,
@@ -131,16 +140,61 @@ def test_a_refused_start_is_reported(tmp_path: Path) -> None:
     assert "refusing to mix them" in r["detail"]
 
 
-def test_a_damaged_report_is_ignored_with_a_warning(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        ("{not json", "not JSON"),
+        ('{"v": 1, "reason": "signal", "started_at": NaN}', "NaN is not a number JSON allows"),
+        ('{"v": 1, "reason": "signal", "started_at": 1, "ended_at": 1e300}', "'ended_at'"),
+        ('{"v": 1, "reason": "signal", "started_at": 1, "exit_code": 1e400}', "'exit_code'"),
+        ('{"v": 1, "reason": "signal", "started_at": 1, "undelivered": -5}', "'undelivered'"),
+        ('{"v": 1, "reason": "signal", "started_at": 1, "extra": 0}', "unknown fields"),
+        ('["v", 1]', "not a JSON object"),
+    ],
+)
+def test_a_damaged_report_is_ignored_with_a_warning(tmp_path: Path, content: str, why: str) -> None:
     out = tmp_path / "out"
     out.mkdir()
-    (out / REPORT_FILE).write_text("{not json")
+    (out / REPORT_FILE).write_text(content)
     code, text = run_shovel(
         ["--source", "generate:10", "--output-dir", out, *QUIET], tmp_path / "1.log"
     )
     assert code == 0, text
-    assert f"ignoring {out / REPORT_FILE}: not JSON" in text
+    assert f"ignoring {out / REPORT_FILE}: " in text, text
+    assert why in text, text
+    assert_clean_stderr(text)
     assert report(out)["exit_code"] == 0
+
+
+def test_a_directory_in_the_reports_place_does_not_stop_the_run(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (out / REPORT_FILE).mkdir(parents=True)
+    code, text = run_shovel(
+        ["--source", "generate:10", "--output-dir", out, *QUIET], tmp_path / "1.log"
+    )
+    assert code == 0, text
+    assert_clean_stderr(text)
+    assert f"cannot write {out / REPORT_FILE}" in text, text
+    assert stored_bytes(out) == generated(0, 10)
+
+
+def test_the_final_report_replaces_only_this_runs_marker(tmp_path: Path) -> None:
+    (tmp_path / "lock").write_bytes(b"")
+    ours = running_marker(100.0)
+    write_report(tmp_path, ours)
+    final = StopReport(reason="signal", started_at=100.0, exit_code=0, ended_at=200.0)
+    # Another run took the directory after this one closed it, and marked it as its own.
+    theirs = StopReport(reason="running", started_at=150.0, pid=ours.pid)
+    write_report(tmp_path, theirs)
+    assert not write_final_report(tmp_path, final, ours)
+    assert read_report(tmp_path) == theirs
+    write_report(tmp_path, ours)
+    # The lock is held (this run's abandoned writes after a timed-out close): still written.
+    with (tmp_path / "lock").open("rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert write_final_report(tmp_path, final, ours)
+    assert read_report(tmp_path) == final
+    assert sorted(p.name for p in tmp_path.iterdir()) == [REPORT_FILE, "lock"]
 
 
 # --- safe defaults ------------------------------------------------------------------------------
@@ -196,7 +250,7 @@ def test_a_symlink_planted_as_the_lock_is_refused_not_written_through(tmp_path: 
 
 
 @pytest.mark.parametrize(
-    "name", ["checkpoint.tmp", f"{REPORT_FILE}.tmp", "rejected/00000000000000000006.rec.partial"]
+    "name", ["checkpoint.tmp", f"{REPORT_FILE}.1.tmp", "rejected/00000000000000000006.rec.partial"]
 )
 def test_a_symlink_planted_as_a_temporary_file_is_removed_not_written_through(
     tmp_path: Path, name: str
@@ -218,3 +272,21 @@ def test_a_symlink_planted_as_a_temporary_file_is_removed_not_written_through(
     assert not (out / name).is_symlink()
     assert stored_bytes(out) == b"short\nlast\n"
     assert (out / "rejected" / "00000000000000000006.rec").read_bytes() == b"x" * 3000 + b"\n"
+
+
+@pytest.mark.parametrize("name", ["segments", "rejected"])
+def test_a_symlink_planted_as_a_directory_is_refused_not_written_through(
+    tmp_path: Path, name: str
+) -> None:
+    out = tmp_path / "out"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "00000000000000000099.rec").write_bytes(b"not yours\n")
+    plant(out / name, elsewhere)
+    code, text = run_shovel(
+        ["--source", "generate:10", "--output-dir", out, *QUIET], tmp_path / "1.log"
+    )
+    assert code == 1, text
+    assert f"{out / name} is a symbolic link, which shovel never follows" in text, text
+    assert "Traceback" not in text
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["00000000000000000099.rec"]

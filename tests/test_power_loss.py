@@ -97,9 +97,16 @@ def make_input(path: Path, rng: random.Random) -> tuple[bytes, bytes, dict[str, 
 
 
 def is_stopped(pid: int) -> bool:
-    # /proc/PID/stat: "pid (comm) STATE ..."; T is stopped by a signal.
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return stat.rsplit(")", 1)[1].split()[0] == "T"
+    """Whether every thread of `pid` is stopped: none is still inside a write or an fsync."""
+    # /proc/PID/task/TID/stat: "tid (comm) STATE ..."; T is stopped by a signal.
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except FileNotFoundError:
+            continue  # the thread ended
+        if stat.rsplit(")", 1)[1].split()[0] != "T":
+            return False
+    return True
 
 
 def committed_metric(port: int) -> int:
@@ -109,6 +116,29 @@ def committed_metric(port: int) -> int:
     except OSError:
         return 0
     return int(metric(text, "shovel_committed_offset")) if status == 200 else 0
+
+
+def freeze_and_copy(
+    s: Shovel, *, out: Path, port: int, early: bool, target: int, image: Path, copy: Path
+) -> int:
+    """Freezes shovel at a moment of its start (directory creation, recovery, the first
+    writes) when `early`, else once its committed offset passed `target`; copies the disk
+    image as a power cut would leave it. Returns the committed offset shovel exported just
+    before the freeze."""
+    wait_until(
+        lambda: (
+            s.proc.poll() is not None
+            or (early and os.path.exists(out))
+            or committed_metric(port) >= target
+        ),
+        what=f"committed progress past {target}",
+    )
+    promised = committed_metric(port)
+    s.signal(signal.SIGSTOP)
+    wait_until(lambda: s.proc.poll() is not None or is_stopped(s.proc.pid), what="the freeze")
+    # The power goes: the disk holds only what reached it.
+    _run("cp", "--sparse=always", image, copy)
+    return promised
 
 
 @pytest.fixture(scope="module")
@@ -144,28 +174,22 @@ def test_power_loss_at_a_random_moment_keeps_every_committed_record(
         "--status-interval-s", "0",
     ]  # fmt: skip
 
-    with mounted(image, tmp_path / "mnt", "commit=600") as mnt:
+    # noauto_da_alloc: no writeback of its own when a file is renamed over another, which
+    # would hide a missing fsync before a rename.
+    with mounted(image, tmp_path / "mnt", "commit=600,noauto_da_alloc") as mnt:
         out = mnt / "out"
         s = Shovel([*args, "--output-dir", out, "--metrics-port", str(port)], tmp_path / "1.log")
-        # A random moment of the start (directory creation, recovery, first writes) in a
-        # quarter of the runs, else a random point of committed progress.
-        early = rng.random() < 0.25
-        target = 1 if early else int(rng.uniform(0.05, 0.9) * len(data))
-        wait_until(
-            lambda: (
-                s.proc.poll() is not None
-                or (early and os.path.exists(out))
-                or committed_metric(port) >= target
-            ),
-            what=f"committed progress past {target}",
-        )
-        promised = committed_metric(port)
-        s.signal(signal.SIGSTOP)
-        wait_until(lambda: s.proc.poll() is not None or is_stopped(s.proc.pid), what="the freeze")
-        # The power goes: the disk holds only what reached it.
-        _run("cp", "--sparse=always", image, copy)
-        s.proc.kill()
-        s.wait()
+        target = int(rng.uniform(0.05, 0.9) * len(data))
+        try:
+            promised = freeze_and_copy(
+                s, out=out, port=port, early=rng.random() < 0.25, target=target, image=image,
+                copy=copy,
+            )  # fmt: skip
+        finally:
+            # Also when a wait failed: a live shovel would keep the mount busy.
+            if s.proc.poll() is None:
+                s.proc.kill()
+            s.wait()
         finished_before = "summary:" in s.stderr
     image.unlink()
 
