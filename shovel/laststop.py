@@ -14,7 +14,6 @@ fsynced) and never goes through a symbolic link.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import logging
@@ -23,11 +22,11 @@ import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from shovel.safefiles import LOCK_FILE, create_file, fsync_dir
+
 log = logging.getLogger(__name__)
 
 REPORT_FILE = "last-stop.json"
-_FILE_MODE = 0o640
-_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _VERSION = 1
 
 # The exit code exported for a run that ended without a report: no exit code of shovel's.
@@ -182,7 +181,7 @@ def write_final_report(output_dir: Path, report: StopReport, marker: StopReport)
 def _try_lock(output_dir: Path) -> int | None:
     """The directory's lock file, locked; None when it is held or cannot be opened."""
     try:
-        fd = os.open(output_dir / "lock", os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(output_dir / LOCK_FILE, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return None
     try:
@@ -201,24 +200,12 @@ def _replace(output_dir: Path, report: StopReport) -> None:
     data = (json.dumps(body, indent=1, sort_keys=True) + "\n").encode()
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)
-    try:
-        fd = os.open(tmp, _CREATE_FLAGS, _FILE_MODE)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise OSError(
-                e.errno, f"{tmp} is a symbolic link, which shovel never follows"
-            ) from None
-        raise
-    with os.fdopen(fd, "wb") as f:
+    with create_file(tmp, exclusive=True) as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    dir_fd = os.open(output_dir, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_dir(output_dir)
 
 
 def describe(report: StopReport) -> str:

@@ -17,7 +17,6 @@ a run that crashed before committing past it is read again, and must not be kept
 from __future__ import annotations
 
 import asyncio
-import errno
 import functools
 import logging
 import os
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from shovel import safefiles
 from shovel.batches import Rejected
 from shovel.sources import DaemonThreads
 
@@ -43,32 +43,6 @@ LOG_WINDOW_S = 60.0
 _THREADS = DaemonThreads()
 
 
-# Files and directories made here: owner and group only (before the umask), never written
-# through a symbolic link planted in the output directory.
-FILE_MODE = 0o640
-DIR_MODE = 0o750
-_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def _link_refused(path: Path) -> OSError:
-    return OSError(
-        errno.ELOOP,
-        f"{path} is a symbolic link, which shovel never follows; remove it, or use another "
-        "output directory",
-    )
-
-
-def _create_file(path: Path) -> BinaryIO:
-    """Creates (or empties) `path` for writing, with FILE_MODE, never through a link."""
-    try:
-        fd = os.open(path, _CREATE_FLAGS, FILE_MODE)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise _link_refused(path) from None
-        raise
-    return os.fdopen(fd, "wb")
-
-
 def rejected_path(output_dir: Path, offset: int) -> Path:
     """Where the line starting at source offset `offset` is kept."""
     return output_dir / REJECTED_DIR / f"{offset:020d}.rec"
@@ -76,14 +50,6 @@ def rejected_path(output_dir: Path, offset: int) -> Path:
 
 def _partial(path: Path) -> Path:
     return path.with_name(path.name + ".partial")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _offset_of(name: str) -> int | None:
@@ -116,7 +82,7 @@ def recover_rejected(output_dir: Path, committed_offset: int, replayable: bool) 
     """
     directory = output_dir / REJECTED_DIR
     if directory.is_symlink():
-        raise _link_refused(directory)
+        raise safefiles.link_refused(directory)
     try:
         names = sorted(os.listdir(directory))
     except FileNotFoundError:
@@ -142,7 +108,7 @@ def recover_rejected(output_dir: Path, committed_offset: int, replayable: bool) 
             os.rename(path, aside)
             notes.append(f"kept {path} as {aside}: {why} and this source cannot be read again")
     if notes:
-        _fsync_dir(directory)
+        safefiles.fsync_dir(directory)
     return notes
 
 
@@ -210,12 +176,12 @@ class RejectWriter:
 
     def _open(self, path: Path) -> BinaryIO:
         if path.parent.is_symlink():
-            raise _link_refused(path.parent)
+            raise safefiles.link_refused(path.parent)
         if not path.parent.is_dir():
             # Not parents=True: a removed output directory must not come back half-empty.
-            path.parent.mkdir(mode=DIR_MODE)
-            _fsync_dir(self.output_dir)
-        return _create_file(_partial(path))
+            path.parent.mkdir(mode=safefiles.DIR_MODE)
+            safefiles.fsync_dir(self.output_dir)
+        return safefiles.create_file(_partial(path))
 
     def _seal(self, line: _Line, f: BinaryIO) -> None:
         # Written under a temporary name and renamed when whole: a `.rec` file is always
@@ -225,7 +191,7 @@ class RejectWriter:
         line.file = None
         f.close()
         os.replace(_partial(line.path), line.path)
-        _fsync_dir(line.path.parent)
+        safefiles.fsync_dir(line.path.parent)
 
     def _write_piece(self, line: _Line, piece: Rejected) -> None:
         """On a file thread: opens the file for a first piece, appends, seals after the last."""

@@ -14,7 +14,7 @@ from typing import Any, BinaryIO
 
 import pytest
 
-from shovel import rejects as rejects_module
+from shovel import safefiles
 from shovel.batches import Batch, BatchQueue, Rejected
 from shovel.pipeline import ReadTally, run_reader
 from shovel.rejects import RejectWriter, rejected_path
@@ -108,13 +108,13 @@ class FailingWrites:
 
 def fail_partial_writes(monkeypatch: pytest.MonkeyPatch, failing: set[int]) -> None:
     """Files opened under a `.partial` name fail their writes numbered in `failing`."""
-    real_create = rejects_module._create_file
+    real_create = safefiles.create_file
 
-    def create(path: Path) -> Any:
+    def create(path: Path, *, exclusive: bool = False) -> Any:
         assert path.name.endswith(".partial"), path
-        return FailingWrites(real_create(path), failing)
+        return FailingWrites(real_create(path, exclusive=exclusive), failing)
 
-    monkeypatch.setattr(rejects_module, "_create_file", create)
+    monkeypatch.setattr(safefiles, "create_file", create)
 
 
 class BlockedOpens:
@@ -125,18 +125,18 @@ class BlockedOpens:
         self.entered = threading.Event()
         self.released = threading.Event()
         self.opened = threading.Event()
-        real_create = rejects_module._create_file
+        real_create = safefiles.create_file
 
-        def create(path: Path) -> Any:
+        def create(path: Path, *, exclusive: bool = False) -> Any:
             assert path.name.endswith(".partial"), path
             self.entered.set()
             # Bounded, so that a failing test does not leave a thread stuck for good.
             self.released.wait(WAIT_S)
-            f = real_create(path)
+            f = real_create(path, exclusive=exclusive)
             self.opened.set()
             return f
 
-        monkeypatch.setattr(rejects_module, "_create_file", create)
+        monkeypatch.setattr(safefiles, "create_file", create)
 
 
 # --- keeping a rejected line when the reader is stopped --------------------------------------
