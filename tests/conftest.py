@@ -1,11 +1,13 @@
-"""Fixtures: inputs that several tests share."""
+"""Fixtures that several test modules share: inputs, an in-process metrics server."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from shovel.metrics import Metrics, MetricsServer
 from tests.helpers import write_input
 
 
@@ -14,3 +16,15 @@ def big_input(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
     """About 48 MB of varied records: large enough to be stopped mid-way."""
     path = tmp_path_factory.mktemp("input") / "big.txt"
     return path, write_input(path, 500_000)
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[Metrics, int]]:
+    """shovel's metrics server, in-process on a free port: its Metrics and the port."""
+    metrics = Metrics()
+    server = MetricsServer(metrics, "127.0.0.1", 0)
+    server.start()
+    try:
+        yield metrics, server.port
+    finally:
+        server.stop()

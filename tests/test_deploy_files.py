@@ -16,7 +16,7 @@ import shlex
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from shovel.metrics import Metrics, MetricsServer
+from shovel.metrics import Metrics
 from shovel.settings import ENV_PREFIX, GRACE_MARGIN_S, ConfigError, Settings, load_settings
 from tests.helpers import Shovel, free_port, http_get, metric, wait_until, write_input
 
@@ -389,18 +389,6 @@ def kubernetes_container_ports() -> set[int]:
     return {int(p["containerPort"]) for p in kubernetes_container()["ports"]}
 
 
-@pytest.fixture
-def server() -> Iterator[tuple[Metrics, int]]:
-    """shovel's metrics server, in-process."""
-    metrics = Metrics()
-    srv = MetricsServer(metrics, "127.0.0.1", 0)
-    srv.start()
-    try:
-        yield metrics, srv.port
-    finally:
-        srv.stop()
-
-
 def assert_liveness(port: int, path: str, metrics: Metrics, where: str) -> None:
     """`path` answers 200 whether or not shovel is ready (a drain is not a hang)."""
     for ready in (False, True):
@@ -421,9 +409,9 @@ def assert_metrics(port: int, path: str, where: str) -> None:
     assert "# TYPE shovel_records_read_total counter" in body, f"{where}: {path}"
 
 
-def test_the_server_tells_the_endpoints_apart(server: tuple[Metrics, int]) -> None:
+def test_the_server_tells_the_endpoints_apart(served: tuple[Metrics, int]) -> None:
     """The assertions below can fail: each endpoint fails the others' checks."""
-    metrics, port = server
+    metrics, port = served
     with pytest.raises(AssertionError):
         assert_liveness(port, "/readyz", metrics, "")
     with pytest.raises(AssertionError):
@@ -434,9 +422,9 @@ def test_the_server_tells_the_endpoints_apart(server: tuple[Metrics, int]) -> No
 
 
 def test_kubernetes_probes_and_scrape_annotations_match_the_server(
-    server: tuple[Metrics, int], settings_of: SettingsOf
+    served: tuple[Metrics, int], settings_of: SettingsOf
 ) -> None:
-    metrics, port = server
+    metrics, port = served
     container = kubernetes_container()
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     metrics_port = settings_of(deployment("kubernetes")).metrics_port
@@ -466,8 +454,8 @@ def test_kubernetes_probes_and_scrape_annotations_match_the_server(
         assert_metrics(port, annotations["prometheus.io/path"], where)
 
 
-def test_the_dockerfile_healthcheck_probes_liveness(server: tuple[Metrics, int]) -> None:
-    metrics, port = server
+def test_the_dockerfile_healthcheck_probes_liveness(served: tuple[Metrics, int]) -> None:
+    metrics, port = served
     argv = healthcheck_command()
     assert argv[0] == "python", argv
     command = [sys.executable, *argv[1:]]
@@ -492,9 +480,9 @@ def test_the_dockerfile_healthcheck_probes_liveness(server: tuple[Metrics, int])
 
 
 def test_prometheus_scrapes_the_compose_service_on_its_metrics_path(
-    server: tuple[Metrics, int], settings_of: SettingsOf
+    served: tuple[Metrics, int], settings_of: SettingsOf
 ) -> None:
-    _, port = server
+    _, port = served
     job = shovel_scrape_job()
     assert_metrics(port, job.get("metrics_path", "/metrics"), "prometheus.yml")
     services = yaml_file(COMPOSE)["services"]

@@ -2,24 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
-
-from shovel.metrics import LiveState, Metrics, MetricsServer
+from shovel.metrics import LiveState, Metrics
 from tests.helpers import http_get, metric
-
-
-@pytest.fixture
-def served() -> Iterator[tuple[Metrics, int]]:
-    metrics = Metrics()
-    server = MetricsServer(metrics, "127.0.0.1", 0)
-    server.start()
-    try:
-        yield metrics, server.port
-    finally:
-        server.stop()
 
 
 def state(**values: int) -> LiveState:
