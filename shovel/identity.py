@@ -7,7 +7,9 @@ device, inode and a fingerprint of its first bytes (inode numbers are reused, co
 and `base`, the stream position where the file's byte 0 lies: offsets are positions in the
 stream of everything read into this output directory, so they only grow, across rotations too,
 and a file position is `offset - base`. `open_line` says that the last stored record was a final
-line without a newline, completed by shovel.
+line without a newline, completed by shovel. For a NATS stream it names the stream (and when it
+was created) and the consumer, and lists the stream sequences stored here whose acknowledgement
+the server has not confirmed (see natssource.py).
 """
 
 from __future__ import annotations
@@ -70,7 +72,21 @@ class StreamOrigin:
     name: str
 
 
-Origin = FileOrigin | GeneratorOrigin | StreamOrigin
+@dataclass(frozen=True, slots=True)
+class NatsOrigin:
+    """A NATS JetStream stream read through a durable consumer: offsets are stream sequences.
+
+    `stored` lists, as ranges "A-B" or "A" joined by commas, the sequences stored in this
+    output directory whose acknowledgement the server had not confirmed: a redelivery of one of
+    them is acknowledged, not stored again."""
+
+    stream: str
+    consumer: str
+    created: str
+    stored: str = ""
+
+
+Origin = FileOrigin | GeneratorOrigin | StreamOrigin | NatsOrigin
 
 
 def kind_of(origin: Origin) -> str:
@@ -79,6 +95,8 @@ def kind_of(origin: Origin) -> str:
         return f"the file {origin.describe()}"
     if isinstance(origin, GeneratorOrigin):
         return "the generator"
+    if isinstance(origin, NatsOrigin):
+        return f"the NATS stream {origin.stream} (consumer {origin.consumer})"
     return f"a stream ({origin.name})"
 
 
@@ -98,6 +116,14 @@ def encode(origin: Origin) -> str:
             body["open_line"] = True
     elif isinstance(origin, GeneratorOrigin):
         body = {"kind": "generate"}
+    elif isinstance(origin, NatsOrigin):
+        body = {
+            "kind": "nats",
+            "stream": origin.stream,
+            "consumer": origin.consumer,
+            "created": origin.created,
+            "stored": origin.stored,
+        }
     else:
         body = {"kind": "stream", "name": origin.name}
     # ensure_ascii keeps any path on one line of plain text.
@@ -136,6 +162,13 @@ def decode(text: str) -> Origin | None:
         return GeneratorOrigin()
     if kind == "stream":
         return StreamOrigin(_str(body, "name"))
+    if kind == "nats":
+        return NatsOrigin(
+            stream=_str(body, "stream"),
+            consumer=_str(body, "consumer"),
+            created=_str(body, "created"),
+            stored=_str(body, "stored"),
+        )
     if kind == "file":
         fp_len = _int(body, "fp_len")
         if fp_len > FINGERPRINT_MAX_BYTES:

