@@ -150,8 +150,13 @@ def kubernetes_docs() -> list[dict[str, Any]]:
 
 
 def kubernetes_workload() -> dict[str, Any]:
-    """The manifest's one workload that has a pod template (the StatefulSet)."""
-    workloads = [d for d in kubernetes_docs() if "template" in d.get("spec", {})]
+    """The manifest's one shovel workload that has a pod template (the StatefulSet; the
+    others run NATS)."""
+    workloads = [
+        d
+        for d in kubernetes_docs()
+        if "template" in d.get("spec", {}) and d["metadata"]["name"] == "shovel"
+    ]
     assert len(workloads) == 1, [d["kind"] for d in workloads]
     return workloads[0]
 
@@ -164,7 +169,9 @@ def kubernetes_container() -> dict[str, Any]:
 
 
 def kubernetes_service() -> dict[str, Any]:
-    [service] = [d for d in kubernetes_docs() if d["kind"] == "Service"]
+    [service] = [
+        d for d in kubernetes_docs() if d["kind"] == "Service" and d["metadata"]["name"] == "shovel"
+    ]
     return service
 
 
