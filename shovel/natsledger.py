@@ -3,9 +3,11 @@
 A message goes through these states, by its stream sequence:
   pending    in a batch handed to the pipeline, not yet durable;
   durable    its batch is durable (its checkpoint is on disk): acknowledged, the server's
-             confirmation awaited;
-and leaves the ledger when the server confirms the acknowledgement, or when the consumer's
-acknowledgement floor passes it. Batches are made durable in the order they were handed over,
+             confirmation awaited (sent again while it does not come);
+  confirmed  the server confirmed the acknowledgement;
+and leaves the ledger only when the consumer's acknowledgement floor passes it: a confirmed
+acknowledgement can still be lost with a server that fails before passing it on, and the
+message would then come back. Batches are made durable in the order they were handed over,
 so the storage's count of durable records says which ones are.
 
 The sequences in the ledger are what the checkpoint lists (`ranges`): after a crash, a
@@ -69,6 +71,7 @@ class Entry:
     durable: bool
     # When its acknowledgement was last sent (loop time).
     ack_sent_at: float | None = None
+    confirmed: bool = False
 
 
 class Ledger:
@@ -82,14 +85,16 @@ class Ledger:
 
     def in_flight(self) -> int:
         """Messages of this run stored or being stored and not yet confirmed acknowledged."""
-        return sum(1 for e in self.entries.values() if e.fetched_at is not None)
+        return sum(1 for e in self.entries.values() if e.fetched_at is not None and not e.confirmed)
 
     def known(self, seq: int, reply: str) -> Entry | None:
         """A delivery of `seq`: its entry if it is already stored (or being stored) here, with
-        the delivery's acknowledgement subject kept for the acknowledgement; None if new."""
+        the delivery's acknowledgement subject kept for the acknowledgement (to be sent again:
+        the server delivered it again, so it does not hold it acknowledged); None if new."""
         entry = self.entries.get(seq)
         if entry is not None:
             entry.reply = reply
+            entry.confirmed = False
         return entry
 
     def ranges_with(self, seqs: Iterable[int]) -> str:
@@ -117,11 +122,12 @@ class Ledger:
         return done
 
     def confirmed(self, seq: int) -> Entry | None:
-        """The server confirmed the acknowledgement of `seq`: it leaves the ledger."""
+        """The server confirmed the acknowledgement of `seq`; returns its entry, if that is
+        news."""
         entry = self.entries.get(seq)
-        if entry is None or not entry.durable:
+        if entry is None or not entry.durable or entry.confirmed:
             return None
-        del self.entries[seq]
+        entry.confirmed = True
         return entry
 
     def unconfirmed(self, sent_before: float) -> list[tuple[int, str]]:
@@ -131,6 +137,7 @@ class Ledger:
             (seq, e.reply)
             for seq, e in self.entries.items()
             if e.durable
+            and not e.confirmed
             and e.reply is not None
             and (e.ack_sent_at is None or e.ack_sent_at < sent_before)
         ]

@@ -67,8 +67,10 @@ PULL_EXPIRES_S = 2.0
 PULL_LOST_S = 1.0
 # An acknowledgement not confirmed within this long is sent again.
 ACK_RESEND_S = 2.0
-# How often the consumer's state is asked for (pending messages, acknowledgement floor).
+# How often the consumer's state is asked for (pending messages, acknowledgement floor); and
+# how often while the reader waits for the floor to shorten the checkpoint's listing.
 CONSUMER_INFO_S = 5.0
+LISTING_FULL_LOOK_S = 0.5
 # The checkpoint keeps its source descriptor in at most 4096 bytes (a native limit); the
 # ledger's listing gets this much of it.
 LISTING_MAX_CHARS = 3000
@@ -143,6 +145,8 @@ class NatsSource:
         self._room = asyncio.Event()
         self._offset = 0
         self._closing = False
+        # The reader waits for the checkpoint's listing to shrink.
+        self._listing_full = False
 
     # --- start -------------------------------------------------------------------------
 
@@ -418,7 +422,10 @@ class NatsSource:
             batch = self._batch()
             if batch is None:
                 if self._held:
-                    # The listing is full: wait for confirmations to shrink it.
+                    # The listing is full: wait for the acknowledgement floor to pass some of
+                    # it (the acknowledging task looks at the consumer sooner).
+                    self._listing_full = True
+                    self._durable_progress.set()
                     self._room.clear()
                     await self._room.wait()
                 continue
@@ -472,7 +479,9 @@ class NatsSource:
         if nc is None or not nc.is_connected:
             return
         try:
-            info = await nc.jetstream().consumer_info(self.spec.stream, self.spec.consumer)
+            info = await nc.jetstream().consumer_info(
+                self.spec.stream, self.spec.consumer, timeout=1.0
+            )
         except (nats.errors.Error, TimeoutError) as e:
             log.debug("NATS: consumer info: %s", e)
             return
@@ -484,12 +493,14 @@ class NatsSource:
     async def run_acks(self, records_durable: Callable[[], int]) -> None:
         """Acknowledges what storage made durable, until cancelled (see the module docstring)."""
         loop = asyncio.get_running_loop()
-        next_look = loop.time()
+        last_look = -CONSUMER_INFO_S
         while True:
             self._durable_progress.clear()
             await self._send_acks(records_durable())
-            if loop.time() >= next_look:
-                next_look = loop.time() + CONSUMER_INFO_S
+            since = loop.time() - last_look
+            if since >= CONSUMER_INFO_S or (self._listing_full and since >= LISTING_FULL_LOOK_S):
+                last_look = loop.time()
+                self._listing_full = False
                 await self._look_at_consumer()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._durable_progress.wait(), ACK_RESEND_S / 2)
@@ -524,7 +535,7 @@ class NatsSource:
             self._ledger.entries.pop(seq, None)
         confirm_by = loop.time() + min(CONFIRM_WAIT_S, max(deadline - loop.time(), 0))
         while loop.time() < confirm_by and any(
-            e.ack_sent_at is not None for e in self._ledger.entries.values()
+            e.ack_sent_at is not None and not e.confirmed for e in self._ledger.entries.values()
         ):
             self._room.clear()
             try:
@@ -539,7 +550,7 @@ class NatsSource:
         finally:
             if not nc.is_closed:
                 await nc.close()
-        unconfirmed = sum(1 for e in self._ledger.entries.values() if e.fetched_at is not None)
+        unconfirmed = self._ledger.in_flight()
         log.info(
             "NATS: %d messages acknowledged (%d unconfirmed), %d given back for redelivery; "
             "connection closed in %.3fs",

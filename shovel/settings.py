@@ -58,7 +58,10 @@ class Settings(BaseSettings):
     source: str = Field(
         "generate",
         description="where records come from: a file path (or file:PATH); '-' for stdin; "
-        "'generate' for endless deterministic records; 'generate:N' for exactly N. "
+        "'generate' for endless deterministic records; 'generate:N' for exactly N; "
+        "'nats://HOST[:PORT][,HOST...]/STREAM?consumer=NAME[&subject=F&batch=N&creds=PATH"
+        "&ack_wait_s=S&max_ack_pending=N]' for a NATS JetStream stream through a durable pull "
+        "consumer that replicas share (each message acknowledged once durable). "
         "A named pipe works too; start its writer first.",
     )
     output_dir: Path = Field(

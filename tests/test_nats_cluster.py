@@ -25,7 +25,7 @@ import nats
 import nats.errors
 import pytest
 
-from tests.helpers import Shovel, assert_clean_stderr, wait_until
+from tests.helpers import Shovel, assert_clean_stderr, handles_sigterm, wait_until
 from tests.natsservers import (
     Cluster,
     Publisher,
@@ -72,6 +72,9 @@ class Replica:
             ],
             self.tmp_path / f"replica{self.index}.run{self.runs}.log",
         )  # fmt: skip
+        # A SIGTERM before Python has its handler would kill it: not what is tested here.
+        pid = self.proc.proc.pid
+        wait_until(lambda: handles_sigterm(pid), what=f"replica {self.index} to handle SIGTERM")
 
     def stop(self) -> None:
         """SIGTERM: must exit 0 with everything it read durable."""

@@ -19,7 +19,7 @@ from nats.js.api import ConsumerInfo
 
 from shovel.identity import DescriptorError, NatsOrigin, decode, encode
 from shovel.natsledger import Ledger, decode_ranges, encode_ranges
-from shovel.natssource import record_of
+from shovel.natssource import NatsSource, record_of
 from shovel.natsurl import NatsSpec, parse_nats
 from tests.helpers import (
     Shovel,
@@ -199,10 +199,20 @@ def test_ledger_acknowledges_batches_in_order_once_durable() -> None:
     confirmed = ledger.confirmed(10)
     assert confirmed is not None
     assert confirmed.fetched_at == 1.0
+    assert ledger.confirmed(10) is None
     assert ledger.unconfirmed(sent_before=10.0) == [(11, "r11-again")]
-    # The consumer's acknowledgement floor passed 5 and 11: they leave the listing.
-    assert ledger.below_floor(11) == 2
+    assert ledger.in_flight() == 2
+    # Confirmed, 10 is still listed: only the consumer's acknowledgement floor passing it
+    # (or 5 and 11) takes it off the listing.
+    assert ledger.ranges_with([]) == "5,10-12"
+    assert ledger.below_floor(11) == 3
     assert ledger.ranges_with([]) == "12"
+    # A message delivered again after its confirmation is acknowledged again.
+    ledger.made_durable(3)
+    assert ledger.confirmed(12) is not None
+    assert ledger.unconfirmed(sent_before=10.0) == []
+    assert ledger.known(12, "r12-again") is not None
+    assert ledger.unconfirmed(sent_before=10.0) == [(12, "r12-again")]
 
 
 # --- against a real server ----------------------------------------------------------------------
@@ -389,3 +399,40 @@ def test_sigterm_while_waiting_for_a_server(tmp_path: Path) -> None:
     assert s.wait() == 0
     assert "received while connecting: nothing was read" in s.stderr
     assert_clean_stderr(s.stderr)
+
+
+def _delivery(seq: int, delivered: int = 1) -> Msg:
+    """A message as the consumer delivers it (its reply subject carries the metadata)."""
+    reply = f"$JS.ACK.S.c.{delivered}.{seq}.{seq}.1700000000000000000.0"
+    return Msg(None, subject="S.orders", reply=reply, data=b"x", headers=None)  # type: ignore[arg-type]
+
+
+def test_batches_stay_within_what_the_checkpoint_can_list() -> None:
+    """Scattered sequences make a long listing: a batch takes only what still fits (the
+    checkpoint keeps at most 4096 bytes of source descriptor), and none is made until the
+    consumer's acknowledgement floor shortens the listing."""
+    source = NatsSource(parse_nats("nats://h/S?consumer=c"), 8, 20.0)
+    # 600 sequences stored here and not yet passed by the acknowledgement floor, none adjacent.
+    source.resume(
+        0,
+        encode(NatsOrigin("S", "c", "", ",".join(str(s) for s in range(1_000_000, 1_001_200, 2)))),
+    )
+    for seq in range(2_000_000, 2_000_400, 2):
+        source._arrived.append((_delivery(seq), 0.0))
+    source._take_arrived()
+    assert source._batch() is None
+    # The floor passes half of them: a batch fits, and its descriptor too.
+    assert source._ledger.below_floor(1_000_599) == 300
+    batch = source._batch()
+    assert batch is not None
+    assert 0 < batch.records < 200
+    assert batch.source is not None
+    assert len(batch.source) <= 4096
+    assert batch.end_offset == 2_000_000 + 2 * (batch.records - 1)
+    # A redelivery of a message being stored is not stored again.
+    source._arrived.append((_delivery(2_000_000, delivered=2), 0.0))
+    held = len(source._held)
+    source._take_arrived()
+    assert len(source._held) == held
+    assert source.progress.skipped == 1
+    assert source.progress.redelivered == 1
