@@ -82,10 +82,15 @@ class Ledger:
         # Batches handed over and not yet durable: (records handed over up to its end, seqs).
         self._batches: deque[tuple[int, list[int]]] = deque()
         self.records_handed = 0
+        # Entries of this run (fetched_at set) not confirmed: kept as a count, asked for often.
+        self._in_flight = 0
 
     def in_flight(self) -> int:
         """Messages of this run stored or being stored and not yet confirmed acknowledged."""
-        return sum(1 for e in self.entries.values() if e.fetched_at is not None and not e.confirmed)
+        return self._in_flight
+
+    def _counted(self, entry: Entry) -> bool:
+        return entry.fetched_at is not None and not entry.confirmed
 
     def known(self, seq: int, reply: str) -> Entry | None:
         """A delivery of `seq`: its entry if it is already stored (or being stored) here, with
@@ -93,6 +98,8 @@ class Ledger:
         the server delivered it again, so it does not hold it acknowledged); None if new."""
         entry = self.entries.get(seq)
         if entry is not None:
+            if entry.confirmed and entry.fetched_at is not None:
+                self._in_flight += 1
             entry.reply = reply
             entry.confirmed = False
         return entry
@@ -105,6 +112,7 @@ class Ledger:
         """Records a batch of (seq, reply, fetched_at) handed to the pipeline."""
         for seq, reply, fetched_at in batch:
             self.entries[seq] = Entry(reply, fetched_at, durable=False)
+        self._in_flight += len(batch)
         self.records_handed += len(batch)
         self._batches.append((self.records_handed, [seq for seq, _, _ in batch]))
 
@@ -127,6 +135,8 @@ class Ledger:
         entry = self.entries.get(seq)
         if entry is None or not entry.durable or entry.confirmed:
             return None
+        if entry.fetched_at is not None:
+            self._in_flight -= 1
         entry.confirmed = True
         return entry
 
@@ -147,13 +157,22 @@ class Ledger:
         server holds them acknowledged); returns how many."""
         gone = [s for s, e in self.entries.items() if e.durable and s <= ack_floor]
         for seq in gone:
-            del self.entries[seq]
+            self._drop(seq)
         return len(gone)
 
-    def not_durable(self) -> list[tuple[int, str]]:
-        """Sequences handed over whose batches never became durable, with their subjects."""
-        return [
+    def _drop(self, seq: int) -> None:
+        entry = self.entries.pop(seq, None)
+        if entry is not None and self._counted(entry):
+            self._in_flight -= 1
+
+    def take_not_durable(self) -> list[tuple[int, str]]:
+        """Sequences handed over whose batches never became durable, with their subjects:
+        they leave the ledger (to be given back)."""
+        back = [
             (seq, e.reply)
             for seq, e in self.entries.items()
             if not e.durable and e.reply is not None
         ]
+        for seq, _ in back:
+            self._drop(seq)
+        return back

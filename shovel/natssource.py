@@ -69,7 +69,7 @@ PULL_LOST_S = 1.0
 ACK_RESEND_S = 2.0
 # How often the consumer's state is asked for (pending messages, acknowledgement floor); and
 # how often while the reader waits for the floor to shorten the checkpoint's listing.
-CONSUMER_INFO_S = 5.0
+CONSUMER_INFO_S = 1.0
 LISTING_FULL_LOOK_S = 0.5
 # The checkpoint keeps its source descriptor in at most 4096 bytes (a native limit); the
 # ledger's listing gets this much of it.
@@ -526,13 +526,12 @@ class NatsSource:
         self._take_arrived()
         await self._send_acks(records_durable)
         back = [(seq, msg.reply) for seq, msg, _ in self._held]
-        back += self._ledger.not_durable()
+        back += self._ledger.take_not_durable()
         self._held.clear()
         self._held_seqs.clear()
-        for seq, reply in back:
+        for _, reply in back:
             if await self._publish(reply, b"-NAK"):
                 self.progress.nacked += 1
-            self._ledger.entries.pop(seq, None)
         confirm_by = loop.time() + min(CONFIRM_WAIT_S, max(deadline - loop.time(), 0))
         while loop.time() < confirm_by and any(
             e.ack_sent_at is not None and not e.confirmed for e in self._ledger.entries.values()
