@@ -39,7 +39,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass, field
 
 import nats
 import nats.errors
@@ -54,7 +53,7 @@ from shovel.batches import Batch, Piece
 from shovel.identity import DescriptorError, NatsOrigin, decode, encode, kind_of
 from shovel.natsledger import Ledger, decode_ranges
 from shovel.natsurl import NatsSpec
-from shovel.source_api import SourceError, SourceMismatch, SourceUnavailable
+from shovel.source_api import AckProgress, SourceError, SourceMismatch, SourceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -98,20 +97,6 @@ def _created(info_created: object) -> str:
     return str(info_created)
 
 
-@dataclass(slots=True)
-class NatsProgress:
-    """Counters for metrics (read at scrape time)."""
-
-    fetched: int = 0
-    acked: int = 0
-    redelivered: int = 0
-    skipped: int = 0
-    nacked: int = 0
-    consumer_pending: int = 0
-    consumer_ack_pending: int = 0
-    ack_latency: Callable[[float], None] = field(default=lambda _s: None)
-
-
 class NatsSource:
     """See the module docstring."""
 
@@ -124,7 +109,7 @@ class NatsSource:
         self.ack_wait_s = spec.ack_wait_s or max(30.0, shutdown_timeout_s + 10.0)
         self.max_ack_pending = spec.max_ack_pending or self.max_unacked * REPLICAS_ROOM
         self.shutdown_timeout_s = shutdown_timeout_s
-        self.progress = NatsProgress()
+        self.progress = AckProgress()
         self._restored: NatsOrigin | None = None
         self._ledger = Ledger(())
         self._created = ""

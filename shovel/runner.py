@@ -31,7 +31,6 @@ from shovel.laststop import (
     write_report,
 )
 from shovel.metrics import LiveState, Metrics, MetricsServer
-from shovel.natssource import NatsSource
 from shovel.pipeline import ReadTally, run_reader, run_storage
 from shovel.rejects import REJECTED_DIR, RejectWriter, recover_rejected
 from shovel.settings import Settings
@@ -134,7 +133,7 @@ def _file_progress(source: Source | None) -> dict[str, Any]:
 
 
 def _nats_progress(source: Source | None) -> dict[str, Any]:
-    if not isinstance(source, NatsSource):
+    if not isinstance(source, AcknowledgedSource):
         return {}
     p = source.progress
     return {
@@ -332,7 +331,7 @@ async def run_service(settings: Settings) -> int:
             log.error("%s", e)
             return ExitCode.USAGE
         state.source = source
-        if isinstance(source, NatsSource):
+        if isinstance(source, AcknowledgedSource):
             source.progress.ack_latency = metrics.nats_ack_latency.observe
             metrics.show_nats()
         if settings.metrics_port:

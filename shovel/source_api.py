@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import Executor, Future
+from dataclasses import dataclass, field
 from typing import ParamSpec, Protocol, TypeVar, runtime_checkable
 
 from shovel.batches import Piece
@@ -46,11 +47,31 @@ class Source(Protocol):
         ...
 
 
+@dataclass(slots=True)
+class AckProgress:
+    """What a source that is acknowledged has done, for metrics (read at scrape time)."""
+
+    # Messages delivered (redeliveries included), acknowledged (as the server confirmed),
+    # delivered more than once, skipped as already stored here, given back at a stop.
+    fetched: int = 0
+    acked: int = 0
+    redelivered: int = 0
+    skipped: int = 0
+    nacked: int = 0
+    # From the server: messages not yet delivered, and delivered but not acknowledged.
+    consumer_pending: int = 0
+    consumer_ack_pending: int = 0
+    # Called with each message's fetch-to-acknowledged time (the runner sets it).
+    ack_latency: Callable[[float], None] = field(default=lambda _s: None)
+
+
 @runtime_checkable
 class AcknowledgedSource(Protocol):
     """A source that must be told what is durable (a message broker): it connects before the
     pipeline starts, runs a task of its own beside reader and storage that acknowledges what
     storage made durable, and ends after storage is closed (see runner.py for the order)."""
+
+    progress: AckProgress
 
     async def open(self) -> str:
         """Connects; returns a phrase for the start-up log line. Raises SourceError, or
