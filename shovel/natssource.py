@@ -53,7 +53,7 @@ from shovel.batches import Batch, Piece
 from shovel.identity import DescriptorError, NatsOrigin, decode, encode, kind_of
 from shovel.natsledger import Ledger, decode_ranges
 from shovel.natsurl import NatsSpec
-from shovel.source_api import AckProgress, SourceError, SourceMismatch, SourceUnavailable
+from shovel.source_api import AckProgress, SourceError, SourceMismatch
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,9 @@ PULL_EXPIRES_S = 2.0
 PULL_LOST_S = 1.0
 # An acknowledgement not confirmed within this long is sent again.
 ACK_RESEND_S = 2.0
+# How long to wait before looking the stream and the consumer up again when the servers did
+# not answer.
+LOOKUP_RETRY_S = 1.0
 # How often the consumer's state is asked for (pending messages, acknowledgement floor); and
 # how often while the reader waits for the floor to shorten the checkpoint's listing.
 CONSUMER_INFO_S = 1.0
@@ -78,6 +81,10 @@ CONFIRM_WAIT_S = 2.0
 # After the server turned a pull request down (409: too many waiting requests, the
 # max_ack_pending limit reached, a leader change), the next one waits this long.
 PULL_REFUSED_PAUSE_S = 0.5
+
+
+class _NotNow(SourceError):
+    """The servers did not answer a question now (no leader yet, a server going away)."""
 
 
 def record_of(seq: int, msg: Msg) -> bytes:
@@ -165,7 +172,8 @@ class NatsSource:
         )
 
     async def open(self) -> str:
-        """Connects and binds the consumer; raises SourceError, or SourceMismatch when the
+        """Connects and binds the consumer, waiting while no server answers; raises
+        SourceError (a missing stream, an unusable consumer), or SourceMismatch when the
         stream is not the one the checkpoint was written from."""
         spec = self.spec
         try:
@@ -182,28 +190,20 @@ class NatsSource:
                 reconnected_cb=self._on_reconnected,
             )
         except (OSError, nats.errors.Error) as e:
-            raise SourceUnavailable(f"cannot connect to {self.description}: {e!r}") from e
+            raise SourceError(f"cannot connect to {self.description}: {e!r}") from e
         self._nc = nc
         js = nc.jetstream()
-        try:
-            stream = await js.stream_info(spec.stream)
-        except nats.js.errors.NotFoundError:
-            raise SourceError(f"stream {spec.stream} does not exist on {spec.servers[0]}") from None
-        except (nats.errors.Error, TimeoutError) as e:
-            raise SourceUnavailable(f"cannot look up stream {spec.stream}: {e!r}") from e
-        self._created = _created(stream.created)
-        restored = self._restored
-        if restored is not None and restored.created and restored.created != self._created:
-            raise SourceMismatch(
-                f"stream {spec.stream} was created at {self._created}, but this output directory "
-                f"holds records of a stream of that name created at {restored.created}: it was "
-                "deleted and made again, its sequences start over (use a new --output-dir)"
-            )
-        info = await self._consumer(js)
+        while True:
+            try:
+                info = await self._look_up(js)
+                break
+            except _NotNow as e:
+                # A cluster electing its leaders, a server going away: wait, as for a server.
+                log.warning("NATS: %s; trying again in %gs", e, LOOKUP_RETRY_S)
+                await asyncio.sleep(LOOKUP_RETRY_S)
         self._inbox = nc.new_inbox()
         self._ack_inbox = nc.new_inbox()
-        prefix = "$JS.API"
-        self._pull_subject = f"{prefix}.CONSUMER.MSG.NEXT.{spec.stream}.{spec.consumer}"
+        self._pull_subject = f"$JS.API.CONSUMER.MSG.NEXT.{spec.stream}.{spec.consumer}"
         self._fetch_sub = await nc.subscribe(self._inbox, cb=self._on_delivery)
         await nc.subscribe(self._ack_inbox + ".*", cb=self._on_ack_confirmed)
         self.progress.consumer_pending = info.num_pending or 0
@@ -213,6 +213,26 @@ class NatsSource:
             f"max_ack_pending {info.config.max_ack_pending}, {info.num_pending or 0} messages "
             "pending"
         )
+
+    async def _look_up(self, js: JetStreamContext) -> ConsumerInfo:
+        """The stream, checked against the checkpoint, and the consumer (created if missing).
+        Raises _NotNow when the servers do not answer."""
+        spec = self.spec
+        try:
+            stream = await js.stream_info(spec.stream)
+        except nats.js.errors.NotFoundError:
+            raise SourceError(f"stream {spec.stream} does not exist on {spec.servers[0]}") from None
+        except (nats.errors.Error, TimeoutError) as e:
+            raise _NotNow(f"cannot look up stream {spec.stream}: {e!r}") from e
+        self._created = _created(stream.created)
+        restored = self._restored
+        if restored is not None and restored.created and restored.created != self._created:
+            raise SourceMismatch(
+                f"stream {spec.stream} was created at {self._created}, but this output directory "
+                f"holds records of a stream of that name created at {restored.created}: it was "
+                "deleted and made again, its sequences start over (use a new --output-dir)"
+            )
+        return await self._consumer(js)
 
     async def _consumer(self, js: JetStreamContext) -> ConsumerInfo:
         spec = self.spec
@@ -244,7 +264,7 @@ class NatsSource:
                     spec.subject or "none",
                 )
         except (nats.errors.Error, TimeoutError) as e:
-            raise SourceUnavailable(f"cannot look up consumer {spec.consumer}: {e!r}") from e
+            raise _NotNow(f"cannot look up consumer {spec.consumer}: {e!r}") from e
         config = info.config
         if config.deliver_subject:
             raise SourceError(

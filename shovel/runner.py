@@ -35,7 +35,7 @@ from shovel.pipeline import ReadTally, run_reader, run_storage
 from shovel.rejects import REJECTED_DIR, RejectWriter, recover_rejected
 from shovel.settings import Settings
 from shovel.signals import StopRequest
-from shovel.source_api import AcknowledgedSource, SourceUnavailable
+from shovel.source_api import AcknowledgedSource
 from shovel.sources import (
     DaemonThreads,
     FileSource,
@@ -494,9 +494,8 @@ async def _save_final_report(settings: Settings, state: RunState, report: StopRe
 
 async def _open_acknowledged(source: AcknowledgedSource, stop: StopRequest) -> str | _Refused:
     """Connects a source that is acknowledged (a broker); a stop that comes first ends the run
-    (exit 0, nothing was read). Refuses with exit code 1 when the broker cannot be reached or
-    the source is not the stored one, 2 when it is not usable as configured (a missing stream,
-    a push consumer)."""
+    (exit 0, nothing was read). Refuses with exit code 1 when the source is not the stored
+    one, 2 when it is not usable as configured (a missing stream, a push consumer)."""
     opening = asyncio.ensure_future(source.open())
     await _until(stop.stop, opening)
     if not opening.done():
@@ -506,12 +505,16 @@ async def _open_acknowledged(source: AcknowledgedSource, stop: StopRequest) -> s
         return _Refused("stopped while connecting", ExitCode.OK, "signal")
     try:
         return opening.result()
-    except (SourceMismatch, SourceUnavailable) as e:
+    except SourceMismatch as e:
         log.error("refusing to start: %s", e)
         return _Refused(f"refusing to start: {e}")
     except SourceError as e:
         log.error("%s", e)
         return _Refused(str(e), ExitCode.USAGE)
+    except Exception as e:
+        # A bug, not an operating condition: keep the traceback, close what was opened.
+        log.error("unexpected error while connecting", exc_info=e)
+        return _Refused(f"unexpected error while connecting: {e!r}")
 
 
 async def _resume(settings: Settings, storage: Storage, source: Source) -> str | _Refused:

@@ -16,10 +16,6 @@ class SourceError(Exception):
     """The source cannot be opened or read."""
 
 
-class SourceUnavailable(SourceError):
-    """The source cannot be reached now (a broker that does not answer)."""
-
-
 class SourceMismatch(SourceError):
     """The source is not the one the output directory was storing (or cannot continue it)."""
 
