@@ -31,6 +31,10 @@ def free_port() -> int:
         return port
 
 
+class EndedEarly(BenchError):
+    """shovel exited 0 (its source ran out) before it was seen storing."""
+
+
 @dataclass(frozen=True, slots=True)
 class Stopped:
     """How a SIGTERM ended the run."""
@@ -97,11 +101,14 @@ class Service:
 
     def wait_storing(self, timeout_s: float = START_TIMEOUT_S) -> Scrape:
         """Polls /metrics until some records are durable; returns that scrape. Raises
-        BenchError when the process exits first or nothing is stored within `timeout_s`."""
+        EndedEarly when the process exits 0 first, BenchError when it fails first or nothing
+        is stored within `timeout_s`."""
         deadline = time.monotonic() + timeout_s
         while True:
             if self.proc.poll() is not None:
                 self._reaped = True
+                if self.proc.returncode == 0:
+                    raise EndedEarly("shovel ended (exit 0) before it was seen storing")
                 raise BenchError(
                     f"shovel exited with {self.proc.returncode} before storing anything:\n"
                     f"{self.log_text()}"

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from common import BenchError, MiB, fresh, percentile, progress, remove, verdict
 from inputs import InputFile, verify_generated, verify_prefix
-from service import Ended, Service, ended_cleanly
+from scrape import Scrape
+from service import Ended, EndedEarly, Service, ended_cleanly
 
 MAX_P99_S = 0.100
 DEFAULT_STOPS = 50
@@ -37,6 +38,10 @@ class StopSample:
     # shovel's own measure, from its stop report: the signal's arrival to the end of the run.
     reported_s: float | None
     committed_offset: int
+    # The load just before the signal (a scrape): bytes not yet durable in the native client,
+    # and batches waiting in the queue.
+    inflight_bytes: float
+    queued_batches: float
 
     def line(self, total: int, unit: str) -> str:
         """The stop as one line of text."""
@@ -45,8 +50,9 @@ class StopSample:
         )
         return (
             f"stop {self.number:>3}/{total}: {self.kill_to_exit_s * 1e3:7.1f} ms kill-to-exit"
-            f"{own}, signal {self.delay_s * 1e3:5.0f} ms after storing began, "
-            f"committed {self.committed_offset:,} {unit}"
+            f"{own}, signal {self.delay_s * 1e3:3.0f} ms after storing began with "
+            f"{self.inflight_bytes / MiB:5.1f} MiB in flight and {self.queued_batches:.0f} "
+            f"batches queued, committed {self.committed_offset:,} {unit}"
         )
 
 
@@ -132,13 +138,20 @@ def _one_stop(
     extra: Sequence[str],
     *,
     delay_s: float,
-) -> tuple[float, Ended] | None:
-    """One run stopped by SIGTERM; returns (kill-to-exit s, how it ended), or
-    None when the source ran out before the signal."""
+) -> tuple[float, Ended, Scrape] | None:
+    """One run stopped by SIGTERM; returns (kill-to-exit s, how it ended, the scrape just
+    before the signal), or None when the source ran out before the signal."""
     fresh(out)
     with Service(source, out, extra, source_flags) as svc:
-        svc.wait_storing()
+        try:
+            svc.wait_storing()
+        except EndedEarly:
+            return None
         time.sleep(delay_s)  # how long it runs at full load: the stop lands anywhere in it
+        try:
+            load = svc.scrape()
+        except OSError as e:
+            raise BenchError(f"shovel's /metrics did not answer: {e}") from e
         stopped = svc.stop()
         ended = ended_cleanly(out, stopped, svc.log_text())
     if ended.reason == "end of source":
@@ -147,7 +160,7 @@ def _one_stop(
         verify_prefix(inp, out, ended.committed_offset)
     else:
         verify_generated(out, ended.committed_offset)
-    return stopped.kill_to_exit_s, ended
+    return stopped.kill_to_exit_s, ended, load
 
 
 def measure(
@@ -169,7 +182,7 @@ def measure(
         while len(samples) < stops:
             if ended > stops:
                 raise BenchError(
-                    f"the source ran out before the signal in {ended} runs: use a larger input"
+                    f"the source ran out before the signal in {ended} runs: use a larger --size-mb"
                 )
             delay = rng.uniform(0, MAX_EXTRA_DELAY_S)
             got = _one_stop(source, source_flags, inp, out, extra, delay_s=delay)
@@ -177,13 +190,15 @@ def measure(
                 ended += 1
                 progress(f"(the source ran out before the signal; run again; {ended} so far)")
                 continue
-            wall, how = got
+            wall, how, load = got
             sample = StopSample(
                 number=len(samples) + 1,
                 delay_s=delay,
                 kill_to_exit_s=wall,
                 reported_s=how.stop_duration_s,
                 committed_offset=how.committed_offset,
+                inflight_bytes=load.value("shovel_storage_inflight_bytes"),
+                queued_batches=load.value("shovel_queue_batches"),
             )
             samples.append(sample)
             progress(sample.line(stops, unit))

@@ -143,7 +143,7 @@ class ThroughputResult:
         flags = " ".join(self.shovel_flags) or "(defaults)"
         return [
             f"input {self.input_bytes / MiB:,.0f} MiB, {self.input_records:,} records of "
-            f"100 bytes; shovel flags: {flags}; {len(self.rounds)} rounds",
+            f"100 bytes; shovel flags: {flags}; rounds: {len(self.rounds)}",
             f"median dd:     {m['dd']['wall_s']:.3f} s wall ({m['dd']['mib_per_s']:,.0f} MiB/s), "
             f"{m['dd']['cpu_s']:.2f} s CPU, peak RSS {m['dd']['peak_rss_mib']:.1f} MiB "
             "(the launcher's floor: see launch.py)",
