@@ -45,6 +45,8 @@ class Window:
 class LatencyResult:
     """The calibration, the half-load window and its quantiles."""
 
+    title = "Read-to-durable latency at half load"  # the section's title in reports
+
     fsync_interval_ms: int
     shovel_flags: list[str]
     full_rate: float
@@ -74,8 +76,6 @@ class LatencyResult:
             for low, high, n in self.window.histogram.per_bucket()
             if n > 0
         ]
-
-    title = "Read-to-durable latency at half load"
 
     def targets(self) -> list[tuple[str, str, str, str]]:
         """(target, goal, measured, verdict): reported, with no goal to meet."""

@@ -66,6 +66,8 @@ class SizePoint:
 class RssResult:
     """The sweep and its verdicts."""
 
+    title = "Peak RSS against input size"  # the section's title in reports
+
     shovel_flags: list[str]
     points: list[SizePoint]
 
@@ -102,8 +104,6 @@ class RssResult:
     def flat_ok(self) -> bool:
         """Whether the largest peak is within the tolerance of the smallest."""
         return self.peak_mib <= self.lowest_mib * (1 + FLAT_TOLERANCE)
-
-    title = "Peak RSS against input size"
 
     def targets(self) -> list[tuple[str, str, str, str]]:
         """(target, goal, measured, verdict) of each target."""

@@ -60,6 +60,8 @@ class Round:
 class ThroughputResult:
     """The rounds and the medians the targets apply to."""
 
+    title = "Throughput against dd"  # the section's title in reports
+
     input_bytes: int
     input_records: int
     shovel_flags: list[str]
@@ -69,18 +71,15 @@ class ThroughputResult:
         """One line per round."""
         return [r.line(self.input_bytes / MiB) for r in self.rounds]
 
-    def _median(self, values: Sequence[float]) -> float:
-        return statistics.median(values)
-
     @property
     def wall_ratio(self) -> float:
         """Median over rounds of shovel's throughput / dd's."""
-        return self._median([r.wall_ratio for r in self.rounds])
+        return statistics.median([r.wall_ratio for r in self.rounds])
 
     @property
     def cpu_ratio(self) -> float:
         """Median over rounds of shovel's CPU time / dd's."""
-        return self._median([r.cpu_ratio for r in self.rounds])
+        return statistics.median([r.cpu_ratio for r in self.rounds])
 
     @property
     def wall_ok(self) -> bool:
@@ -98,19 +97,17 @@ class ThroughputResult:
         out: dict[str, dict[str, float]] = {}
         for tool in ("dd", "shovel"):
             runs: list[Usage] = [getattr(r, tool) for r in self.rounds]
-            wall = self._median([u.wall_s for u in runs])
+            wall = statistics.median([u.wall_s for u in runs])
             out[tool] = {
                 "wall_s": wall,
                 "mib_per_s": mib / wall,
-                "cpu_s": self._median([u.cpu_s for u in runs]),
-                "user_s": self._median([u.user_s for u in runs]),
-                "sys_s": self._median([u.sys_s for u in runs]),
+                "cpu_s": statistics.median([u.cpu_s for u in runs]),
+                "user_s": statistics.median([u.user_s for u in runs]),
+                "sys_s": statistics.median([u.sys_s for u in runs]),
                 "peak_rss_mib": max(u.rss_mib for u in runs),
             }
         out["shovel"]["records_per_s"] = self.input_records / out["shovel"]["wall_s"]
         return out
-
-    title = "Throughput against dd"
 
     def targets(self) -> list[tuple[str, str, str, str]]:
         """(target, goal, measured, verdict) of each target."""
