@@ -46,7 +46,7 @@ fmt: $(INSTALLED)
 	cargo fmt
 
 bench: $(INSTALLED)
-	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/run.py all --write-results
 
 wheel: | $(BIN)/python
 	$(BIN)/maturin build --release --out dist

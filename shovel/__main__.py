@@ -6,6 +6,6 @@ from shovel import signals
 # "stop cleanly" rather than kill the process.
 signals.install_early()
 
-from shovel.cli import main  # noqa: E402  (deliberately after the handlers)
+from shovel.cli import run  # noqa: E402  (deliberately after the handlers)
 
-raise SystemExit(main())
+run()

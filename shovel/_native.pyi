@@ -9,15 +9,19 @@ signalled by making `notify_fd()` readable; the counters can be read at any time
 
 from os import PathLike
 from pathlib import Path
-from typing import final
+from typing import TypeAlias, final
 
 __all__ = [
     "FAULT_INJECTION",
+    "Chunk",
     "ClientClosedError",
     "CloseReport",
     "CloseTimeoutError",
     "CorruptStoreError",
     "DirectoryLockedError",
+    "ReadFile",
+    "Records",
+    "Splitter",
     "Stats",
     "StorageClient",
     "StorageError",
@@ -129,9 +133,12 @@ class StorageClient:
         Raises DirectoryLockedError, CorruptStoreError, StorageIOError or ValueError.
         """
     def submit(
-        self, data: bytes, records: int, end_offset: int, source: str | None = None
+        self, data: bytes | Records, records: int, end_offset: int, source: str | None = None
     ) -> int | None:
         """Hands a batch of whole records to the writer without waiting.
+
+        `data` is bytes (copied) or `Records` (their buffers taken over, with no copy, once
+        the write is accepted; a second hand-over raises ValueError).
 
         `source`, when given, is the source descriptor from this write on: the checkpoints that
         cover it keep it (one line, at most 4096 bytes). Returns the write's sequence number
@@ -178,3 +185,66 @@ class StorageClient:
         and checkpointed, then stops the runtime thread. Idempotent; concurrent callers get the
         same outcome (a second caller waits for the first close, whatever its own timeout).
         Raises CloseTimeoutError (with counts) or the first storage error."""
+
+@final
+class Chunk:
+    """Bytes read by `ReadFile.read`, in a reused buffer, until a `Splitter` takes them over."""
+
+    def __len__(self) -> int: ...
+    def bytes_at(self, start: int, end: int) -> bytes:
+        """A copy of bytes `start..end` (clamped to the chunk). ValueError once fed."""
+
+@final
+class Records:
+    """Whole records (each ending with a newline) in buffers that `StorageClient.submit`
+    takes over without a copy."""
+
+    def __len__(self) -> int: ...
+    def __bytes__(self) -> bytes:
+        """A copy of the bytes (tests, diagnostics). ValueError once handed to storage."""
+
+_RawPiece: TypeAlias = tuple[Records, int, int] | tuple[int, bytes, bool, bool]
+# A piece from `Splitter`: `(records, count, end_offset)` for a batch, `(offset, data, first,
+# last)` for (part of) a line over the record limit.
+
+@final
+class ReadFile:
+    """A regular file opened for reading in chunks into reused buffers."""
+
+    def __new__(cls, path: str | PathLike[str]) -> ReadFile:
+        """Opens `path` (blocking). Raises OSError (FileNotFoundError, ...) naming it."""
+    def fileno(self) -> int:
+        """The descriptor, for fstat and pread; ValueError after close."""
+    def seek(self, pos: int) -> None:
+        """Moves the read position to byte `pos`."""
+    def read(self, max_bytes: int) -> Chunk:
+        """Reads up to `max_bytes` with the GIL released (blocking); empty at the end."""
+    def close(self) -> None:
+        """Closes the file (a read in progress finishes first, on its own thread)."""
+    @property
+    def closed(self) -> bool:
+        """Whether `close` was called."""
+
+@final
+class Splitter:
+    """Cuts chunks at newlines into batches of whole records (a partial last line carried
+    over) and sets lines over the record limit apart."""
+
+    def __new__(cls, start_offset: int, max_record_bytes: int) -> Splitter: ...
+    def feed(self, data: bytes | Chunk, skip: int = 0) -> list[_RawPiece]:
+        """Adds a chunk (a Chunk is taken over, bytes are copied) without its first `skip`
+        bytes; returns the pieces it completes, in source order."""
+    def finish(self) -> list[_RawPiece]:
+        """At the end of the input: an unterminated last line becomes a record, or ends the
+        oversized line being streamed."""
+    @property
+    def offset(self) -> int:
+        """Source offset just past the last byte handed out."""
+    @offset.setter
+    def offset(self, value: int) -> None: ...
+    @property
+    def carried(self) -> int:
+        """Bytes of an incomplete record held back."""
+    @property
+    def rejecting_line(self) -> bool:
+        """Whether an oversized line is being streamed out."""

@@ -10,12 +10,16 @@ import asyncio
 from collections import deque
 from dataclasses import dataclass
 
+from shovel._native import Records
+
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """Whole records (each ending with a newline) and where they end in the source."""
+    """Whole records (each ending with a newline) and where they end in the source. `data` is
+    bytes, or `Records` made by the native splitter, which storage takes over without a copy
+    (so a batch is handed to storage once)."""
 
-    data: bytes
+    data: bytes | Records
     records: int
     end_offset: int
     # The source descriptor (identity.py) that takes effect with this batch and is kept in the

@@ -37,9 +37,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-import aiofiles
-from aiofiles.threadpool.binary import AsyncFileIO
-
+from shovel._native import ReadFile
 from shovel.batches import Batch, Piece
 from shovel.identity import (
     FINGERPRINT_MAX_BYTES,
@@ -107,7 +105,7 @@ class _Open:
     """One open file being read."""
 
     def __init__(
-        self, number: int, step: _Step, file: AsyncFileIO, st: os.stat_result, head: bytes
+        self, number: int, step: _Step, file: ReadFile, st: os.stat_result, head: bytes
     ) -> None:
         self.number = number
         self.path = step.path
@@ -337,7 +335,7 @@ class FileSource:
                     for piece in pieces:
                         yield piece
                     if cur.replaced:
-                        await cur.file.close()
+                        cur.file.close()
                         cur = None
                     continue
                 # At the end of what the file holds now.
@@ -349,11 +347,11 @@ class FileSource:
                 for piece in pieces:
                     yield piece
                 if done:
-                    await cur.file.close()
+                    cur.file.close()
                     cur = None
         finally:
             if cur is not None:
-                await cur.file.close()
+                cur.file.close()
 
     async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
         return await asyncio.get_running_loop().run_in_executor(_DAEMON, fn, *args)
@@ -367,7 +365,7 @@ class FileSource:
     async def _open(self, step: _Step) -> _Open | None:
         """Opens `step`'s file at its position; None when following and it is not there."""
         try:
-            file = await aiofiles.open(step.path, "rb", buffering=0, executor=_DAEMON)
+            file = await self._run(ReadFile, step.path)
         except FileNotFoundError:
             if self.follow is None or step.retired:
                 raise SourceError(f"{step.path} disappeared before it could be read") from None
@@ -386,9 +384,9 @@ class FileSource:
             if not stat.S_ISREG(st.st_mode):
                 raise SourceError(f"{step.path} is not a regular file")
             head = await self._run(os.pread, file.fileno(), FINGERPRINT_MAX_BYTES, 0)
-            await file.seek(step.pos)
+            file.seek(step.pos)
         except BaseException:
-            await file.close()
+            file.close()
             raise
         self._generation += 1
         cur = _Open(self._generation, step, file, st, head)
@@ -404,8 +402,9 @@ class FileSource:
     async def _read(self, cur: _Open, splitter: RecordSplitter) -> list[Piece] | None:
         """The pieces the next chunk completes; None at the end of the file."""
         # A read cancelled mid-way still completes in its thread and moves the file position;
-        # harmless, because a cancelled reader never reads again.
-        chunk: bytes = await cur.file.read(self.chunk_bytes)
+        # harmless, because a cancelled reader never reads again. The chunk stays in native
+        # memory: only its first bytes are ever copied out, and only while they are needed.
+        chunk = await self._run(cur.file.read, self.chunk_bytes)
         if not chunk:
             return None
         start = cur.read_pos
@@ -421,13 +420,14 @@ class FileSource:
         if start <= len(cur.head) < min(FINGERPRINT_MAX_BYTES, cur.read_pos):
             # The first bytes grow from what was read, not from a new look at the file: a
             # look could see content that replaced the file since, and take it for the old.
-            cur.head += chunk[len(cur.head) - start : FINGERPRINT_MAX_BYTES - start]
+            cur.head += chunk.bytes_at(len(cur.head) - start, FINGERPRINT_MAX_BYTES - start)
+        skip = 0
         if cur.open_line:
             # The stored stream ends with this file's last line, which had no newline then.
             cur.open_line = False
-            if chunk.startswith(b"\n"):
+            if chunk.bytes_at(0, 1) == b"\n":
                 splitter.offset += 1
-                chunk = chunk[1:]
+                skip = 1
             else:
                 raise SourceMismatch(
                     f"{cur.path} grew from the middle of a line: its last line (ending at byte "
@@ -437,7 +437,7 @@ class FileSource:
                 )
         cur.size = max(cur.size, cur.read_pos)
         self._show(cur)
-        return [self._stamp(cur, p) for p in splitter.feed(chunk)]
+        return [self._stamp(cur, p) for p in splitter.feed(chunk, skip)]
 
     async def _replaced_under(self, cur: _Open, consumed: int) -> bool:
         """Whether the file's first bytes (as many as were consumed, up to the fingerprint's

@@ -8,7 +8,10 @@ keeps answering until the process is about to exit.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import selectors
+import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -290,6 +293,8 @@ class Metrics:
 
 class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True
+    # handle_request() is only called once the socket is readable: never wait in it.
+    timeout = 0
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -309,9 +314,10 @@ class MetricsServer:
         self._server = make_server(host, port, self._app, _Server, handler_class=_QuietHandler)
         self.port: int = self._server.server_port
         self.host = host
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="shovel-metrics", daemon=True
-        )
+        # Written to by stop(): the serving thread wakes at once, where serve_forever() would
+        # notice a shutdown only at its next poll (up to half a second, added to every stop).
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._thread = threading.Thread(target=self._serve, name="shovel-metrics", daemon=True)
 
     def _app(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -335,8 +341,22 @@ class MetricsServer:
         """Starts serving."""
         self._thread.start()
 
+    def _serve(self) -> None:
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._server, selectors.EVENT_READ)
+            selector.register(self._wake_r, selectors.EVENT_READ)
+            while True:
+                ready = {key.fileobj for key, _ in selector.select()}
+                if self._wake_r in ready:
+                    return
+                self._server.handle_request()
+
     def stop(self) -> None:
-        """Stops serving and releases the port."""
-        self._server.shutdown()
+        """Stops serving (at once) and releases the port."""
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+        if self._thread.is_alive():
+            self._thread.join()
         self._server.server_close()
-        self._thread.join()
+        self._wake_r.close()
+        self._wake_w.close()

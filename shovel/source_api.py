@@ -3,7 +3,10 @@ blocking file calls on daemon threads."""
 
 from __future__ import annotations
 
+import os
+import queue
 import threading
+import weakref
 from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
@@ -98,9 +101,22 @@ _T = TypeVar("_T")
 
 
 class DaemonThreads(Executor):
-    """Runs each call on a daemon thread of its own. File reads go through it so that a read
-    stuck on a hung filesystem holds up neither the stop sequence nor the interpreter's exit
-    (the default executor's threads are joined at exit)."""
+    """Runs calls on daemon threads, so that a read stuck on a hung filesystem holds up neither
+    the stop sequence nor the interpreter's exit (the default executor's threads are joined at
+    exit). Threads are reused: an idle one takes the next call, and a new one is started only
+    when all are busy, so a stuck call keeps its own thread and never delays the others.
+    Starting a thread per call would cost the event loop a thread start (and its wait for the
+    thread to run) on every chunk read."""
+
+    def __init__(self) -> None:
+        self._forget_threads()
+        _executors.add(self)
+
+    def _forget_threads(self) -> None:
+        self._lock = threading.Lock()
+        self._calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        # Threads waiting for a call and not yet promised one by submit().
+        self._idle = 0
 
     def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:
         future: Future[_T] = Future()
@@ -113,5 +129,29 @@ class DaemonThreads(Executor):
             except BaseException as e:
                 future.set_exception(e)
 
-        threading.Thread(target=run, name="shovel-read", daemon=True).start()
+        with self._lock:
+            start = self._idle == 0
+            if not start:
+                self._idle -= 1
+        self._calls.put(run)
+        if start:
+            threading.Thread(target=self._serve, name="shovel-read", daemon=True).start()
         return future
+
+    def _serve(self) -> None:
+        while True:
+            self._calls.get()()
+            with self._lock:
+                self._idle += 1
+
+
+_executors: weakref.WeakSet[DaemonThreads] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A forked child has none of its parent's threads: idle ones must not be counted on.
+    for executor in list(_executors):
+        executor._forget_threads()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,4 +1,5 @@
-"""The only importer of `shovel._native`: an asyncio front for the native storage client.
+"""An asyncio front for the native storage client (the read path's native classes are used by
+records.py and files.py).
 
 The native client never calls into Python. It signals progress (and errors) by making a file
 descriptor readable; this module watches it with `loop.add_reader`, then reads the counters.

@@ -55,7 +55,7 @@ def test_a_stream_stopped_on_a_full_queue_keeps_every_consumed_piece(tmp_path: P
 
     batches, tally, rejects = asyncio.run(run())
     os.close(write_fd)
-    stored = b"".join(b.data for b in batches)
+    stored = b"".join(bytes(b.data) for b in batches)
     assert stored == b"already queued\na\nb\npartial\n"
     assert tally.records == 3
     assert rejects.records == 1
@@ -193,7 +193,7 @@ def test_a_blocked_rejected_line_write_leaves_the_event_loop_running(
     assert loop_ran == [True], "the event loop was blocked by the rejected line's write"
     assert rejected_path(tmp_path, 2).read_bytes() == long_line
     assert (rejects.records, tally.unkept) == (1, 0)
-    assert b"".join(b.data for b in batches) == b"already queued\na\nb\n"
+    assert b"".join(bytes(b.data) for b in batches) == b"already queued\na\nb\n"
     assert batches[-1].end_offset == len(data)
 
 
@@ -231,7 +231,7 @@ def test_a_second_stop_gives_up_a_blocked_rejected_line_and_still_spills_the_res
     os.close(write_fd)
     assert isinstance(outcome, asyncio.CancelledError), f"the reader ended with {outcome!r}"
     assert (rejects.records, tally.unkept, tally.error) == (0, 1, None)
-    assert b"".join(b.data for b in batches) == b"already queued\na\n"
+    assert b"".join(bytes(b.data) for b in batches) == b"already queued\na\n"
     assert batches[-1].end_offset == len(data)
     # Once the open returns, the file of the line given up is closed and removed.
     assert blocked.opened.wait(WAIT_S)
@@ -270,7 +270,7 @@ def test_a_stopped_stream_gives_up_a_rejected_line_whose_first_piece_fails(
         "[Errno 28] No space left on device"
     )
     assert errors_logged(caplog) == [tally.error]
-    assert b"".join(b.data for b in batches) == b"already queued\na\n"
+    assert b"".join(bytes(b.data) for b in batches) == b"already queued\na\n"
     assert batches[-1].end_offset == len(data)
 
 
@@ -309,7 +309,7 @@ def test_a_stop_during_a_rejected_write_that_fails_still_keeps_the_tail(tmp_path
     outcome, batches, tally = asyncio.run(run())
     os.close(write_fd)
     assert isinstance(outcome, asyncio.CancelledError), f"the reader ended with {outcome!r}"
-    assert b"".join(b.data for b in batches) == b"a\nb\npartial\n"
+    assert b"".join(bytes(b.data) for b in batches) == b"a\nb\npartial\n"
     assert batches[-1].end_offset == len(data)
     assert (tally.records, tally.unkept) == (3, 1)
     assert tally.error == (
@@ -338,7 +338,7 @@ def test_a_failed_rejected_line_on_a_stream_still_keeps_what_was_consumed_after_
 
     batches, tally = asyncio.run(run())
     os.close(write_fd)
-    assert b"".join(b.data for b in batches) == b"a\nb\npartial\n"
+    assert b"".join(bytes(b.data) for b in batches) == b"a\nb\npartial\n"
     assert batches[-1].end_offset == len(data)
     assert (tally.records, tally.unkept) == (3, 1)
     assert tally.error is not None

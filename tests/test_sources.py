@@ -57,7 +57,7 @@ async def collect(
 
 def test_generator_resumes_at_a_sequence_number() -> None:
     batches = asyncio.run(collect(GeneratorSource(2500, rate=0), 1200))
-    assert b"".join(b.data for b in batches) == b"".join(
+    assert b"".join(bytes(b.data) for b in batches) == b"".join(
         generated_record(i) for i in range(1200, 2500)
     )
     assert batches[-1].end_offset == 2500
@@ -70,7 +70,7 @@ def test_file_source_resumes_by_seeking(tmp_path: Path) -> None:
     path.write_bytes(data)
     start = data.index(b"r100\n")
     batches = asyncio.run(collect(FileSource(path, 4096, 1 << 20), start))
-    assert b"".join(b.data for b in batches) == data[start:]
+    assert b"".join(bytes(b.data) for b in batches) == data[start:]
     assert batches[-1].end_offset == len(data)
 
 
@@ -86,7 +86,7 @@ def test_each_batch_names_its_file_until_the_fingerprint_is_whole(tmp_path: Path
     data = b"".join(b"line %d\n" % i for i in range(2000))
     path.write_bytes(data)
     batches = asyncio.run(collect(FileSource(path, 300, 1 << 20), 0))
-    assert b"".join(b.data for b in batches) == data
+    assert b"".join(bytes(b.data) for b in batches) == data
     stamped = [b for b in batches if b.source is not None]
     # The fingerprint grows with what was read, up to its 1 KiB: then the batches carry none.
     assert stamped == batches[: len(stamped)]
@@ -104,7 +104,7 @@ def test_a_finished_unterminated_line_is_marked_open(tmp_path: Path) -> None:
     path = tmp_path / "f"
     path.write_bytes(b"a\nb")
     batches = asyncio.run(collect(FileSource(path, 4096, 1 << 20), 0))
-    assert [b.data for b in batches] == [b"a\n", b"b\n"]
+    assert [bytes(b.data) for b in batches] == [b"a\n", b"b\n"]
     origins = [identity.decode(b.source or "") for b in batches]
     assert [o.open_line for o in origins if isinstance(o, identity.FileOrigin)] == [False, True]
 
@@ -162,7 +162,7 @@ def test_stream_source_reads_a_pipe() -> None:
     writer.start()
     batches = asyncio.run(collect(StreamSource(read_fd, "pipe", 8192, 1 << 20, owns_fd=True), 7))
     writer.join()
-    assert b"".join(b.data for b in batches) == payload + b"\n"
+    assert b"".join(bytes(b.data) for b in batches) == payload + b"\n"
     assert batches[-1].end_offset == 7 + len(payload)
 
 

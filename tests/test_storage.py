@@ -57,7 +57,7 @@ def test_every_acknowledged_byte_is_on_disk_after_close(tmp_path: Path) -> None:
         assert storage.stats().inflight_writes == 0
 
     asyncio.run(run())
-    assert stored_bytes(out) == b"".join(b.data for b in items)
+    assert stored_bytes(out) == b"".join(bytes(b.data) for b in items)
 
 
 def test_cancelling_the_wait_never_cancels_the_write(tmp_path: Path) -> None:
@@ -94,7 +94,7 @@ def test_backpressure_waits_instead_of_failing(tmp_path: Path) -> None:
 
     peak = asyncio.run(run())
     assert peak <= 8192 + max(len(b.data) for b in items)
-    assert stored_bytes(out) == b"".join(b.data for b in items)
+    assert stored_bytes(out) == b"".join(bytes(b.data) for b in items)
 
 
 def test_close_twice_and_concurrently_gives_one_outcome_and_refuses_writes(
@@ -289,7 +289,7 @@ def test_reopen_after_a_close_timeout_waits_for_the_abandoned_work(tmp_path: Pat
             await storage.close(30)
             cp = read_checkpoint(tmp_path)
             assert cp is not None
-            everything = b"".join(b.data for b in items)
+            everything = b"".join(bytes(b.data) for b in items)
             assert stored_bytes(tmp_path) == everything[: cp.committed_offset]
 
     asyncio.run(check())

@@ -12,7 +12,8 @@ use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
 
-use crate::store::{CloseError, Store, StoreConfig, StoreError, Submitted};
+use crate::reading::Records;
+use crate::store::{CloseError, Data, Store, StoreConfig, StoreError, Submitted};
 
 create_exception!(
     shovel._native,
@@ -173,16 +174,38 @@ impl StorageClient {
 
     /// Hands a batch to the writer; returns its sequence number, or `None` when full.
     /// `source`, when given, becomes the source descriptor kept in the checkpoint.
+    /// `data` is bytes (copied) or `Records` (their buffers taken over, no copy, once the
+    /// write is accepted).
     #[pyo3(signature = (data, records, end_offset, source=None))]
     fn submit(
         &self,
-        py: Python<'_>,
-        data: &[u8],
+        data: &Bound<'_, PyAny>,
         records: u64,
         end_offset: u64,
         source: Option<&str>,
     ) -> PyResult<Option<u64>> {
-        match self.store.submit(data, records, end_offset, source) {
+        let py = data.py();
+        let outcome = if let Ok(owned) = data.cast::<Records>() {
+            owned.get().hand_over(|parts| match parts {
+                Some(parts) => {
+                    let outcome =
+                        self.store
+                            .submit_data(Data::Owned(parts), records, end_offset, source);
+                    let taken = matches!(outcome, Ok(Submitted::Accepted(_)));
+                    (outcome, taken)
+                }
+                None => (
+                    Err(StoreError::Invalid(
+                        "these records were already handed to storage".into(),
+                    )),
+                    false,
+                ),
+            })
+        } else {
+            let bytes = data.extract::<&[u8]>()?;
+            self.store.submit(bytes, records, end_offset, source)
+        };
+        match outcome {
             Ok(Submitted::Accepted(seq)) => Ok(Some(seq)),
             Ok(Submitted::Full) => Ok(None),
             Err(e) => Err(to_py(py, e)),
@@ -316,5 +339,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ClientClosedError", py.get_type::<ClientClosedError>())?;
     m.add("CloseTimeoutError", py.get_type::<CloseTimeoutError>())?;
     m.add("FAULT_INJECTION", crate::store::fault::ENABLED)?;
+    crate::reading::register(m)?;
     Ok(())
 }

@@ -4,11 +4,15 @@
 //! [`runtime`] owns the dedicated runtime thread; `client` (with the `python` feature) is the
 //! PyO3 boundary exposed as `shovel._native`.
 
+pub mod buffers;
 pub mod runtime;
+pub mod split;
 pub mod store;
 
 #[cfg(feature = "python")]
 mod client;
+#[cfg(feature = "python")]
+mod reading;
 
 #[cfg(feature = "python")]
 use pyo3::prelude::*;

@@ -21,7 +21,34 @@ use super::recovery;
 use super::shared::Shared;
 use super::stats::StatsSnapshot;
 use super::writer::{WriteRequest, Writer, WriterConfig, WriterOutcome};
+use crate::buffers::{self, Part};
 use crate::runtime::RuntimeThread;
+
+/// The bytes of a batch handed to [`Store::submit_data`].
+#[derive(Debug)]
+pub enum Data<'a> {
+    /// Bytes the caller keeps: copied into the write.
+    Borrowed(&'a [u8]),
+    /// Buffers the write takes over (emptied on acceptance), with no copy.
+    Owned(&'a mut Vec<Part>),
+}
+
+impl Data<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Data::Borrowed(bytes) => bytes.len(),
+            Data::Owned(parts) => buffers::total_len(parts),
+        }
+    }
+
+    fn take(self) -> Vec<Part> {
+        match self {
+            Data::Borrowed([]) => Vec::new(),
+            Data::Borrowed(bytes) => vec![Part::copy_of(bytes)],
+            Data::Owned(parts) => std::mem::take(parts),
+        }
+    }
+}
 
 /// Everything `Store::open` needs.
 #[derive(Debug, Clone)]
@@ -249,6 +276,18 @@ impl Store {
         end_offset: u64,
         source: Option<&str>,
     ) -> StoreResult<Submitted> {
+        self.submit_data(Data::Borrowed(data), records, end_offset, source)
+    }
+
+    /// [`Store::submit`] for bytes given either borrowed (copied once accepted) or as owned
+    /// parts (moved into the write once accepted, left in place when the store is full).
+    pub fn submit_data(
+        &self,
+        data: Data<'_>,
+        records: u64,
+        end_offset: u64,
+        source: Option<&str>,
+    ) -> StoreResult<Submitted> {
         self.check_pid()?;
         if let Some(text) = source {
             validate_source(text).map_err(StoreError::Invalid)?;
@@ -272,13 +311,16 @@ impl Store {
         if inflight > 0 && inflight + len > self.config.max_inflight_bytes {
             return Ok(Submitted::Full);
         }
+        if !self.shared.hold(len) {
+            return Ok(Submitted::Full);
+        }
         let seq = gate.last_seq + 1;
         stats.inflight_writes.fetch_add(1, Ordering::AcqRel);
         stats.inflight_bytes.fetch_add(len, Ordering::AcqRel);
         stats.inflight_records.fetch_add(records, Ordering::AcqRel);
         let req = WriteRequest {
             seq,
-            data: data.to_vec(),
+            data: data.take(),
             records,
             end_offset,
             source: source.map(Arc::from),

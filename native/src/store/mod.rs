@@ -15,7 +15,7 @@ mod writer;
 
 pub use checkpoint::{Checkpoint, CHECKPOINT_FILE};
 pub use error::{errno_name, StoreError, StoreResult};
-pub use handle::{CloseError, CloseReport, Store, StoreConfig, Submitted};
+pub use handle::{CloseError, CloseReport, Data, Store, StoreConfig, Submitted};
 pub use lock::LOCK_FILE;
 pub use segment::SEGMENTS_DIR;
 pub use stats::StatsSnapshot;

@@ -1,7 +1,7 @@
 //! State shared between the writer task and the threads that submit to it.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use super::error::StoreError;
@@ -21,7 +21,16 @@ pub struct Shared {
     failed: AtomicBool,
     /// Things the service should log (retries), oldest first, at most `MAX_EVENTS`.
     events: Mutex<VecDeque<String>>,
+    /// Bytes accepted but not yet written: held in memory, so bounded on their own.
+    unwritten_bytes: AtomicU64,
+    /// A submit was refused for unwritten bytes: wake the event loop after the next write.
+    wake_on_write: AtomicBool,
 }
+
+/// Bytes accepted but not yet written (held in memory) beyond which `submit` reports full,
+/// unless nothing is waiting to be written. Enough to keep the writer busy, small enough to
+/// keep the process's memory flat whatever the disk's speed and `max_inflight_bytes`.
+pub const MAX_UNWRITTEN_BYTES: u64 = 4 * 1024 * 1024;
 
 /// How many unread events are kept; older ones are replaced by a count.
 const MAX_EVENTS: usize = 64;
@@ -42,6 +51,33 @@ impl Shared {
             first_error: Mutex::new(None),
             failed: AtomicBool::new(false),
             events: Mutex::new(VecDeque::new()),
+            unwritten_bytes: AtomicU64::new(0),
+            wake_on_write: AtomicBool::new(false),
+        }
+    }
+
+    /// Counts `len` more bytes held for the writer, unless that would pass
+    /// [`MAX_UNWRITTEN_BYTES`] (and some are held already): then returns false, and the next
+    /// write wakes the event loop.
+    pub fn hold(&self, len: u64) -> bool {
+        let over = |held: u64| held > 0 && held + len > MAX_UNWRITTEN_BYTES;
+        if over(self.unwritten_bytes.load(Ordering::SeqCst)) {
+            self.wake_on_write.store(true, Ordering::SeqCst);
+            // Looked at again after the flag: a write that ended in between either sees the
+            // flag or left a count that lets this one in, so no wake-up is lost.
+            if over(self.unwritten_bytes.load(Ordering::SeqCst)) {
+                return false;
+            }
+        }
+        self.unwritten_bytes.fetch_add(len, Ordering::SeqCst);
+        true
+    }
+
+    /// The writer is done with `len` held bytes (written or not): wakes a refused submitter.
+    pub fn release(&self, len: u64) {
+        self.unwritten_bytes.fetch_sub(len, Ordering::SeqCst);
+        if self.wake_on_write.swap(false, Ordering::SeqCst) {
+            self.notifier.notify();
         }
     }
 
@@ -83,5 +119,27 @@ impl Shared {
         self.failed.store(true, Ordering::Release);
         self.stats.errors.fetch_add(1, Ordering::AcqRel);
         self.notifier.notify();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_bytes_are_bounded_and_a_refused_submitter_is_woken() {
+        let shared = Shared::new(Notifier::new().expect("pair"));
+        // One batch larger than the bound is let in when nothing is held.
+        assert!(shared.hold(MAX_UNWRITTEN_BYTES + 1));
+        shared.release(MAX_UNWRITTEN_BYTES + 1);
+        assert_eq!(shared.notifier.drain(), 0, "nobody was refused: no wake-up");
+        assert!(shared.hold(MAX_UNWRITTEN_BYTES - 10));
+        assert!(shared.hold(10));
+        assert!(!shared.hold(1), "over the bound");
+        shared.release(10);
+        assert_eq!(shared.notifier.drain(), 1, "the refused submitter is woken");
+        assert!(shared.hold(1));
+        shared.release(1);
+        assert_eq!(shared.notifier.drain(), 0);
     }
 }

@@ -22,6 +22,7 @@ use super::error::{StoreError, StoreResult};
 use super::fault::{self, Point};
 use super::segment;
 use super::shared::Shared;
+use crate::buffers::{self, Part};
 
 /// Retries after the first attempt of a failed append or checkpoint. fsync is never retried: after
 /// a failed fsync the kernel may have dropped the dirty pages, so a later "successful" fsync
@@ -53,8 +54,16 @@ fn backoff(attempt: u32) -> Duration {
 
 /// Appends `data`; on failure cuts the segment back to `keep_len`, so that neither a retry nor
 /// recovery ever sees a partial batch. The error is retryable only if that cut succeeded.
-fn append(file: &File, path: &Path, data: &[u8], keep_len: u64) -> Result<(), (StoreError, bool)> {
-    let res = fault::hit(Point::BeforeWrite).and_then(|()| (&*file).write_all(data));
+fn append(
+    file: &File,
+    path: &Path,
+    data: &[Part],
+    keep_len: u64,
+) -> Result<(), (StoreError, bool)> {
+    let res = fault::hit(Point::BeforeWrite).and_then(|()| {
+        data.iter()
+            .try_for_each(|part| (&*file).write_all(part.as_slice()))
+    });
     match res {
         Ok(()) => Ok(()),
         Err(e) => {
@@ -92,8 +101,8 @@ fn persist_with_retries(dir: &Path, cp: &Checkpoint, shared: &Shared) -> StoreRe
 pub struct WriteRequest {
     /// Position in submission order, from 1.
     pub seq: u64,
-    /// The records' bytes, each ending with `\n`.
-    pub data: Vec<u8>,
+    /// The records' bytes, each ending with `\n`, in order.
+    pub data: Vec<Part>,
     /// How many records `data` holds.
     pub records: u64,
     /// Source offset just past the last record of the batch.
@@ -348,17 +357,22 @@ impl Writer {
     }
 
     async fn write(&mut self, req: WriteRequest, job: &mut Option<SyncJob>) {
+        let len = buffers::total_len(&req.data) as u64;
+        self.write_held(req, len, job).await;
+        self.shared.release(len);
+    }
+
+    async fn write_held(&mut self, req: WriteRequest, len: u64, job: &mut Option<SyncJob>) {
         if self.shared.failed() {
             // Not written: it stays counted in flight, i.e. not durable, which is the truth.
             return;
         }
-        if self.written.cp.segment_len >= self.config.segment_max_bytes && !req.data.is_empty() {
+        if self.written.cp.segment_len >= self.config.segment_max_bytes && len > 0 {
             self.rollover(job).await;
             if self.shared.failed() {
                 return;
             }
         }
-        let len = req.data.len() as u64;
         let data = Arc::new(req.data);
         let mut attempt = 0;
         let res = loop {
@@ -388,6 +402,10 @@ impl Writer {
                 Err(join) => break Err(join),
             }
         };
+        // Written or not, the bytes are done with: their buffers serve the next reads.
+        if let Ok(parts) = Arc::try_unwrap(data) {
+            parts.into_iter().for_each(Part::recycle);
+        }
         match res {
             Ok(Ok(())) => {
                 let cp = &mut self.written.cp;

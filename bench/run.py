@@ -1,0 +1,289 @@
+"""shovel's benchmarks against the targets of issue 8, one subcommand per measurement:
+
+  throughput  shovel against dd conv=fdatasync: wall time and CPU time, in rounds
+  rss         peak RSS (and throughput) against input size, 100 MiB to 4 GiB
+  stop        SIGTERM to exit under full load, over many stops
+  latency     read-to-durable latency at half the generator's full speed
+  all         all four, in that order (what `make bench` runs)
+
+Usage: python bench/run.py SUBCOMMAND [options] [-- extra shovel flags]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import shutil
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+import latency
+import rss
+import stop
+import throughput
+from common import BenchError, progress, remove
+from copies import output_names, shovel_copy_command
+from inputs import InputFile, bytes_for, prepare_input
+from machine import MEMORY_FILESYSTEMS, check_free_space, describe_machine, make_workdir
+from results import Results
+
+DEFAULT_RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+MEASUREMENTS = ("throughput", "rss", "stop", "latency")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
+def _sizes(text: str) -> list[float]:
+    try:
+        sizes = [float(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a comma-separated list of MiB, got {text!r}") from None
+    if not sizes or min(sizes) <= 0:
+        raise argparse.ArgumentTypeError(f"sizes must be above 0, got {text!r}")
+    return sizes
+
+
+def _common_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("common options")
+    g.add_argument(
+        "--workdir",
+        type=Path,
+        help="where inputs and outputs go; an input of the right size there is reused "
+        "(default: a fresh directory under /var/tmp, never a tmpfs, removed at the end)",
+    )
+    g.add_argument("--keep-input", action="store_true", help="keep the input file (--size-mb)")
+    g.add_argument("--json", action="store_true", help="print the figures as JSON, not text")
+    g.add_argument(
+        "--write-results",
+        nargs="?",
+        const=DEFAULT_RESULTS,
+        type=Path,
+        metavar="PATH",
+        help=f"write the results page and its plots (default path: {DEFAULT_RESULTS})",
+    )
+    return p
+
+
+def _input_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument_group("input").add_argument(
+        "--size-mb",
+        type=_positive_float,
+        default=1024,
+        help="input of 100-byte records for throughput and stop, in MiB (default: 1024)",
+    )
+    return p
+
+
+def _throughput_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument_group("throughput").add_argument(
+        "--rounds", type=_positive_int, default=5, help="rounds of dd + shovel (default: 5)"
+    )
+    return p
+
+
+def _rss_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("rss")
+    default = ",".join(f"{s:g}" for s in rss.DEFAULT_SIZES_MIB)
+    g.add_argument(
+        "--sizes-mb",
+        type=_sizes,
+        default=list(rss.DEFAULT_SIZES_MIB),
+        help=f"input sizes in MiB, comma-separated (default: {default})",
+    )
+    g.add_argument("--no-dd", action="store_true", help="skip the dd copy at each size")
+    return p
+
+
+def _stop_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("stop")
+    g.add_argument(
+        "--stops", type=_positive_int, default=stop.DEFAULT_STOPS, help="stops (default: 50)"
+    )
+    g.add_argument(
+        "--stop-source",
+        choices=("file", "generate"),
+        default="file",
+        help="what shovel reads while stopped: the --size-mb input at disk speed, or the "
+        "unpaced generator (default: file)",
+    )
+    g.add_argument("--seed", type=int, default=8, help="seed of the random stop moments")
+    return p
+
+
+def _latency_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("latency")
+    g.add_argument(
+        "--fsync-interval-ms",
+        type=_positive_int,
+        default=latency.DEFAULT_FSYNC_INTERVAL_MS,
+        help="shovel's --fsync-interval-ms during the measurement (default: 100)",
+    )
+    g.add_argument(
+        "--window-s", type=_positive_float, default=10.0, help="measured window (default: 10)"
+    )
+    g.add_argument(
+        "--calibrate-s",
+        type=_positive_float,
+        default=3.0,
+        help="window for the generator's full speed (default: 3)",
+    )
+    return p
+
+
+def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    """Options before `--`, and the shovel flags after it."""
+    args = list(argv)
+    extra: list[str] = []
+    if "--" in args:
+        cut = args.index("--")
+        args, extra = args[:cut], args[cut + 1 :]
+    parser = argparse.ArgumentParser(
+        prog="bench/run.py",
+        description="Measure shovel against the targets of issue 8. Progress goes to stderr, "
+        "the report to stdout. Exit status: 0 when every run succeeded (even if a target is "
+        "missed), 1 when a run failed or stored wrong data, 2 for a usage error.",
+        epilog="Flags after `--` are passed to every shovel run, e.g. "
+        "`bench/run.py throughput -- --fsync-max-bytes 33554432`. Use each subcommand's --help "
+        "for its options.",
+    )
+    sub = parser.add_subparsers(dest="measure", required=True, metavar="SUBCOMMAND")
+    common, inp = _common_options(), _input_options()
+    groups = {
+        "throughput": [inp, _throughput_options()],
+        "rss": [_rss_options()],
+        "stop": [inp, _stop_options()],
+        "latency": [_latency_options()],
+    }
+    helps = {
+        "throughput": "shovel against dd conv=fdatasync: wall time and CPU time, in rounds",
+        "rss": "peak RSS and throughput against input size",
+        "stop": "SIGTERM to exit under full load, p50/p99/max",
+        "latency": "submit-to-durable latency at half the generator's full speed",
+    }
+    for name in MEASUREMENTS:
+        sub.add_parser(name, parents=[common, *groups[name]], help=helps[name])
+    every = [inp, _throughput_options(), _rss_options(), _stop_options(), _latency_options()]
+    sub.add_parser("all", parents=[common, *every], help="all four, as `make bench` runs them")
+    return parser.parse_args(args), extra
+
+
+def _needs_input(ns: argparse.Namespace, chosen: Sequence[str]) -> bool:
+    return "throughput" in chosen or ("stop" in chosen and ns.stop_source == "file")
+
+
+def _run(
+    ns: argparse.Namespace, chosen: Sequence[str], workdir: Path, extra: list[str], r: Results
+) -> None:
+    input_path = workdir / f"input-{ns.size_mb:g}MiB.ndjson" if _needs_input(ns, chosen) else None
+    inp: InputFile | None = None
+    try:
+        if input_path is not None:
+            size = bytes_for(ns.size_mb)
+            reused = input_path.is_file() and input_path.stat().st_size == size
+            check_free_space(workdir, size * 11 // 10 + (0 if reused else size), "the input")
+            inp, reused = prepare_input(input_path, ns.size_mb)
+            progress(f"{'reusing' if reused else 'generated'} {inp.path} ({inp.size:,} bytes)")
+        if "throughput" in chosen and inp is not None:
+            progress(f"== throughput: {ns.rounds} rounds of dd and shovel")
+            r.throughput = throughput.measure(inp, workdir, ns.rounds, extra)
+        if "stop" in chosen:
+            progress(f"== stop: {ns.stops} stops, source {ns.stop_source}")
+            r.stop = stop.measure(
+                inp if ns.stop_source == "file" else None, workdir, ns.stops, extra, ns.seed
+            )
+    finally:
+        if input_path is not None:
+            remove(input_path.with_name(input_path.name + ".partial"))
+            if ns.keep_input:
+                progress(f"input kept: {input_path} (reuse it with --workdir {workdir})")
+            else:
+                remove(input_path)
+    if "rss" in chosen:
+        check_free_space(workdir, rss.space_needed(ns.sizes_mb), "the size sweep")
+        progress(f"== rss: sizes {', '.join(f'{s:g}' for s in ns.sizes_mb)} MiB")
+        r.rss = rss.measure(workdir, ns.sizes_mb, extra, with_dd=not ns.no_dd)
+    if "latency" in chosen:
+        progress(f"== latency: fsync interval {ns.fsync_interval_ms} ms")
+        r.latency = latency.measure(
+            workdir,
+            extra,
+            fsync_interval_ms=ns.fsync_interval_ms,
+            window_s=ns.window_s,
+            calibrate_s=ns.calibrate_s,
+        )
+
+
+def main(argv: Sequence[str]) -> int:
+    """Runs the chosen measurements; returns the exit code."""
+    ns, extra = parse_args(argv)
+    chosen = MEASUREMENTS if ns.measure == "all" else (ns.measure,)
+    if shutil.which("dd") is None and ("throughput" in chosen or "rss" in chosen):
+        progress("dd not found on PATH")
+        return 2
+    if ns.write_results is not None:
+        try:  # before the measurements, not after them
+            ns.write_results.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            progress(f"cannot write results to {ns.write_results}: {e}")
+            return 2
+    workdir, created = make_workdir(ns.workdir)
+    try:
+        machine = describe_machine(workdir)
+        if machine.filesystem in MEMORY_FILESYSTEMS:
+            progress(f"warning: {workdir} is {machine.filesystem}; fsync costs nothing there")
+        if machine.busy:
+            progress(
+                f"warning: load average {machine.load_at_start:.2f} on {machine.cores} cores: "
+                "the machine is busy, treat the figures as a development run"
+            )
+        command = shlex.join(["python", "bench/run.py", *argv])
+        copy = shovel_copy_command(Path("INPUT"), Path("OUTPUT"), extra)
+        r = Results(machine, command, shlex.join(["python", *copy[1:]]))
+        _run(ns, chosen, workdir, extra, r)
+    except BenchError as e:
+        progress(f"FAILED: {e}")
+        return 1
+    finally:
+        for name in output_names():
+            remove(workdir / name)
+        if created and not ns.keep_input:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(r.json() if ns.json else r.text())
+    if ns.write_results is not None:
+        plotted = r.write_markdown(ns.write_results)
+        progress(f"wrote {ns.write_results}" + "".join(f", {p}" for p in plotted))
+    return 0
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C: no shovel left writing
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except KeyboardInterrupt:  # the work directory and every process are cleaned up by then
+        progress("interrupted")
+        sys.exit(130)
