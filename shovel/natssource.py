@@ -189,7 +189,8 @@ class NatsSource:
                 disconnected_cb=self._on_disconnected,
                 reconnected_cb=self._on_reconnected,
             )
-        except (OSError, nats.errors.Error) as e:
+        except Exception as e:
+            # The client's own errors, and a credentials file it cannot use: said, not a crash.
             raise SourceError(f"cannot connect to {self.description}: {e!r}") from e
         self._nc = nc
         js = nc.jetstream()

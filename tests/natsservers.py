@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -24,6 +25,8 @@ from pathlib import Path
 
 import nats
 import nats.errors
+import nkeys  # type: ignore[import-untyped]
+from nats.aio.client import Client
 from nats.js.api import StreamConfig
 
 from tests.helpers import WAIT_S, free_port, wait_until
@@ -87,6 +90,17 @@ class Cluster:
     """Servers that form one JetStream cluster (or a single server)."""
 
     servers: list[Server] = field(default_factory=list)
+    # A user's credentials file, when the servers require one.
+    creds: Path | None = None
+
+    async def connect(self, **options: object) -> Client:
+        """A client connected to the servers (with the credentials, if any)."""
+        creds = str(self.creds) if self.creds is not None else None
+        return await nats.connect(
+            [s.url for s in self.servers],
+            user_credentials=creds,
+            **options,
+        )
 
     @property
     def urls(self) -> str:
@@ -96,6 +110,70 @@ class Cluster:
     def source(self, stream: str, consumer: str, options: str = "") -> str:
         """A --source for `stream` through `consumer`."""
         return f"nats://{self.urls}/{stream}?consumer={consumer}{options}"
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _keys(prefix: int) -> tuple[bytes, nkeys.KeyPair, str]:
+    seed = nkeys.encode_seed(os.urandom(32), prefix)
+    pair = nkeys.from_seed(bytearray(seed))
+    return seed, pair, pair.public_key.decode()
+
+
+def _jwt(
+    issuer: nkeys.KeyPair, issuer_key: str, subject: str, nats_claims: dict[str, object]
+) -> str:
+    """A NATS JWT for `subject`, signed by `issuer`."""
+    header = _b64(json.dumps({"typ": "JWT", "alg": "ed25519-nkey"}).encode())
+    claims = {
+        "jti": _b64(os.urandom(16)),
+        "iat": int(time.time()),
+        "iss": issuer_key,
+        "sub": subject,
+        "nats": nats_claims,
+    }
+    body = _b64(json.dumps(claims).encode())
+    return f"{header}.{body}.{_b64(issuer.sign(f'{header}.{body}'.encode()))}"
+
+
+def operator_mode(directory: Path) -> tuple[list[str], Path]:
+    """Server configuration lines that require JWT authentication (an operator, an account
+    with JetStream, the system account), and a user's credentials file for that account."""
+    _, operator, operator_key = _keys(nkeys.PREFIX_BYTE_OPERATOR)
+    _, _, system_key = _keys(nkeys.PREFIX_BYTE_ACCOUNT)
+    _, account, account_key = _keys(nkeys.PREFIX_BYTE_ACCOUNT)
+    user_seed, _, user_key = _keys(nkeys.PREFIX_BYTE_USER)
+    unlimited = {"mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1}
+    for name in ("subs", "data", "payload", "imports", "exports", "conn", "leaf"):
+        unlimited[name] = -1
+    operator_jwt = _jwt(operator, operator_key, operator_key, {"type": "operator", "version": 2})
+    system_jwt = _jwt(operator, operator_key, system_key, {"type": "account", "version": 2})
+    account_jwt = _jwt(
+        operator, operator_key, account_key, {"type": "account", "version": 2, "limits": unlimited}
+    )
+    user_jwt = _jwt(
+        account,
+        account_key,
+        user_key,
+        {"type": "user", "version": 2, "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1},
+    )
+    creds = directory / "user.creds"
+    creds.write_text(
+        f"-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n"
+        f"-----BEGIN USER NKEY SEED-----\n{user_seed.decode()}\n------END USER NKEY SEED------\n"
+    )
+    lines = [
+        f"operator: {operator_jwt}",
+        f"system_account: {system_key}",
+        "resolver: MEMORY",
+        "resolver_preload: {",
+        f"  {account_key}: {account_jwt}",
+        f"  {system_key}: {system_jwt}",
+        "}",
+    ]
+    return lines, creds
 
 
 def _config(server: Server, peers: list[Server], clustered: bool) -> str:
@@ -121,16 +199,21 @@ def _config(server: Server, peers: list[Server], clustered: bool) -> str:
 
 
 @contextmanager
-def running_cluster(tmp_path: Path, size: int) -> Iterator[Cluster]:
-    """`size` servers (1: a lone JetStream server), started, and stopped at the end."""
+def running_cluster(tmp_path: Path, size: int, secured: bool = False) -> Iterator[Cluster]:
+    """`size` servers (1: a lone JetStream server), started, and stopped at the end; with
+    `secured`, clients need the credentials file `cluster.creds`."""
     cluster = Cluster()
+    security: list[str] = []
+    if secured:
+        security, cluster.creds = operator_mode(tmp_path)
     for i in range(size):
         directory = tmp_path / f"nats{i}"
         directory.mkdir()
         cluster.servers.append(Server(f"n{i}", free_port(), free_port(), directory))
     for s in cluster.servers:
         peers = [p for p in cluster.servers if p is not s]
-        (s.directory / "server.conf").write_text(_config(s, peers, size > 1))
+        config = _config(s, peers, size > 1) + "".join(line + "\n" for line in security)
+        (s.directory / "server.conf").write_text(config)
     try:
         for s in cluster.servers:
             s.start()
@@ -154,7 +237,7 @@ def msg_id(i: int) -> str:
 async def create_stream(cluster: Cluster, stream: str, replicas: int) -> None:
     """Creates `stream` on subjects STREAM.> with `replicas` copies; retries while the
     cluster elects its leaders."""
-    nc = await nats.connect([s.url for s in cluster.servers])
+    nc = await cluster.connect()
     try:
         js = nc.jetstream()
         deadline = time.monotonic() + WAIT_S
@@ -176,9 +259,7 @@ async def publish(cluster: Cluster, stream: str, first: int, count: int, rate: f
     """Publishes messages first..first+count-1 with their ids, `rate` per second (0: as fast
     as the server confirms). A publish that fails (a server went away) is tried again with
     the same id: the stream drops the duplicate."""
-    nc = await nats.connect(
-        [s.url for s in cluster.servers], max_reconnect_attempts=-1, reconnect_time_wait=0.2
-    )
+    nc = await cluster.connect(max_reconnect_attempts=-1, reconnect_time_wait=0.2)
     try:
         js = nc.jetstream()
         started = time.monotonic()

@@ -437,3 +437,32 @@ def test_batches_stay_within_what_the_checkpoint_can_list() -> None:
     assert len(source._held) == held
     assert source.progress.skipped == 1
     assert source.progress.redelivered == 1
+
+
+def test_credentials_file(tmp_path: Path) -> None:
+    """A server that requires JWT authentication: shovel connects with creds=PATH (the
+    server's challenge signed with the file's seed); without it, it is refused and waits."""
+    with running_cluster(tmp_path, 1, secured=True) as cluster:
+        assert cluster.creds is not None
+        asyncio.run(create_stream(cluster, "S", replicas=1))
+        asyncio.run(publish(cluster, "S", 0, 100))
+        out = tmp_path / "out"
+        refused = Shovel(shovel_args(cluster, out, "c"), tmp_path / "log0")
+        refused.wait_for_log("Authorization Violation")
+        refused.signal(signal.SIGTERM)
+        assert refused.wait() == 0
+        cp = read_checkpoint(out)
+        assert cp is None or cp.records == 0
+
+        s = Shovel(shovel_args(cluster, out, "c", f"&creds={cluster.creds}"), tmp_path / "log1")
+        s.wait_for_log("shovel started")
+
+        def stored_all() -> bool:
+            cp = read_checkpoint(out)
+            return cp is not None and cp.records == 100
+
+        wait_until(stored_all, what="the 100 messages stored")
+        s.signal(signal.SIGTERM)
+        assert s.wait() == 0
+        assert_clean_stderr(s.stderr)
+        assert_exactly(out, 100)
