@@ -38,8 +38,15 @@ def _carried_by_wakeup_fd(_signum: int, _frame: FrameType | None) -> None:
 def install_early() -> None:
     """Records stop signals until a loop attaches (and after it detaches): nothing is lost,
     and the default actions (KeyboardInterrupt, termination) never run."""
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, _record)
+    # Both handlers at once: a SIGINT arriving after SIGTERM's handler is in place but before
+    # its own would still meet the default one (signal.signal runs pending handlers before it
+    # changes one, so KeyboardInterrupt would come out of this very call).
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, _record)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def restore_defaults() -> None:
@@ -97,8 +104,13 @@ class StopRequest:
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
             read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            try:
+                self._previous_wakeup_fd = signal.set_wakeup_fd(write_end)
+            except ValueError:
+                os.close(read_end)
+                os.close(write_end)
+                raise
             self._pipe = read_end, write_end
-            self._previous_wakeup_fd = signal.set_wakeup_fd(write_end)
             self._loop = loop
             loop.add_reader(read_end, self._read_pipe)
             for sig in STOP_SIGNALS:

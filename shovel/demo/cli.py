@@ -25,6 +25,8 @@ RUNS_DIR = "runs"
 EXIT_USAGE = 2  # must match cli.EXIT_USAGE
 # shovel's pattern lost or doubled records, hung, or did not exit 0: the demonstration failed.
 EXIT_SHOVEL_FAILED = 1
+# Ctrl-C, as a shell reports it.
+EXIT_INTERRUPTED = 130
 
 DESCRIPTION = f"""\
 Runs the same pipeline (shovel's reader task, queue and storage task over the deterministic
@@ -45,7 +47,7 @@ each run's files and logs stay in OUTPUT_DIR/{RUNS_DIR}/. The aiorun pattern nee
 (the same extra). With the defaults it takes about a minute on two cores.
 
 Exit codes: 0 done; 1 shovel's runner lost or doubled a record, hung, or exited non-zero in
-some run; 2 bad usage."""
+some run; 2 bad usage; 130 interrupted (Ctrl-C)."""
 
 
 def _positive_int(text: str) -> int:
@@ -187,7 +189,11 @@ def main(argv: list[str]) -> int:
             sys.stderr.write(f"\r  {finished}/{total} runs done")
             sys.stderr.flush()
 
-    results = Runs(config).run_all(cells, done)
+    try:
+        results = Runs(config).run_all(cells, done)
+    except KeyboardInterrupt:
+        sys.stderr.write("\ninterrupted: the runs still going were ended\n")
+        return EXIT_INTERRUPTED
     if counting:
         sys.stderr.write("\n")
     sys.stdout.write(table(config, cells, results) + "\n")

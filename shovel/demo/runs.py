@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -125,14 +125,17 @@ class _Child:
     """A `python -m shovel.demo.child` process, in a session of its own (a Ctrl-C at the
     terminal reaches only the demo, which ends it)."""
 
-    def __init__(self, cell: Cell, config: DemoConfig, directory: Path, run: int, *extra: str):
-        rate = extra[0] if extra else str(config.rate)
+    def __init__(
+        self, cell: Cell, config: DemoConfig, directory: Path, run: int, restart: bool = False
+    ) -> None:
+        # A restart runs the rest of the source at full speed.
+        rate = "0" if restart else str(config.rate)
         args = [sys.executable, "-m", "shovel.demo.child", "--pattern", cell.pattern]
         args += ["--client", cell.client, "--output-dir", str(directory), "--rate", rate]
         args += ["--latency-ms", str(config.latency_ms), "--seed", str(config.seed * 1000 + run)]
         if cell.kill_restart:
             args += ["--count", str(config.kill_source_records)]
-        self.log = directory / ("restart.log" if extra else "child.log")
+        self.log = directory / ("restart.log" if restart else "child.log")
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(
                 args,
@@ -161,21 +164,32 @@ class Runs:
     def run_all(
         self, cells: list[Cell], done: Callable[[RunResult], None]
     ) -> dict[str, list[RunResult]]:
-        """Every run of every cell; `done` is called as each finishes."""
-        order = [(cell, i) for i in range(self.config.runs) for cell in cells]
+        """Every run of every cell, in run order; `done` is called as each finishes. On the
+        way out (Ctrl-C included) the children still running are killed first."""
         results: dict[str, list[RunResult]] = {cell.key: [] for cell in cells}
+        pool = ThreadPoolExecutor(self.config.jobs)
         try:
-            with ThreadPoolExecutor(self.config.jobs) as pool:
-                for result in pool.map(lambda job: self._one(*job), order):
-                    results[result.cell].append(result)
-                    done(result)
+            jobs = [
+                pool.submit(self._one, cell, i) for i in range(self.config.runs) for cell in cells
+            ]
+            for job in as_completed(jobs):
+                result = job.result()
+                results[result.cell].append(result)
+                done(result)
         finally:
-            for child in list(self._children):
-                child.end()
+            self._end_children()
+            pool.shutdown(wait=True, cancel_futures=True)
+            self._end_children()
+        for runs in results.values():
+            runs.sort(key=lambda r: r.run)
         return results
 
-    def _start(self, cell: Cell, directory: Path, run: int, *extra: str) -> _Child:
-        child = _Child(cell, self.config, directory, run, *extra)
+    def _end_children(self) -> None:
+        for child in list(self._children):
+            child.end()
+
+    def _start(self, cell: Cell, directory: Path, run: int, restart: bool = False) -> _Child:
+        child = _Child(cell, self.config, directory, run, restart)
         self._children.add(child)
         return child
 
@@ -194,7 +208,7 @@ class Runs:
         if cell.kill_restart and result.problem is None:
             progress = read_progress(directory / PROGRESS_FILE)
             result.read_at_kill = progress.read_end if progress else 0
-            restart = self._start(cell, directory, run, "0")
+            restart = self._start(cell, directory, run, restart=True)
             try:
                 restart.proc.wait(RESTART_WAIT_S)
             except subprocess.TimeoutExpired:
