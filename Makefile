@@ -10,18 +10,32 @@ BIN := $(VENV)/bin
 NATIVE_INPUTS := $(shell find native/src -name '*.rs') native/Cargo.toml Cargo.toml Cargo.lock pyproject.toml
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test test-python test-rust lint fmt bench wheel clean container-test deploy-check
+.PHONY: run test test-python test-rust lint fmt bench wheel clean container-test deploy-check \
+	demo demo-docs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip 'maturin>=1.9,<2'
 
 $(INSTALLED): $(NATIVE_INPUTS) | $(BIN)/python
-	$(BIN)/maturin develop --release --extras dev --features extension-module,fault-injection
+	$(BIN)/maturin develop --release --extras dev,demo --features extension-module,fault-injection
 	touch $@
 
 run: $(INSTALLED)
 	$(BIN)/python -m shovel
+
+# The demonstration: the naive ways to stop an asyncio pipeline next to shovel's, in numbers
+# (a table) and a picture, in shovel-demo/ (about a minute; see python -m shovel demo --help).
+demo: $(INSTALLED)
+	$(BIN)/python -m shovel demo
+
+# Regenerates the README's figures from a real run: docs/demo-results.md and
+# docs/demo-timeline.png (the README's table is copied from the first).
+demo-docs: $(INSTALLED)
+	$(BIN)/python -m shovel demo --output-dir $(VENV)/demo-docs > $(VENV)/demo-results.md
+	mkdir -p docs
+	cp $(VENV)/demo-results.md docs/demo-results.md
+	cp $(VENV)/demo-docs/timeline.png docs/demo-timeline.png
 
 test: test-rust test-python
 

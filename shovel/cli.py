@@ -19,13 +19,20 @@ EXIT_USAGE = 2
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m shovel` and the `shovel` script; returns the exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["demo"]:
+        # The demonstration: no service runs in this process, so Ctrl-C simply ends it.
+        signals.restore_defaults()
+        from shovel.demo.cli import main as demo  # noqa: PLC0415
+
+        return demo(args[1:])
     signals.install_early()
     # Imported after the handlers are in place: these imports take a noticeable moment, and a
     # SIGTERM during them must still mean a clean stop.
     from shovel.settings import ConfigError, load_settings  # noqa: PLC0415
 
     try:
-        settings = load_settings(sys.argv[1:] if argv is None else argv)
+        settings = load_settings(args)
     except ConfigError as e:
         sys.stderr.write(f"python -m shovel: error: {e}\n")
         signals.block_for_exit()

@@ -1,0 +1,129 @@
+"""What a demo run stored, counted from its files alone.
+
+The Python client's store is OUTPUT/python-store/records.ndjson; the native client's is the
+concatenation of OUTPUT/segments/*.seg up to the length its checkpoint makes durable (what a
+restart keeps). Every stored line must be, byte for byte, the generator's record for its
+sequence number; lost and duplicated records follow from those numbers and how far the reader
+read.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from shovel.demo.pyclient import RECORDS_FILE, STORE_DIR
+from shovel.sources import generated_record
+
+CHECKPOINT_FILE = "checkpoint"
+SEGMENTS_DIR = "segments"
+_SEQ_PREFIX = b'{"seq":'
+
+
+def checkpoint_numbers(directory: Path) -> dict[str, int]:
+    """The numeric fields of the native client's checkpoint ({} if there is none yet)."""
+    try:
+        text = (directory / CHECKPOINT_FILE).read_text()
+    except FileNotFoundError:
+        return {}
+    numbers: dict[str, int] = {}
+    for line in text.splitlines()[1:]:
+        name, _, value = line.partition(" ")
+        if value.isdigit():
+            numbers[name] = int(value)
+    return numbers
+
+
+def stored_bytes(directory: Path, client: str) -> bytes:
+    """The bytes the store holds: for the native client, only what its checkpoint covers."""
+    if client == "python":
+        try:
+            return (directory / STORE_DIR / RECORDS_FILE).read_bytes()
+        except FileNotFoundError:
+            return b""
+    durable = checkpoint_numbers(directory).get("bytes", 0)
+    segments = sorted((directory / SEGMENTS_DIR).glob("*.seg"))
+    return b"".join(p.read_bytes() for p in segments)[:durable]
+
+
+class LiveCount:
+    """Records stored so far, cheaply, for the timeline (the final count is `tally`'s)."""
+
+    def __init__(self, directory: Path, client: str) -> None:
+        self._directory = directory
+        self._client = client
+        self._seen = 0
+        self._lines = 0
+
+    def now(self) -> int:
+        """Records stored at this moment."""
+        if self._client != "python":
+            return checkpoint_numbers(self._directory).get("records", 0)
+        try:
+            with (self._directory / STORE_DIR / RECORDS_FILE).open("rb") as f:
+                f.seek(self._seen)
+                new = f.read()
+        except FileNotFoundError:
+            return 0
+        self._seen += len(new)
+        self._lines += new.count(b"\n")
+        return self._lines
+
+
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """A run's accounting. read = stored + lost - duplicated holds when nothing stored was
+    never read (`unread` == 0) and every stored line is a true record (`invalid` == 0)."""
+
+    # Records 0..read-1 were read (by the last run or, after a restart, an earlier one).
+    read: int
+    # Lines stored, repeats included.
+    stored: int
+    # Distinct records stored.
+    distinct: int
+    # Records read and never stored.
+    lost: int
+    # Stored lines that repeat a record stored before.
+    duplicated: int
+    # Distinct records stored that were never read (must be 0).
+    unread: int
+    # Stored lines that are not a generator record (must be 0).
+    invalid: int
+
+
+def tally(directory: Path, client: str, read: int) -> Tally:
+    """Counts `directory`'s store against `read`."""
+    data = stored_bytes(directory, client)
+    lines = data.split(b"\n")
+    # A store ends with a newline; anything after the last one is a torn line.
+    invalid = 1 if lines[-1] else 0
+    seqs: Counter[int] = Counter()
+    for line in lines[:-1]:
+        seq = _seq_of(line)
+        if seq is None:
+            invalid += 1
+        else:
+            seqs[seq] += 1
+    distinct = len(seqs)
+    unread = sum(1 for seq in seqs if seq >= read)
+    return Tally(
+        read=read,
+        stored=sum(seqs.values()),
+        distinct=distinct,
+        lost=read - (distinct - unread),
+        duplicated=sum(seqs.values()) - distinct,
+        unread=unread,
+        invalid=invalid,
+    )
+
+
+def _seq_of(line: bytes) -> int | None:
+    """The sequence number of a generator record, or None if `line` is not exactly one."""
+    if not line.startswith(_SEQ_PREFIX):
+        return None
+    digits = line[len(_SEQ_PREFIX) : line.find(b",")]
+    if not digits.isdigit():
+        return None
+    seq = int(digits)
+    return seq if generated_record(seq) == line + b"\n" else None

@@ -1,0 +1,229 @@
+"""`python -m shovel demo`: its flags, the run, and what it prints and writes."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import shutil
+import sys
+from pathlib import Path
+
+from shovel.demo.child import CLIENTS, PATTERNS
+from shovel.demo.runs import (
+    EXIT_WAIT_S,
+    INFLIGHT_WAIT_S,
+    STOP_AFTER_S,
+    Cell,
+    DemoConfig,
+    RunResult,
+    Runs,
+)
+
+RESULTS_FILE = "results.json"
+PICTURE_FILE = "timeline.png"
+RUNS_DIR = "runs"
+EXIT_USAGE = 2  # must match cli.EXIT_USAGE
+# shovel's pattern lost or doubled records, hung, or did not exit 0: the demonstration failed.
+EXIT_SHOVEL_FAILED = 1
+# Ctrl-C, as a shell reports it.
+EXIT_INTERRUPTED = 130
+
+DESCRIPTION = f"""\
+Runs the same pipeline (shovel's reader task, queue and storage task over the deterministic
+generator) stopped in five ways, over two storage clients, and counts what each loses:
+  no SIGTERM handler; asyncio.run stopped by SIGINT (Ctrl-C); a handler that cancels every task
+  in asyncio.all_tasks(); aiorun.run; shovel's runner
+  x a pure-Python asyncio client (a task per write, a latency each, close() awaits them) and
+  shovel's native client
+plus SIGKILL and a restart, for shovel and for the naive Python client. Each run is a child
+process, stopped {STOP_AFTER_S[0]:g} to {STOP_AFTER_S[1]:g} s after it starts reading: the same
+seeded moments for every cell (with the Python client, once a write is in flight, waiting up to
+{INFLIGHT_WAIT_S:g} s past the moment for one). Read, stored, lost and doubled records are
+counted from the files each run leaves.
+
+Prints a table (Markdown, on stdout), writes OUTPUT_DIR/{RESULTS_FILE} (every figure, the timelines
+included) and OUTPUT_DIR/{PICTURE_FILE} (needs matplotlib: pip install 'shovel[demo]');
+each run's files and logs stay in OUTPUT_DIR/{RUNS_DIR}/. The aiorun pattern needs aiorun
+(the same extra). With the defaults it takes about a minute on two cores.
+
+Exit codes: 0 done; 1 shovel's runner lost or doubled a record, hung, or exited non-zero in
+some run; 2 bad usage; 130 interrupted (Ctrl-C)."""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _rate(text: str) -> float:
+    value = float(text)
+    if not 1 <= value <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"must be from 1 to 1000000 records/s, got {text}")
+    return value
+
+
+def _latency(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 5000:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 5000 ms, got {text}")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    """The flags of `python -m shovel demo`."""
+    p = argparse.ArgumentParser(
+        prog="python -m shovel demo",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--runs", type=_positive_int, default=5, help="runs per cell (default: %(default)s)"
+    )
+    p.add_argument(
+        "--rate",
+        type=_rate,
+        default=5000.0,
+        help="generator records per second in every run (default: %(default)g)",
+    )
+    p.add_argument(
+        "--latency-ms",
+        type=_latency,
+        default=10.0,
+        help="the Python client's latency per write, a stand-in for a remote store's round "
+        "trip; each write draws x0.5 to x1.5 of it (default: %(default)g). With fast local "
+        "writes the naive patterns' losses become rare: this makes them visible",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=1,
+        help="seeds the stop moments (the same for every cell) and the latency draws "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--output-dir",
+        type=Path,
+        default=Path("shovel-demo"),
+        help=f"where {RESULTS_FILE}, {PICTURE_FILE} and {RUNS_DIR}/ go; a previous demo's are "
+        "replaced (default: %(default)s)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=3,
+        help="runs at a time (default: %(default)s)",
+    )
+    return p
+
+
+def _cells(with_aiorun: bool) -> list[Cell]:
+    cells = [
+        Cell(pattern, client)
+        for pattern in PATTERNS
+        if with_aiorun or pattern != "aiorun"
+        for client in CLIENTS
+    ]
+    return [
+        *cells,
+        Cell("no-handler", "python", kill_restart=True),
+        Cell("shovel", "native", kill_restart=True),
+    ]
+
+
+def _prepare(output_dir: Path) -> str | None:
+    """Makes `output_dir` ready; returns why it cannot be used."""
+    if output_dir.exists():
+        if not output_dir.is_dir():
+            return f"{output_dir} exists and is not a directory"
+        ours = {RESULTS_FILE, PICTURE_FILE, RUNS_DIR}
+        others = [p.name for p in output_dir.iterdir() if p.name not in ours]
+        if others:
+            return (
+                f"{output_dir} holds files that are not a demo's ({', '.join(sorted(others)[:3])}"
+                "): choose another --output-dir"
+            )
+        shutil.rmtree(output_dir / RUNS_DIR, ignore_errors=True)
+        for name in (RESULTS_FILE, PICTURE_FILE):
+            (output_dir / name).unlink(missing_ok=True)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def main(argv: list[str]) -> int:
+    """Runs the demonstration; returns the exit code."""
+    from shovel.demo.picture import draw, have_matplotlib  # noqa: PLC0415
+    from shovel.demo.report import summarize, table, write_json  # noqa: PLC0415
+
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as e:
+        return EXIT_USAGE if e.code else 0
+    config = DemoConfig(
+        runs=args.runs,
+        rate=args.rate,
+        latency_ms=args.latency_ms,
+        seed=args.seed,
+        output_dir=args.output_dir,
+        jobs=args.jobs,
+    )
+    why = _prepare(config.output_dir)
+    if why is not None:
+        sys.stderr.write(f"python -m shovel demo: error: {why}\n")
+        return EXIT_USAGE
+    with_aiorun = importlib.util.find_spec("aiorun") is not None
+    cells = _cells(with_aiorun)
+    total = len(cells) * config.runs
+    sys.stderr.write(
+        f"measuring {len(cells)} cells x {config.runs} runs, {config.jobs} at a time "
+        f"(a run that does not exit {EXIT_WAIT_S:g} s after its signal is killed and reported)\n"
+    )
+    finished = 0
+    counting = sys.stderr.isatty()
+
+    def done(result: RunResult) -> None:
+        nonlocal finished
+        finished += 1
+        if counting:
+            sys.stderr.write(f"\r  {finished}/{total} runs done")
+            sys.stderr.flush()
+
+    try:
+        results = Runs(config).run_all(cells, done)
+    except KeyboardInterrupt:
+        sys.stderr.write("\ninterrupted: the runs still going were ended\n")
+        return EXIT_INTERRUPTED
+    if counting:
+        sys.stderr.write("\n")
+    sys.stdout.write(table(config, cells, results) + "\n")
+    sys.stdout.flush()
+    write_json(config.output_dir / RESULTS_FILE, config, cells, results)
+    sys.stderr.write(f"every figure: {config.output_dir / RESULTS_FILE}\n")
+    if not with_aiorun:
+        sys.stderr.write(
+            "aiorun is not installed, so its pattern was left out: "
+            "pip install 'shovel[demo]' to include it\n"
+        )
+    if have_matplotlib():
+        panels = [
+            (pattern, results[Cell(pattern, "python").key][0])
+            for pattern in PATTERNS
+            if with_aiorun or pattern != "aiorun"
+        ]
+        draw(config.output_dir / PICTURE_FILE, config, panels)
+        sys.stderr.write(f"the picture: {config.output_dir / PICTURE_FILE}\n")
+    else:
+        sys.stderr.write(
+            "no picture: matplotlib is not installed; pip install 'shovel[demo]' "
+            "(or: make demo) to get it\n"
+        )
+    failed = [
+        cell.key
+        for cell in cells
+        if cell.pattern == "shovel" and not summarize(results[cell.key]).clean
+    ]
+    if failed:
+        sys.stderr.write(f"shovel's runner did not keep every record in: {', '.join(failed)}\n")
+        return EXIT_SHOVEL_FAILED
+    return 0

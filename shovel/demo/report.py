@@ -1,0 +1,186 @@
+"""The demonstration's results: the table (Markdown, for the terminal and the README),
+results.json with every figure, and the timeline picture (with matplotlib, the 'demo' extra)."""
+
+from __future__ import annotations
+
+import json
+import platform
+import signal
+import statistics
+import sys
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from shovel.demo.runs import STOP_AFTER_S, Cell, DemoConfig, RunResult
+
+PATTERN_TITLES = {
+    "no-handler": "no SIGTERM handler",
+    "asyncio-run": "asyncio.run + Ctrl-C",
+    "cancel-all": "cancel all_tasks()",
+    "aiorun": "aiorun.run",
+    "shovel": "shovel's runner",
+}
+CLIENT_TITLES = {"python": "Python, a task per write", "native": "shovel's native client"}
+
+
+def cell_title(cell: Cell) -> tuple[str, str]:
+    """(pattern, client) as the table shows them."""
+    pattern = PATTERN_TITLES[cell.pattern]
+    if cell.kill_restart:
+        pattern = "SIGKILL, restart" + (" (shovel)" if cell.pattern == "shovel" else " (naive)")
+    return pattern, CLIENT_TITLES[cell.client]
+
+
+@dataclass(frozen=True, slots=True)
+class CellSummary:
+    """A cell's runs in figures."""
+
+    runs: int
+    read_mean: float
+    stored_mean: float
+    losing: int
+    lost_mean: float
+    lost_max: int
+    duplicated_mean: float
+    duplicated_max: int
+    exit_codes: list[list[int]]
+    stop_to_exit_median_s: float | None
+    hung: int
+    tracebacks: int
+    # Runs whose counts do not add up (read != stored + lost - duplicated, a stored line that
+    # is not a record or was never read): must be 0.
+    accounting_errors: int
+    problems: list[str]
+
+    @property
+    def clean(self) -> bool:
+        """Nothing lost or doubled, every exit 0, nothing hung, the counts add up."""
+        return (
+            self.losing == 0
+            and self.duplicated_max == 0
+            and self.hung == 0
+            and self.accounting_errors == 0
+            and not self.problems
+            and all(code == 0 for codes in self.exit_codes for code in codes[-1:])
+        )
+
+
+def accounting_holds(result: RunResult) -> bool:
+    """read = stored + lost - duplicated, with every stored line a record that was read."""
+    t = result.tally
+    return (
+        t is not None
+        and t.read == t.stored + t.lost - t.duplicated
+        and t.unread == 0
+        and t.invalid == 0
+    )
+
+
+def summarize(results: list[RunResult]) -> CellSummary:
+    """The figures of one cell."""
+    tallies = [r.tally for r in results if r.tally is not None]
+    lost = [t.lost for t in tallies] or [0]
+    duplicated = [t.duplicated for t in tallies] or [0]
+    waits = [r.stop_to_exit_s for r in results if r.stop_to_exit_s is not None]
+    return CellSummary(
+        runs=len(results),
+        read_mean=statistics.fmean([t.read for t in tallies] or [0]),
+        stored_mean=statistics.fmean([t.stored for t in tallies] or [0]),
+        losing=sum(1 for t in tallies if t.lost > 0),
+        lost_mean=statistics.fmean(lost),
+        lost_max=max(lost),
+        duplicated_mean=statistics.fmean(duplicated),
+        duplicated_max=max(duplicated),
+        exit_codes=[r.exit_codes for r in results],
+        stop_to_exit_median_s=statistics.median(waits) if waits else None,
+        hung=sum(r.hung for r in results),
+        tracebacks=sum(r.traceback for r in results),
+        accounting_errors=sum(not accounting_holds(r) for r in results),
+        problems=sorted({r.problem for r in results if r.problem}),
+    )
+
+
+def exit_text(code: int) -> str:
+    """An exit code as the table shows it (a negative one: killed by that signal)."""
+    return f"killed ({signal.Signals(-code).name})" if code < 0 else str(code)
+
+
+def _exit_codes(summary: CellSummary) -> str:
+    counts = Counter(", then ".join(exit_text(c) for c in codes) for codes in summary.exit_codes)
+    return "; ".join(f"{text} ({n})" if len(counts) > 1 else text for text, n in counts.items())
+
+
+def _notes(summary: CellSummary) -> str:
+    notes = []
+    if summary.tracebacks:
+        notes.append(f"traceback in {summary.tracebacks}/{summary.runs}")
+    if summary.hung:
+        notes.append(f"hung in {summary.hung}/{summary.runs} (killed)")
+    if summary.accounting_errors:
+        notes.append(f"COUNTS DO NOT ADD UP in {summary.accounting_errors}")
+    notes += summary.problems
+    return "; ".join(notes)
+
+
+def settings_line(config: DemoConfig) -> str:
+    """What the figures were measured with."""
+    return (
+        f"{config.rate:g} records/s; Python client write latency {config.latency_ms:g} ms "
+        f"(each x0.5 to x1.5); {config.runs} runs per cell, each stopped "
+        f"{STOP_AFTER_S[0]:g} to {STOP_AFTER_S[1]:g} s after reading starts (seed {config.seed})"
+    )
+
+
+def table(config: DemoConfig, cells: list[Cell], results: dict[str, list[RunResult]]) -> str:
+    """The results as a Markdown table, with the settings above it."""
+    lines = [
+        settings_line(config),
+        "",
+        "| stop | storage client | signal | read, stored (mean) | runs that lost records "
+        "| lost per run, mean (max) | doubled per run, mean (max) | exit code "
+        "| stop to exit, median | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for cell in cells:
+        s = summarize(results[cell.key])
+        pattern, client = cell_title(cell)
+        wait = "" if s.stop_to_exit_median_s is None else f"{s.stop_to_exit_median_s:.2f} s"
+        lines.append(
+            f"| {pattern} | {client} | {cell.signal.name} "
+            f"| {s.read_mean:,.0f}, {s.stored_mean:,.0f} | {s.losing}/{s.runs} "
+            f"| {s.lost_mean:.0f} ({s.lost_max}) | {s.duplicated_mean:.0f} ({s.duplicated_max}) "
+            f"| {_exit_codes(s)} | {wait} | {_notes(s)} |"
+        )
+    return "\n".join(lines)
+
+
+def write_json(
+    path: Path, config: DemoConfig, cells: list[Cell], results: dict[str, list[RunResult]]
+) -> None:
+    """Every figure of every run, with the settings."""
+    doc = {
+        "settings": {
+            "rate_records_per_s": config.rate,
+            "python_client_latency_ms": config.latency_ms,
+            "runs_per_cell": config.runs,
+            "seed": config.seed,
+            "stop_after_s": config.stop_delays(),
+            "jobs": config.jobs,
+        },
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cells": [
+            {
+                "key": cell.key,
+                "pattern": cell.pattern,
+                "client": cell.client,
+                "kill_restart": cell.kill_restart,
+                "signal": cell.signal.name,
+                "summary": asdict(summarize(results[cell.key])),
+                "runs": [r.as_json() for r in results[cell.key]],
+            }
+            for cell in cells
+        ],
+    }
+    path.write_text(json.dumps(doc, indent=1) + "\n")

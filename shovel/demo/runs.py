@@ -1,0 +1,283 @@
+"""Running the demonstration: each cell's runs as child processes, stopped at the same seeded
+moments, watched from outside (the side file and the store's files) and counted afterwards.
+
+A run: start the child; wait until it has read its first records; wait the run's stop delay
+(the same for every cell) and, with the Python client, until it has a write in flight; send the
+cell's signal; sample until the process exits (or kill it when it does not, and say so). A
+SIGKILL cell then starts the same child again, which resumes from its checkpoint and runs the
+(finite) source to its end at full speed.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from shovel.demo.accounting import LiveCount, Tally, tally
+from shovel.demo.progress import PROGRESS_FILE, read_progress
+
+# The stop comes this long after the first records were read (drawn per run from the seed).
+STOP_AFTER_S = (0.5, 1.5)
+SAMPLE_S = 0.01
+# Timeline samples kept from before the signal (all after it are kept).
+KEEP_BEFORE_S = 0.5
+# Bounds: a child that does not start reading, or does not exit after its signal, is killed
+# and reported; a restart that does not finish is too.
+START_WAIT_S = 30.0
+# With the Python client, how long past its stop moment a run waits for a write in flight (with
+# no latency there may seldom be one) before it is stopped anyway.
+INFLIGHT_WAIT_S = 2.0
+EXIT_WAIT_S = 15.0
+RESTART_WAIT_S = 60.0
+# A SIGKILL cell's source: enough records that the kill comes before its end.
+KILL_SOURCE_S = STOP_AFTER_S[1] + 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Cell:
+    """A pattern over a client, stopped by a signal (SIGKILL: then restarted)."""
+
+    pattern: str
+    client: str
+    kill_restart: bool = False
+
+    @property
+    def key(self) -> str:
+        """A name for files and JSON."""
+        return f"{self.pattern}.{self.client}" + (".kill-restart" if self.kill_restart else "")
+
+    @property
+    def signal(self) -> signal.Signals:
+        """What stops it."""
+        if self.kill_restart:
+            return signal.SIGKILL
+        return signal.SIGINT if self.pattern == "asyncio-run" else signal.SIGTERM
+
+
+@dataclass(frozen=True, slots=True)
+class DemoConfig:
+    """What the user chose (see cli.py)."""
+
+    runs: int
+    rate: float
+    latency_ms: float
+    seed: int
+    output_dir: Path
+    jobs: int
+
+    def stop_delays(self) -> list[float]:
+        """Run i of every cell is stopped this long after reading starts."""
+        rng = random.Random(self.seed)
+        return [round(rng.uniform(*STOP_AFTER_S), 3) for _ in range(self.runs)]
+
+    @property
+    def kill_source_records(self) -> int:
+        """Records in a SIGKILL cell's (finite) source."""
+        return int(self.rate * KILL_SOURCE_S)
+
+
+@dataclass(slots=True)
+class RunResult:
+    """One run, as measured."""
+
+    cell: str
+    run: int
+    stop_after_s: float
+    signal: str
+    exit_codes: list[int] = field(default_factory=list)
+    # From the signal to the process's exit (None: no signal was sent).
+    stop_to_exit_s: float | None = None
+    # The process did not exit within EXIT_WAIT_S of its signal and was killed.
+    hung: bool = False
+    # A Python traceback in the child's stderr.
+    traceback: bool = False
+    # What went wrong with the run itself (it never started reading, ended early ...).
+    problem: str | None = None
+    # With the Python client: whether a write was in flight just before the signal was sent.
+    inflight_at_stop: bool | None = None
+    # Records read when the SIGKILL came (SIGKILL cells).
+    read_at_kill: int | None = None
+    tally: Tally | None = None
+    # (seconds from the signal, records read, records stored), sampled from outside.
+    timeline: list[tuple[float, int, int]] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, object]:
+        """For results.json."""
+        out = asdict(self)
+        out["timeline"] = [[round(t, 4), r, s] for t, r, s in self.timeline]
+        return out
+
+
+def _child_env() -> dict[str, str]:
+    # The child's settings come from its flags alone.
+    return {k: v for k, v in os.environ.items() if not k.startswith("SHOVEL_")}
+
+
+class _Child:
+    """A `python -m shovel.demo.child` process, in a session of its own (a Ctrl-C at the
+    terminal reaches only the demo, which ends it)."""
+
+    def __init__(
+        self, cell: Cell, config: DemoConfig, directory: Path, run: int, restart: bool = False
+    ) -> None:
+        # A restart runs the rest of the source at full speed.
+        rate = "0" if restart else str(config.rate)
+        args = [sys.executable, "-m", "shovel.demo.child", "--pattern", cell.pattern]
+        args += ["--client", cell.client, "--output-dir", str(directory), "--rate", rate]
+        args += ["--latency-ms", str(config.latency_ms), "--seed", str(config.seed * 1000 + run)]
+        if cell.kill_restart:
+            args += ["--count", str(config.kill_source_records)]
+        self.log = directory / ("restart.log" if restart else "child.log")
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                env=_child_env(),
+                start_new_session=True,
+            )
+
+    def end(self) -> None:
+        """Kills it if it still runs (used on the way out)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+class Runs:
+    """Runs cells, a few at a time, and collects their results."""
+
+    def __init__(self, config: DemoConfig) -> None:
+        self.config = config
+        self._delays = config.stop_delays()
+        self._children: set[_Child] = set()
+
+    def run_all(
+        self, cells: list[Cell], done: Callable[[RunResult], None]
+    ) -> dict[str, list[RunResult]]:
+        """Every run of every cell, in run order; `done` is called as each finishes. On the
+        way out (Ctrl-C included) the children still running are killed first."""
+        results: dict[str, list[RunResult]] = {cell.key: [] for cell in cells}
+        pool = ThreadPoolExecutor(self.config.jobs)
+        try:
+            jobs = [
+                pool.submit(self._one, cell, i) for i in range(self.config.runs) for cell in cells
+            ]
+            for job in as_completed(jobs):
+                result = job.result()
+                results[result.cell].append(result)
+                done(result)
+        finally:
+            self._end_children()
+            pool.shutdown(wait=True, cancel_futures=True)
+            self._end_children()
+        for runs in results.values():
+            runs.sort(key=lambda r: r.run)
+        return results
+
+    def _end_children(self) -> None:
+        for child in list(self._children):
+            child.end()
+
+    def _start(self, cell: Cell, directory: Path, run: int, restart: bool = False) -> _Child:
+        child = _Child(cell, self.config, directory, run, restart)
+        self._children.add(child)
+        return child
+
+    def _one(self, cell: Cell, run: int) -> RunResult:
+        directory = self.config.output_dir / "runs" / cell.key / str(run)
+        directory.mkdir(parents=True)
+        result = RunResult(cell.key, run, self._delays[run], cell.signal.name)
+        child = self._start(cell, directory, run)
+        try:
+            self._stop(cell, child, directory, result)
+        finally:
+            child.end()
+            self._children.discard(child)
+        result.exit_codes.append(child.proc.returncode)
+        logs = [child.log]
+        if cell.kill_restart and result.problem is None:
+            progress = read_progress(directory / PROGRESS_FILE)
+            result.read_at_kill = progress.read_end if progress else 0
+            restart = self._start(cell, directory, run, restart=True)
+            try:
+                restart.proc.wait(RESTART_WAIT_S)
+            except subprocess.TimeoutExpired:
+                result.problem = f"the restart did not finish in {RESTART_WAIT_S:g}s"
+            finally:
+                restart.end()
+                self._children.discard(restart)
+            result.exit_codes.append(restart.proc.returncode)
+            logs.append(restart.log)
+        result.traceback = any("Traceback" in log.read_text(errors="replace") for log in logs)
+        progress = read_progress(directory / PROGRESS_FILE)
+        result.tally = tally(directory, cell.client, progress.read_end if progress else 0)
+        return result
+
+    def _stop(self, cell: Cell, child: _Child, directory: Path, result: RunResult) -> None:
+        """Waits for the stop moment, signals, samples until the exit."""
+        progress_path = directory / PROGRESS_FILE
+        stored = LiveCount(directory, cell.client)
+        samples: list[tuple[float, int, int]] = []
+        last_read = 0
+
+        def sample() -> int:
+            nonlocal last_read
+            p = read_progress(progress_path)
+            inflight = 0
+            if p is not None:
+                last_read, inflight = p.read_end, p.inflight
+            samples.append((time.monotonic(), last_read, stored.now()))
+            return inflight
+
+        started = time.monotonic()
+        while last_read == 0:
+            sample()
+            if child.proc.poll() is not None:
+                result.problem = "the child exited before reading anything"
+                return
+            if time.monotonic() - started > START_WAIT_S:
+                result.problem = f"the child read nothing in {START_WAIT_S:g}s"
+                return
+            time.sleep(SAMPLE_S)
+        stop_at = time.monotonic() + result.stop_after_s
+        # With the Python client, the stop comes while a write is in flight: the moment
+        # every pattern must survive, and the same condition for each of them.
+        while True:
+            inflight = sample()
+            if child.proc.poll() is not None:
+                result.problem = "the child ended before its stop"
+                return
+            now = time.monotonic()
+            if now >= stop_at and (
+                cell.client != "python" or inflight > 0 or now >= stop_at + INFLIGHT_WAIT_S
+            ):
+                break
+            time.sleep(SAMPLE_S)
+        if cell.client == "python":
+            result.inflight_at_stop = inflight > 0
+        signalled = time.monotonic()
+        child.proc.send_signal(cell.signal)
+        while child.proc.poll() is None:
+            if time.monotonic() - signalled > EXIT_WAIT_S:
+                result.hung = True
+                child.proc.kill()
+                child.proc.wait()
+                break
+            sample()
+            time.sleep(SAMPLE_S)
+        exited = time.monotonic()
+        sample()
+        result.stop_to_exit_s = round(exited - signalled, 4)
+        result.timeline = [
+            (t - signalled, r, s) for t, r, s in samples if t >= signalled - KEEP_BEFORE_S
+        ]
