@@ -126,10 +126,12 @@ class Settings(BaseSettings):
         description="fsync (and commit) as soon as this many bytes are unsynced",
     )
     max_inflight_bytes: int = Field(
-        64 * MiB,
+        32 * MiB,
         ge=1,
         le=U64_MAX,
-        description="bytes handed to storage but not yet durable before it pushes back",
+        description="bytes handed to storage but not yet durable before it pushes back: what "
+        "a stop may still have to fsync (at most 4 MiB of it is held in memory, the rest is "
+        "written and waits for its fsync)",
     )
     shutdown_timeout_s: float = Field(
         20.0,
