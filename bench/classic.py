@@ -1,0 +1,85 @@
+"""The classic design, for the throughput benchmark: shovel's own service (reader task,
+bounded queue, storage task, stop sequence) with its native storage client swapped for the
+demo's pure-Python one (shovel/demo/pyclient.py), run in a process of its own:
+
+  python bench/classic.py --source INPUT --output-dir OUTPUT [shovel flags]
+
+It takes shovel's flags and runs `runner.run_service` as `python -m shovel` does; only the
+storage it opens differs, as in the demo (shovel/demo/child.py), and only in this process.
+The client runs with a latency of 0: every batch is a write task of its own that appends to
+OUTPUT/python-store/records.ndjson with os.write, and close() awaits the pending ones.
+
+What that client makes durable: nothing. It never calls fsync (on the data file, on the offset
+file it replaces, or on the directory), so when this process exits 0 its copy is in the page
+cache, not on disk, and its offset file says everything was stored. dd and shovel exit with
+their copies fsynced. The benchmark reports this beside the figures, and times the fdatasync
+the copy would still need separately (see copies.run_classic).
+
+shovel's file reader hands out batches as native `Records`, which only the native client can
+take over; the Python client writes bytes, so each batch is copied into a bytes object once,
+in write(), before its task starts (the copy a classic client's own reads would make).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import gc
+import logging
+import sys
+
+from shovel import signals
+from shovel.batches import Batch
+from shovel.demo.pyclient import PythonStore
+from shovel.storage import StorageConfig
+
+LATENCY_S = 0.0
+SEED = 0
+
+
+class BytesPythonStore(PythonStore):
+    """The demo's client, taking the reader's batches as bytes (one copy each)."""
+
+    async def write(self, batch: Batch) -> int:
+        """Copies a native batch into bytes, then writes it as the demo's client does."""
+        if not isinstance(batch.data, bytes):
+            batch = dataclasses.replace(batch, data=bytes(batch.data))
+        return await super().write(batch)
+
+
+class ClassicStorage:
+    """What the runner calls in place of `shovel.storage.Storage`."""
+
+    @staticmethod
+    async def open(config: StorageConfig) -> PythonStore:
+        """The Python client in the output directory, with no latency."""
+        return BytesPythonStore(config.directory, LATENCY_S, SEED)
+
+
+def main(argv: list[str]) -> int:
+    """Runs shovel's service over the Python client; returns its exit code."""
+    signals.install_early()
+    from shovel import runner  # noqa: PLC0415  (after the handlers, as in shovel.cli)
+    from shovel.settings import ConfigError, load_settings  # noqa: PLC0415
+
+    try:
+        settings = load_settings(argv)
+    except ConfigError as e:
+        sys.stderr.write(f"bench/classic.py: error: {e}\n")
+        signals.block_for_exit()
+        return 2
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # The runner looks `Storage` up when it opens it: replaced here, in this process only.
+    setattr(runner, "Storage", ClassicStorage)  # noqa: B010
+    gc.freeze()  # as shovel.cli does
+    code = asyncio.run(runner.run_service(settings))
+    signals.block_for_exit()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
