@@ -4,8 +4,10 @@ demo's pure-Python one (shovel/demo/pyclient.py), run in a process of its own:
 
   python bench/classic.py --source INPUT --output-dir OUTPUT [shovel flags]
 
-It takes shovel's flags and runs `runner.run_service` as `python -m shovel` does; only the
-storage it opens differs, as in the demo (shovel/demo/child.py), and only in this process.
+It is `python -m shovel` (shovel.cli.run: same flags, settings, logging, exit codes); only the
+storage the runner opens differs, swapped as in the demo (shovel/demo/child.py), and only in
+this process (the benchmark sends it no signal).
+
 The client runs with a latency of 0: every batch is a write task of its own that appends to
 OUTPUT/python-store/records.ndjson with os.write, and close() awaits the pending ones.
 
@@ -22,13 +24,9 @@ in write(), before its task starts (the copy a classic client's own reads would 
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import gc
-import logging
-import sys
 
-from shovel import signals
+from shovel import cli, runner
 from shovel.batches import Batch
 from shovel.demo.pyclient import PythonStore
 from shovel.storage import StorageConfig
@@ -56,30 +54,13 @@ class ClassicStorage:
         return BytesPythonStore(config.directory, LATENCY_S, SEED)
 
 
-def main(argv: list[str]) -> int:
-    """Runs shovel's service over the Python client; returns its exit code."""
-    signals.install_early()
-    from shovel import runner  # noqa: PLC0415  (after the handlers, as in shovel.cli)
-    from shovel.settings import ConfigError, load_settings  # noqa: PLC0415
-
-    try:
-        settings = load_settings(argv)
-    except ConfigError as e:
-        sys.stderr.write(f"bench/classic.py: error: {e}\n")
-        signals.block_for_exit()
-        return 2
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def main() -> None:
+    """Runs `python -m shovel`'s entry point (shovel.cli.run: flags from sys.argv, the same
+    logging, exit codes and quick exit) with the Python client as its storage."""
     # The runner looks `Storage` up when it opens it: replaced here, in this process only.
     setattr(runner, "Storage", ClassicStorage)  # noqa: B010
-    gc.freeze()  # as shovel.cli does
-    code = asyncio.run(runner.run_service(settings))
-    signals.block_for_exit()
-    return code
+    cli.run()
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    main()
