@@ -17,32 +17,18 @@ cache, not on disk, and its offset file says everything was stored. dd and shove
 their copies fsynced. The benchmark reports this beside the figures, and times the fdatasync
 the copy would still need separately (see copies.run_classic).
 
-shovel's file reader hands out batches as native `Records`, which only the native client can
-take over; the Python client writes bytes, so each batch is copied into a bytes object once,
-in write(), before its task starts (the copy a classic client's own reads would make).
+shovel's file reader hands out batches as native `Records`, which the Python client copies
+into a bytes object once per batch, in its write task, before writing it.
 """
 
 from __future__ import annotations
 
-import dataclasses
-
 from shovel import cli, runner
-from shovel.batches import Batch
 from shovel.demo.pyclient import PythonStore
 from shovel.storage import StorageConfig
 
 LATENCY_S = 0.0
 SEED = 0
-
-
-class BytesPythonStore(PythonStore):
-    """The demo's client, taking the reader's batches as bytes (one copy each)."""
-
-    async def write(self, batch: Batch) -> int:
-        """Copies a native batch into bytes, then writes it as the demo's client does."""
-        if not isinstance(batch.data, bytes):
-            batch = dataclasses.replace(batch, data=bytes(batch.data))
-        return await super().write(batch)
 
 
 class ClassicStorage:
@@ -51,7 +37,7 @@ class ClassicStorage:
     @staticmethod
     async def open(config: StorageConfig) -> PythonStore:
         """The Python client in the output directory, with no latency."""
-        return BytesPythonStore(config.directory, LATENCY_S, SEED)
+        return PythonStore(config.directory, LATENCY_S, SEED)
 
 
 def main() -> None:
