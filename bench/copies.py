@@ -1,6 +1,6 @@
-"""One file copied to disk by dd or by shovel, timed from start to exit, with the CPU time
-and peak RSS that wait4 reports (through launch.py); every shovel copy is checked byte for
-byte."""
+"""One file copied to disk by dd, by shovel, or by the classic design (classic.py), timed from
+start to exit, with the CPU time and peak RSS that wait4 reports (through launch.py); every
+shovel and classic copy is checked byte for byte."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from common import BenchError, fresh, remove
-from inputs import InputFile, verify_whole_copy
+from inputs import InputFile, verify_files, verify_whole_copy
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +34,19 @@ class Usage:
 
 
 LAUNCHER = Path(__file__).resolve().parent / "launch.py"
+CLASSIC = Path(__file__).resolve().parent / "classic.py"
+# Where the classic design's client (shovel/demo/pyclient.py) keeps its copy and its offset.
+CLASSIC_RECORDS = Path("python-store") / "records.ndjson"
+CLASSIC_OFFSET = Path("python-store") / "offset"
+
+
+@dataclass(frozen=True, slots=True)
+class ClassicCopy:
+    """A copy by the classic design: its usage, and how long an fdatasync of its file took
+    right after it exited (it makes nothing durable itself: see classic.py)."""
+
+    usage: Usage
+    fdatasync_s: float
 
 
 def spawn_and_reap(cmd: Sequence[str], log_path: Path) -> tuple[Usage, int]:
@@ -74,10 +88,16 @@ def dd_command(source: Path, out: Path) -> list[str]:
 
 def shovel_copy_command(source: Path, out: Path, extra: Sequence[str]) -> list[str]:
     """shovel copying `source` into `out`, without metrics or status lines."""
+    return [sys.executable, "-m", "shovel", *_copy_flags(source, out, extra)]
+
+
+def classic_copy_command(source: Path, out: Path, extra: Sequence[str]) -> list[str]:
+    """The classic design copying `source` into `out`, with the same flags as shovel."""
+    return [sys.executable, str(CLASSIC), *_copy_flags(source, out, extra)]
+
+
+def _copy_flags(source: Path, out: Path, extra: Sequence[str]) -> list[str]:
     return [
-        sys.executable,
-        "-m",
-        "shovel",
         "--source",
         str(source),
         "--output-dir",
@@ -122,6 +142,31 @@ def run_shovel(inp: InputFile, out: Path, extra: Sequence[str]) -> Usage:
     return usage
 
 
+def run_classic(inp: InputFile, out: Path, extra: Sequence[str]) -> ClassicCopy:
+    """Copies the input with the classic design into a fresh `out`, times an fdatasync of its
+    file at once, checks the file equals the input byte for byte and the saved offset is the
+    input's size, then removes the copy."""
+    usage = _run_logged(classic_copy_command(inp.path, out, extra), out, "the classic design")
+    try:
+        records = out / CLASSIC_RECORDS
+        fd = os.open(records, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            started = time.perf_counter()
+            os.fdatasync(fd)
+            fdatasync_s = time.perf_counter() - started
+        finally:
+            os.close(fd)
+        verify_files(inp, [records], "the classic design")
+        offset = (out / CLASSIC_OFFSET).read_text().strip()
+        if offset != str(inp.size):
+            raise BenchError(f"the classic design saved offset {offset}, not {inp.size}")
+    except OSError as e:
+        raise BenchError(f"the classic design left no readable copy: {e}") from e
+    finally:
+        remove(out)
+    return ClassicCopy(usage, fdatasync_s)
+
+
 def run_pair(
     inp: InputFile, workdir: Path, extra: Sequence[str], dd_first: bool
 ) -> tuple[Usage, Usage]:
@@ -135,5 +180,5 @@ def run_pair(
 
 def output_names() -> tuple[str, ...]:
     """What the copies may leave in the work directory when interrupted."""
-    names = ("dd-out", "shovel-out")
+    names = ("dd-out", "shovel-out", "classic-out")
     return (*names, *(n + ".log" for n in names), *(n + ".log.usage" for n in names))

@@ -149,11 +149,15 @@ def segments_of(out: Path) -> list[Path]:
 
 def verify_whole_copy(inp: InputFile, out: Path) -> None:
     """Raises BenchError unless the segments in `out`, in name order, are exactly the input."""
-    segments = segments_of(out)
-    size, digest = digest_of(segments)
+    verify_files(inp, segments_of(out), "shovel")
+
+
+def verify_files(inp: InputFile, paths: Sequence[Path], tool: str) -> None:
+    """Raises BenchError unless `paths`, joined in the order given, are exactly the input."""
+    size, digest = digest_of(paths)
     if size != inp.size or digest != inp.digest:
         raise BenchError(
-            f"shovel's output differs from the input: {len(segments)} segments, {size} bytes "
+            f"{tool}'s output differs from the input: {len(paths)} files, {size} bytes "
             f"(input {inp.size}), digest {'matches' if digest == inp.digest else 'differs'}"
         )
 

@@ -37,26 +37,29 @@ def _pyplot() -> Any:
 def _rounds(plt: Any, t: ThroughputResult, path: Path) -> None:
     mib = t.input_bytes / 2**20
     numbers = [r.number for r in t.rounds]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    width = 0.38
-    ax.bar(
-        [n - width / 2 for n in numbers],
-        [mib / r.dd.wall_s for r in t.rounds],
-        width,
-        label="dd bs=1M conv=fdatasync",
-    )
-    ax.bar(
-        [n + width / 2 for n in numbers],
-        [mib / r.shovel.wall_s for r in t.rounds],
-        width,
-        label="shovel",
-    )
-    ax.set_xticks(
-        numbers, [f"{r.number}\n{'dd' if r.dd_first else 'shovel'} first" for r in t.rounds]
-    )
+    series: list[tuple[str, list[float]]] = [
+        ("dd bs=1M conv=fdatasync", [mib / r.dd.wall_s for r in t.rounds]),
+        ("shovel", [mib / r.shovel.wall_s for r in t.rounds]),
+    ]
+    copies = [r.classic for r in t.rounds]
+    classic = [c for c in copies if c is not None]
+    if len(classic) == len(copies):
+        series += [
+            ("classic, to exit (not durable)", [mib / c.usage.wall_s for c in classic]),
+            (
+                "classic + fdatasync after exit",
+                [mib / (c.usage.wall_s + c.fdatasync_s) for c in classic],
+            ),
+        ]
+    fig, ax = plt.subplots(figsize=(8 if classic else 7, 4))
+    width = 0.8 / len(series)
+    for k, (label, rates) in enumerate(series):
+        shift = (k - (len(series) - 1) / 2) * width
+        ax.bar([n + shift for n in numbers], rates, width, label=label)
+    ax.set_xticks(numbers, [f"{r.number}\n{r.order[0]} first" for r in t.rounds])
     ax.set_ylabel("MiB/s")
     ax.set_title(
-        f"Throughput per round, {mib:,.0f} MiB; median ratio {t.wall_ratio:.2f}x "
+        f"Throughput per round, {mib:,.0f} MiB; median shovel/dd {t.wall_ratio:.2f}x "
         f"(target >= {MIN_WALL_RATIO}x)"
     )
     ax.legend()

@@ -51,6 +51,7 @@ class Results:
     machine: Machine
     command: str
     shovel_command: str
+    classic_command: str
     started_at: float = field(default_factory=time.time)
     throughput: ThroughputResult | None = None
     rss: RssResult | None = None
@@ -142,6 +143,11 @@ def _markdown(r: Results, drawn: dict[str, Path], where: Path) -> str:
         "dd if=INPUT of=OUTPUT bs=1M conv=fdatasync",
         "# each shovel copy:",
         r.shovel_command,
+    ]
+    if r.throughput is not None and any(x.classic is not None for x in r.throughput.rounds):
+        md += ["# each classic-design copy (shovel's pipeline over the Python client):"]
+        md += [r.classic_command]
+    md += [
         "```",
         "",
     ]

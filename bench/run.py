@@ -1,6 +1,7 @@
 """shovel's benchmarks against the targets of issue 8, one subcommand per measurement:
 
-  throughput  shovel against dd conv=fdatasync: wall time and CPU time, in rounds
+  throughput  shovel against dd conv=fdatasync: wall time and CPU time, in rounds, with the
+              classic design (shovel's pipeline over a pure-Python client) as a third row
   rss         peak RSS (and throughput) against input size, 100 MiB to 4 GiB
   stop        SIGTERM to exit under full load, over many stops
   latency     read-to-durable latency at half the generator's full speed
@@ -25,7 +26,7 @@ import rss
 import stop
 import throughput
 from common import BenchError, progress, remove
-from copies import output_names, shovel_copy_command
+from copies import classic_copy_command, output_names, shovel_copy_command
 from inputs import InputFile, bytes_for, prepare_input
 from machine import MEMORY_FILESYSTEMS, check_free_space, describe_machine, make_workdir
 from results import Results
@@ -93,8 +94,18 @@ def _input_options() -> argparse.ArgumentParser:
 
 def _throughput_options() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument_group("throughput").add_argument(
-        "--rounds", type=_positive_int, default=5, help="rounds of dd + shovel (default: 5)"
+    g = p.add_argument_group("throughput")
+    g.add_argument(
+        "--rounds",
+        type=_positive_int,
+        default=5,
+        help="rounds of dd + shovel + the classic design (default: 5)",
+    )
+    g.add_argument(
+        "--no-classic",
+        action="store_true",
+        help="leave out the classic design (shovel's pipeline over the demo's pure-Python "
+        "client, bench/classic.py) from each round",
     )
     return p
 
@@ -176,7 +187,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
         "latency": [_latency_options()],
     }
     helps = {
-        "throughput": "shovel against dd conv=fdatasync: wall time and CPU time, in rounds",
+        "throughput": "shovel against dd conv=fdatasync (and the classic design): wall time "
+        "and CPU time, in rounds",
         "rss": "peak RSS and throughput against input size",
         "stop": "SIGTERM to exit under full load, p50/p99/max",
         "latency": "submit-to-durable latency at half the generator's full speed",
@@ -205,8 +217,11 @@ def _run(
             inp, reused = prepare_input(input_path, ns.size_mb)
             progress(f"{'reusing' if reused else 'generated'} {inp.path} ({inp.size:,} bytes)")
         if "throughput" in chosen and inp is not None:
-            progress(f"== throughput: {ns.rounds} rounds of dd and shovel")
-            r.throughput = throughput.measure(inp, workdir, ns.rounds, extra)
+            tools = "dd and shovel" if ns.no_classic else "dd, shovel and the classic design"
+            progress(f"== throughput: {ns.rounds} rounds of {tools}")
+            r.throughput = throughput.measure(
+                inp, workdir, ns.rounds, extra, classic=not ns.no_classic
+            )
         if "stop" in chosen:
             progress(f"== stop: {ns.stops} stops, source {ns.stop_source}")
             r.stop = stop.measure(
@@ -259,7 +274,13 @@ def main(argv: Sequence[str]) -> int:
             )
         command = shlex.join(["python", "bench/run.py", *argv])
         copy = shovel_copy_command(Path("INPUT"), Path("OUTPUT"), extra)
-        r = Results(machine, command, shlex.join(["python", *copy[1:]]))
+        classic = classic_copy_command(Path("INPUT"), Path("OUTPUT"), extra)
+        r = Results(
+            machine,
+            command,
+            shlex.join(["python", *copy[1:]]),
+            shlex.join(["python", "bench/classic.py", *classic[2:]]),
+        )
         _run(ns, chosen, workdir, extra, r)
     except BenchError as e:
         progress(f"FAILED: {e}")

@@ -1,36 +1,48 @@
 """Throughput: shovel against `dd bs=1M conv=fdatasync`, copying the same input on the same
-disk, in rounds that alternate which tool goes first.
+disk, in rounds that rotate which tool goes first.
 
 Both read the input from the page cache (it is never dropped) and both end with the copy
 durable: dd by fdatasync, shovel by its own fsyncs before it exits 0. Each round gives a
 wall-time ratio (dd's wall time over shovel's: shovel's throughput as a fraction of dd's) and
 a CPU ratio (shovel's user + sys over dd's); the targets apply to the medians of these
 per-round ratios, so that each comparison is made on the same state of a noisy disk.
+
+Each round also copies the input with the classic design (classic.py: shovel's pipeline over
+the demo's pure-Python client), unless left out: a row to compare, with no target. That client
+never fsyncs, so its wall time is that of a copy left in the page cache; the fdatasync its file
+still needed right after it exited is timed apart and shown beside it.
 """
 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from common import MiB, progress, verdict
-from copies import Usage, run_pair
+from copies import ClassicCopy, Usage, run_classic, run_dd, run_shovel
 from inputs import InputFile
 
 MIN_WALL_RATIO = 0.8  # shovel's throughput at least 0.8 x dd's
 MAX_CPU_RATIO = 3.0  # shovel's CPU time at most 3 x dd's
+CLASSIC_DURABILITY = (
+    "the classic design's client (shovel/demo/pyclient.py) never fsyncs: it exits with its "
+    "copy in the page cache, not durable, and its offset file saved without fsync either; "
+    "dd and shovel exit with theirs fsynced. '+ fdatasync' is an fdatasync of its file timed "
+    "right after it exited, not included in its wall time"
+)
 
 
 @dataclass(frozen=True, slots=True)
 class Round:
-    """One dd copy and one shovel copy of the same input."""
+    """One dd copy, one shovel copy and maybe one classic copy of the same input."""
 
     number: int
-    dd_first: bool
+    order: tuple[str, ...]  # the tools in the order they ran
     dd: Usage
     shovel: Usage
+    classic: ClassicCopy | None = None
 
     @property
     def wall_ratio(self) -> float:
@@ -44,9 +56,8 @@ class Round:
 
     def line(self, mib: float) -> str:
         """The round as one line of text, for an input of `mib` MiB."""
-        order = "dd first    " if self.dd_first else "shovel first"
-        return (
-            f"round {self.number} ({order}): "
+        line = (
+            f"round {self.number} ({self.order[0]} first): "
             f"dd {self.dd.wall_s:6.3f} s ({mib / self.dd.wall_s:6.0f} MiB/s), "
             f"CPU {self.dd.cpu_s:5.2f} s | "
             f"shovel {self.shovel.wall_s:6.3f} s ({mib / self.shovel.wall_s:6.0f} MiB/s), "
@@ -54,6 +65,28 @@ class Round:
             f"sys {self.shovel.sys_s:.2f}), peak RSS {self.shovel.rss_mib:5.1f} MiB | "
             f"ratio {self.wall_ratio:.2f}x, CPU {self.cpu_ratio:.1f}x"
         )
+        if self.classic is not None:
+            c = self.classic.usage
+            line += (
+                f" | classic {c.wall_s:6.3f} s ({mib / c.wall_s:6.0f} MiB/s) "
+                f"+ fdatasync {self.classic.fdatasync_s:.3f} s, CPU {c.cpu_s:5.2f} s "
+                f"(user {c.user_s:.2f}, sys {c.sys_s:.2f}), peak RSS {c.rss_mib:5.1f} MiB"
+            )
+        return line
+
+    def classic_ratios(self) -> dict[str, float] | None:
+        """The classic copy against dd and against shovel (None without one)."""
+        if self.classic is None:
+            return None
+        c = self.classic.usage
+        durable_s = c.wall_s + self.classic.fdatasync_s
+        return {
+            "classic_dd_throughput": self.dd.wall_s / c.wall_s,
+            "classic_dd_cpu": c.cpu_s / self.dd.cpu_s,
+            "shovel_classic_throughput": c.wall_s / self.shovel.wall_s,
+            "shovel_classic_durable_throughput": durable_s / self.shovel.wall_s,
+            "shovel_classic_cpu": self.shovel.cpu_s / c.cpu_s,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +140,30 @@ class ThroughputResult:
                 "peak_rss_mib": max(u.rss_mib for u in runs),
             }
         out["shovel"]["records_per_s"] = self.input_records / out["shovel"]["wall_s"]
+        classic = [r.classic for r in self.rounds if r.classic is not None]
+        if classic:
+            wall = statistics.median([c.usage.wall_s for c in classic])
+            out["classic"] = {
+                "wall_s": wall,
+                "mib_per_s": mib / wall,
+                "fdatasync_s": statistics.median([c.fdatasync_s for c in classic]),
+                "wall_plus_fdatasync_s": statistics.median(
+                    [c.usage.wall_s + c.fdatasync_s for c in classic]
+                ),
+                "cpu_s": statistics.median([c.usage.cpu_s for c in classic]),
+                "user_s": statistics.median([c.usage.user_s for c in classic]),
+                "sys_s": statistics.median([c.usage.sys_s for c in classic]),
+                "peak_rss_mib": max(c.usage.rss_mib for c in classic),
+            }
         return out
+
+    def classic_ratios(self) -> dict[str, float] | None:
+        """Medians over rounds of the classic design against dd and against shovel (None
+        when no round copied with it)."""
+        per_round = [x for r in self.rounds if (x := r.classic_ratios()) is not None]
+        if not per_round:
+            return None
+        return {k: statistics.median([x[k] for x in per_round]) for k in per_round[0]}
 
     def targets(self) -> list[tuple[str, str, str, str]]:
         """(target, goal, measured, verdict) of each target."""
@@ -132,12 +188,37 @@ class ThroughputResult:
             "medians": self.medians(),
             "wall_ratio": self.wall_ratio,
             "cpu_ratio": self.cpu_ratio,
+            "classic_ratios": self.classic_ratios(),
         }
 
     def summary(self) -> list[str]:
         """The medians and verdicts as lines of text."""
         m = self.medians()
         flags = " ".join(self.shovel_flags) or "(defaults)"
+        return [*self._summary(m, flags), *self._classic_summary(m)]
+
+    def _classic_summary(self, m: dict[str, dict[str, float]]) -> list[str]:
+        ratios = self.classic_ratios()
+        if ratios is None or "classic" not in m:
+            return []
+        c = m["classic"]
+        return [
+            f"median classic: {c['wall_s']:.3f} s wall ({c['mib_per_s']:,.0f} MiB/s) "
+            f"+ {c['fdatasync_s']:.3f} s fdatasync after exit "
+            f"({c['wall_plus_fdatasync_s']:.3f} s to durable), {c['cpu_s']:.2f} s CPU "
+            f"(user {c['user_s']:.2f}, sys {c['sys_s']:.2f}), "
+            f"peak RSS {c['peak_rss_mib']:.1f} MiB; every copy equal to the input byte for "
+            "byte, its saved offset the input's size",
+            f"classic/dd, median of rounds (no target): throughput "
+            f"{ratios['classic_dd_throughput']:.2f}x, CPU time {ratios['classic_dd_cpu']:.1f}x",
+            f"shovel/classic, median of rounds: throughput "
+            f"{ratios['shovel_classic_throughput']:.2f}x "
+            f"({ratios['shovel_classic_durable_throughput']:.2f}x against classic + its "
+            f"fdatasync), CPU time {ratios['shovel_classic_cpu']:.2f}x",
+            f"durability: {CLASSIC_DURABILITY}",
+        ]
+
+    def _summary(self, m: dict[str, dict[str, float]], flags: str) -> list[str]:
         return [
             f"input {self.input_bytes / MiB:,.0f} MiB, {self.input_records:,} records of "
             f"100 bytes; shovel flags: {flags}; rounds: {len(self.rounds)}",
@@ -156,12 +237,29 @@ class ThroughputResult:
         ]
 
 
-def measure(inp: InputFile, workdir: Path, rounds: int, extra: Sequence[str]) -> ThroughputResult:
-    """`rounds` rounds of both tools, alternating which goes first (dd in odd rounds)."""
+def measure(
+    inp: InputFile, workdir: Path, rounds: int, extra: Sequence[str], classic: bool = True
+) -> ThroughputResult:
+    """`rounds` rounds of dd, shovel and (with `classic`) the classic design, the tool that
+    goes first rotating from round to round (dd in the first)."""
+    tools = ("dd", "shovel", "classic") if classic else ("dd", "shovel")
     done: list[Round] = []
     for i in range(rounds):
-        dd_first = i % 2 == 0
-        dd, shovel = run_pair(inp, workdir, extra, dd_first)
-        done.append(Round(i + 1, dd_first, dd, shovel))
+        first = i % len(tools)
+        order = tools[first:] + tools[:first]
+        usage: dict[str, Usage] = {}
+        classic_copy: ClassicCopy | None = None
+        for tool in order:
+            if tool == "classic":
+                classic_copy = run_classic(inp, workdir / "classic-out", extra)
+            else:
+                usage[tool] = _RUNNERS[tool](inp, workdir / f"{tool}-out", extra)
+        done.append(Round(i + 1, order, usage["dd"], usage["shovel"], classic_copy))
         progress(done[-1].line(inp.mib))
     return ThroughputResult(inp.size, inp.records, list(extra), done)
+
+
+_RUNNERS: dict[str, Callable[[InputFile, Path, Sequence[str]], Usage]] = {
+    "dd": lambda inp, out, _extra: run_dd(inp, out),
+    "shovel": run_shovel,
+}

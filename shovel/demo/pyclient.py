@@ -131,7 +131,8 @@ class PythonStore:
 
     async def _store(self, batch: Batch, delay_s: float, submitted_at: float) -> None:
         await asyncio.sleep(delay_s)
-        view = memoryview(batch.data)
+        # bytes() is the same object for bytes, and a copy of native Records (a file source).
+        view = memoryview(bytes(batch.data))
         while view:
             view = view[os.write(self._fd, view) :]
         self._records_durable += batch.records
