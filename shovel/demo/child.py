@@ -71,9 +71,9 @@ class CountingSource:
 
 
 class CountingAckSource(CountingSource):
-    """A NATS source, with the messages handed to the reader counted in the side file (the
-    committed offset is a stream sequence, not a count). Passes the acknowledgement protocol
-    through unchanged."""
+    """A NATS source, with the messages handed to the reader (or, at shovel's stop, taken from
+    the source's tail) counted in the side file (the committed offset is a stream sequence,
+    not a count). Passes the acknowledgement protocol through unchanged."""
 
     def __init__(self, inner: Source, progress: ProgressWriter) -> None:
         super().__init__(inner, progress)
@@ -92,6 +92,13 @@ class CountingAckSource(CountingSource):
                     self._read += piece.records
                     self._progress.read_to(self._read)
                 yield piece
+
+    def stop_tail(self) -> list[Piece]:
+        # What arrived but was not handed over yet: shovel's runner stores it too.
+        tail = self._inner.stop_tail()
+        self._read += sum(piece.records for piece in tail if isinstance(piece, Batch))
+        self._progress.read_to(self._read)
+        return tail
 
     async def open(self) -> str:
         return await self._acked.open()
