@@ -21,7 +21,7 @@ from shovel.demo.picture import have_matplotlib
 from shovel.demo.progress import PROGRESS_FILE, read_progress
 from shovel.demo.pyclient import RECORDS_FILE, STORE_DIR
 from shovel.demo.report import accounting_holds
-from shovel.demo.runs import RunResult
+from shovel.demo.runs import DemoConfig, RunResult
 from tests.helpers import generated, stored_bytes
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -150,7 +150,7 @@ def test_without_a_nats_server_the_nats_cells_are_left_out_with_a_note(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setattr(cli, "find_binary", lambda: None)
-    config = cli.DemoConfig(1, 1000.0, 0.0, 1, tmp_path, 1, nats_messages=100)
+    config = DemoConfig(1, 1000.0, 0.0, 1, tmp_path, 1, nats_messages=100)
     server, note = cli._start_nats(config)
     assert server is None
     assert note is not None
