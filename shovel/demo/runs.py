@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from shovel.demo.accounting import LiveCount, Tally, tally
-from shovel.demo.natsfeed import NatsFeed
+from shovel.demo.natsfeed import FEED_ERRORS, NatsFeed
 from shovel.demo.natstally import NatsFigures, nats_tally
 from shovel.demo.progress import PROGRESS_FILE, read_progress
 
@@ -268,7 +268,11 @@ class Runs:
         stream = f"DEMO_{cell.pattern}_{run}".replace("-", "_")
         feed = NatsFeed(self.nats_url, stream, self.config.nats_messages)
         try:
-            feed.start()
+            try:
+                feed.start()
+            except FEED_ERRORS as e:
+                result.problem = f"the stream could not be set up: {e!r}"
+                return result
             child = self._start(cell, directory, run, nats_source=feed.source)
             try:
                 exited_at = self._stop(cell, child, directory, result)
@@ -279,8 +283,12 @@ class Runs:
             feed.stop_sampling()
             result.exit_codes.append(child.proc.returncode)
             result.traceback = "Traceback" in child.log.read_text(errors="replace")
-            view = feed.server_view()
-            deliverable = feed.deliverable(exited_at)
+            try:
+                view = feed.server_view()
+                deliverable = feed.deliverable(exited_at)
+            except FEED_ERRORS as e:
+                result.problem = f"the server could not be asked about the run: {e!r}"
+                return result
             progress = read_progress(directory / PROGRESS_FILE)
             read = progress.read_end if progress else 0
             result.tally, result.nats = nats_tally(directory, read, view, deliverable)
