@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import datetime
 import json
 import logging
@@ -508,8 +507,14 @@ class NatsSource:
                 last_look = loop.time()
                 self._listing_full = False
                 await self._look_at_consumer()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._durable_progress.wait(), ACK_RESEND_S / 2)
+            # asyncio.wait, not wait_for: on Python 3.11, wait_for returns a wake-up that came
+            # just before a cancellation and drops the cancellation (the runner cancels this
+            # task as storage reports progress; the stop then hung).
+            progress = asyncio.ensure_future(self._durable_progress.wait())
+            try:
+                await asyncio.wait({progress}, timeout=ACK_RESEND_S / 2)
+            finally:
+                progress.cancel()
 
     async def finish(self, records_durable: int, timeout_s: float) -> None:
         """After storage was closed: acknowledges what is durable, gives back what is not,

@@ -1,9 +1,10 @@
 """`python -m shovel demo` in its short form: the naive patterns lose what the demonstration
-says they lose, shovel's runner loses nothing in any cell, and every count is checked against
-the files the runs left behind."""
+says they lose, shovel's runner loses nothing in any cell (over a NATS JetStream stream too),
+and every count is checked against the files the runs left behind."""
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -12,19 +13,28 @@ from typing import Any
 
 import pytest
 
+from shovel.demo import cli
 from shovel.demo.accounting import checkpoint_numbers, tally
+from shovel.demo.natsfeed import msg_id, payload
+from shovel.demo.natsserver import HOW_TO_GET
 from shovel.demo.picture import have_matplotlib
 from shovel.demo.progress import PROGRESS_FILE, read_progress
 from shovel.demo.pyclient import RECORDS_FILE, STORE_DIR
 from shovel.demo.report import accounting_holds
-from shovel.demo.runs import RunResult
+from shovel.demo.runs import DemoConfig, RunResult
 from tests.helpers import generated, stored_bytes
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # One run per cell; a write latency long enough that a write is always in flight (a write
 # starts every 10 ms and takes 100 to 300 ms), so a stop that cancels the client's tasks
 # cannot miss one.
-SHORT = ["--runs", "1", "--rate", "2000", "--latency-ms", "200", "--jobs", "2"]
+# The NATS cells' streams hold 20,000 messages each (the dev extra installs nats-server).
+SHORT = [
+    *("--runs", "1", "--rate", "2000", "--latency-ms", "200", "--jobs", "2"),
+    *("--nats-messages", "20000"),
+]
+GENERATOR_CELLS = 12
+NATS_CELLS = ("cancel-all.native.nats", "shovel.native.nats")
 
 
 def _demo(args: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -70,6 +80,7 @@ def test_shovels_runner_loses_and_doubles_nothing_in_any_cell(
         "shovel.python",
         "shovel.native",
         "shovel.native.kill-restart",
+        "shovel.native.nats",
     }
     for cell in shovel_cells:
         for run in cell["runs"]:
@@ -80,7 +91,9 @@ def test_shovels_runner_loses_and_doubles_nothing_in_any_cell(
             assert t["read"] > 0
             directory = out / "runs" / cell["key"] / str(run["run"])
             # Byte for byte: exactly records 0..read-1, each once.
-            if cell["client"] == "native":
+            if cell["source"] == "nats":
+                _assert_stored_messages(directory, t["read"])
+            elif cell["client"] == "native":
                 assert stored_bytes(directory) == generated(0, t["read"])
                 assert checkpoint_numbers(directory)["committed_offset"] == t["read"]
             else:
@@ -88,6 +101,61 @@ def test_shovels_runner_loses_and_doubles_nothing_in_any_cell(
                 lines = (directory / STORE_DIR / RECORDS_FILE).read_bytes().splitlines(True)
                 in_order: list[bytes] = sorted(lines, key=_seq)
                 assert b"".join(in_order) == generated(0, t["read"])
+
+
+def _assert_stored_messages(directory: Path, read: int) -> None:
+    """The store holds stream messages 1..read, in order, each once, each exactly as it was
+    published (one publisher, in order: stream sequence n is the n-th message)."""
+    bodies = [json.loads(line) for line in stored_bytes(directory).splitlines()]
+    assert [b["seq"] for b in bodies] == list(range(1, read + 1))
+    for b in bodies:
+        assert b["id"] == msg_id(b["seq"])
+        assert base64.b64decode(b["data"]) == payload(b["seq"])
+
+
+def test_over_nats_shovel_acknowledges_exactly_what_it_stored(
+    short_demo: tuple[Path, dict[str, Any], str],
+) -> None:
+    """The server agrees: every message shovel read is stored and acknowledged, none is left
+    pending an acknowledgement, and the rest of the stream is still delivered."""
+    _, results, _ = short_demo
+    for run in _cells(results)["shovel.native.nats"]["runs"]:
+        n = run["nats"]
+        assert n["read"] > 0
+        assert n["stored"] == n["read"] == n["acked"] == n["ack_floor"], n
+        assert (n["lost"], n["doubled"], n["stored_unacked"], n["read_returned"]) == (0, 0, 0, 0)
+        assert n["deliverable_complete"], n
+        assert n["deliverable"] == n["published"] - n["read"], n
+
+
+def test_the_nats_accounting_agrees_with_the_server(
+    short_demo: tuple[Path, dict[str, Any], str],
+) -> None:
+    """In both NATS cells, whatever they did: the server's count of acknowledged messages is
+    exactly what it no longer delivers, and every stored line is a published message."""
+    _, results, _ = short_demo
+    cells = _cells(results)
+    for key in NATS_CELLS:
+        for run in cells[key]["runs"]:
+            n, t = run["nats"], run["tally"]
+            assert run["problem"] is None, (key, run["problem"])
+            assert n["deliverable_complete"], (key, n)
+            assert n["acked"] == n["published"] - n["deliverable"], (key, n)
+            assert (t["unread"], t["invalid"]) == (0, 0), (key, t)
+            assert n["published"] == 20000
+            assert run["acked_timeline"], key
+
+
+def test_without_a_nats_server_the_nats_cells_are_left_out_with_a_note(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(cli, "find_binary", lambda: None)
+    config = DemoConfig(1, 1000.0, 0.0, 1, tmp_path, 1, nats_messages=100)
+    server, note = cli._start_nats(config)
+    assert server is None
+    assert note is not None
+    assert HOW_TO_GET in note
+    assert "left out" in note
 
 
 def _seq(line: bytes) -> int:
@@ -98,8 +166,11 @@ def test_every_count_adds_up_and_matches_the_files(
     short_demo: tuple[Path, dict[str, Any], str],
 ) -> None:
     out, results, _ = short_demo
-    assert len(results["cells"]) == 12
+    assert len(results["cells"]) == GENERATOR_CELLS + len(NATS_CELLS)
     for cell in results["cells"]:
+        if cell["source"] == "nats":
+            # Counted against the server (above).
+            continue
         for run in cell["runs"]:
             directory = out / "runs" / cell["key"] / str(run["run"])
             progress = read_progress(directory / PROGRESS_FILE)
@@ -145,7 +216,9 @@ def test_the_table_json_and_picture_are_written(
     assert results["settings"]["python_client_latency_ms"] == 200
     assert "Python client write latency 200 ms" in stdout
     rows = [line for line in stdout.splitlines() if line.startswith("| ")]
-    assert len(rows) == 1 + 12
+    # The main table (a row per cell), then the NATS cells' server-side figures.
+    assert len(rows) == 1 + GENERATOR_CELLS + len(NATS_CELLS) + 1 + len(NATS_CELLS)
+    assert results["settings"]["nats_messages_per_run"] == 20000
     assert (out / "timeline.png").read_bytes().startswith(PNG_SIGNATURE)
     assert (out / "timeline.png").stat().st_size > 10_000
 
@@ -153,7 +226,8 @@ def test_the_table_json_and_picture_are_written(
 def test_help_explains_the_flags_and_bad_flags_exit_2(tmp_path: Path) -> None:
     done = _demo(["--help"])
     assert done.returncode == 0
-    for flag in ("--runs", "--rate", "--latency-ms", "--seed", "--output-dir", "--jobs"):
+    flags = ("--runs", "--rate", "--latency-ms", "--seed", "--output-dir", "--jobs")
+    for flag in (*flags, "--nats-messages"):
         assert flag in done.stdout
     assert "shovel[demo]" in done.stdout
     bad = _demo(["--runs", "0"])

@@ -466,3 +466,28 @@ def test_credentials_file(tmp_path: Path) -> None:
         assert s.wait() == 0
         assert_clean_stderr(s.stderr)
         assert_exactly(out, 100)
+
+
+def test_the_acknowledging_task_ends_when_cancelled_as_storage_makes_progress() -> None:
+    """The runner cancels the acknowledging task right after the queue is drained, the moment
+    storage reports progress: a cancellation that arrives just after that progress woke the
+    task must still end it (Python 3.11's asyncio.wait_for returned the wake-up and dropped
+    such a cancellation: the task went on, and the stop hung on the TaskGroup)."""
+
+    async def scenario() -> bool:
+        source = NatsSource(parse_nats("nats://h/S?consumer=c"), 8, 20.0)
+        acks = asyncio.create_task(source.run_acks(lambda: 0))
+        # Not connected: each round sends nothing and waits for progress.
+        for _ in range(5):
+            await asyncio.sleep(0)
+        source.durable_progress()
+        # The wake-up has happened; the task has not resumed yet when it is cancelled.
+        await asyncio.sleep(0)
+        acks.cancel()
+        done, _ = await asyncio.wait({acks}, timeout=2 * 2.0)
+        if not done:
+            acks.cancel()
+            await asyncio.wait({acks})
+        return acks in done and acks.cancelled()
+
+    assert asyncio.run(scenario())

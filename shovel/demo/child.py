@@ -6,6 +6,8 @@ into the side file (progress.py), then runs one stop pattern over one storage cl
 - shovel: the service's own runner (runner.run_service), unchanged; only the source it opens is
   wrapped, and with the Python client, the storage it opens is that client;
 - the naive patterns of naive.py, over the same reader, queue and storage task.
+With --nats-source the source is a NATS JetStream consumer (shovel's NATS source) and the side
+file counts the messages handed to the reader; only cancel-all and shovel are run over it.
 """
 
 from __future__ import annotations
@@ -21,10 +23,19 @@ from typing import Any
 
 from shovel import signals
 from shovel.batches import Batch, Piece
-from shovel.demo.naive import Client, pipeline, run_aiorun, run_cancel_all, run_plain
+from shovel.demo.naive import (
+    Client,
+    nats_pipeline,
+    pipeline,
+    run_aiorun,
+    run_cancel_all,
+    run_plain,
+)
+from shovel.demo.natsserver import SHOVEL_SHUTDOWN_TIMEOUT_S
 from shovel.demo.progress import PROGRESS_FILE, ProgressWriter
 from shovel.demo.pyclient import PythonStore
 from shovel.settings import Settings, load_settings
+from shovel.source_api import AcknowledgedSource, AckProgress
 from shovel.sources import Source, open_source
 from shovel.storage import Storage, StorageConfig
 
@@ -59,6 +70,58 @@ class CountingSource:
         return self._inner.stop_tail()
 
 
+class CountingAckSource(CountingSource):
+    """A NATS source, with the messages handed to the reader (or, at shovel's stop, taken from
+    the source's tail) counted in the side file (the committed offset is a stream sequence,
+    not a count). Passes the acknowledgement protocol through unchanged."""
+
+    def __init__(self, inner: Source, progress: ProgressWriter) -> None:
+        super().__init__(inner, progress)
+        assert isinstance(inner, AcknowledgedSource)
+        self._acked: AcknowledgedSource = inner
+        self.progress: AckProgress = inner.progress
+        self._read = 0
+
+    def resume(self, committed_offset: int, descriptor: str) -> str:
+        return self._inner.resume(committed_offset, descriptor)
+
+    async def pieces(self, start_offset: int) -> AsyncGenerator[Piece, None]:
+        async with aclosing(self._inner.pieces(start_offset)) as pieces:
+            async for piece in pieces:
+                if isinstance(piece, Batch):
+                    self._read += piece.records
+                    self._progress.read_to(self._read)
+                yield piece
+
+    def stop_tail(self) -> list[Piece]:
+        # What arrived but was not handed over yet: shovel's runner stores it too.
+        tail = self._inner.stop_tail()
+        self._read += sum(piece.records for piece in tail if isinstance(piece, Batch))
+        self._progress.read_to(self._read)
+        return tail
+
+    async def open(self) -> str:
+        return await self._acked.open()
+
+    def durable_progress(self) -> None:
+        self._acked.durable_progress()
+
+    async def run_acks(self, records_durable: Callable[[], int]) -> None:
+        await self._acked.run_acks(records_durable)
+
+    async def finish(self, records_durable: int, timeout_s: float) -> None:
+        await self._acked.finish(records_durable, timeout_s)
+
+    async def close(self) -> None:
+        await self._acked.close()
+
+
+def _counting(inner: Source, progress: ProgressWriter) -> CountingSource:
+    if isinstance(inner, AcknowledgedSource):
+        return CountingAckSource(inner, progress)
+    return CountingSource(inner, progress)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m shovel.demo.child",
@@ -71,12 +134,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-ms", type=float, required=True)
     p.add_argument("--count", type=int, default=None, help="records in all (default: endless)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--nats-source", default=None, help="a nats:// source instead of the generator")
     return p
 
 
 def _settings(args: argparse.Namespace) -> Settings:
     source = "generate" if args.count is None else f"generate:{args.count}"
-    flags = ["--source", source, "--output-dir", str(args.output_dir)]
+    if args.nats_source is not None:
+        # ack_wait (natsfeed.py) is longer than the stop may take, as shovel wants it.
+        source = args.nats_source
+        flags = ["--shutdown-timeout-s", str(SHOVEL_SHUTDOWN_TIMEOUT_S)]
+    else:
+        flags = []
+    flags += ["--source", source, "--output-dir", str(args.output_dir)]
     flags += ["--generate-rate", str(args.rate), "--metrics-port", "0", "--status-interval-s", "0"]
     return load_settings(flags)
 
@@ -96,7 +166,7 @@ def _run_shovel(args: argparse.Namespace, settings: Settings, progress: Progress
     from shovel import runner  # noqa: PLC0415
 
     def counting_open_source(*args: Any, **kwargs: Any) -> Source:
-        return CountingSource(open_source(*args, **kwargs), progress)
+        return _counting(open_source(*args, **kwargs), progress)
 
     # The runner finds these by name when it runs: replacing them here, in this process only,
     # leaves its stop sequence as the service has it.
@@ -133,15 +203,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.pattern == "shovel":
         return _run_shovel(args, settings, progress)
 
-    source = CountingSource(
+    source = _counting(
         open_source(
             settings.source_spec,
             settings.read_chunk_bytes,
             settings.max_record_bytes,
             settings.generator_rate,
+            queue_max_batches=settings.queue_max_batches,
+            shutdown_timeout_s=settings.shutdown_timeout_s,
         ),
         progress,
     )
+    if isinstance(source, CountingAckSource):
+        if args.pattern != "cancel-all" or args.client != "native":
+            sys.stderr.write("a NATS source runs with --pattern cancel-all --client native only\n")
+            return 2
+        return run_cancel_all(
+            nats_pipeline(
+                source,
+                _storage_config(settings),
+                settings.queue_max_batches,
+                settings.max_record_bytes,
+            )
+        )
 
     async def open_client() -> Client:
         if args.client == "python":

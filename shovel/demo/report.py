@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from shovel.demo.natsserver import ACK_WAIT_S
 from shovel.demo.runs import STOP_AFTER_S, Cell, DemoConfig, RunResult
 
 PATTERN_TITLES = {
@@ -22,6 +23,7 @@ PATTERN_TITLES = {
     "shovel": "shovel's runner",
 }
 CLIENT_TITLES = {"python": "Python, a task per write", "native": "shovel's native client"}
+NATS_TITLE = "NATS JetStream source (nats-py)"
 
 
 def cell_title(cell: Cell) -> tuple[str, str]:
@@ -29,7 +31,10 @@ def cell_title(cell: Cell) -> tuple[str, str]:
     pattern = PATTERN_TITLES[cell.pattern]
     if cell.kill_restart:
         pattern = "SIGKILL, restart" + (" (shovel)" if cell.pattern == "shovel" else " (naive)")
-    return pattern, CLIENT_TITLES[cell.client]
+    client = CLIENT_TITLES[cell.client]
+    if cell.source == "nats":
+        client = f"{client}; {NATS_TITLE}"
+    return pattern, client
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +72,13 @@ class CellSummary:
 
 
 def accounting_holds(result: RunResult) -> bool:
-    """read = stored + lost - duplicated, with every stored line a record that was read."""
+    """read = stored + lost - duplicated, with every stored line a record that was read. Over
+    NATS (where what was read and not stored is delivered again, not lost): every stored line
+    a message that was read, and the server's count of acknowledged messages equal to those
+    it no longer delivers."""
     t = result.tally
+    if result.nats is not None:
+        return t is not None and t.unread == 0 and t.invalid == 0 and result.nats.consistent
     return (
         t is not None
         and t.read == t.stored + t.lost - t.duplicated
@@ -136,6 +146,7 @@ def table(config: DemoConfig, cells: list[Cell], results: dict[str, list[RunResu
     """The results as a Markdown table, with the settings above it."""
     lines = [
         settings_line(config),
+        *([nats_settings_line(config)] if any(c.source == "nats" for c in cells) else []),
         "",
         "| stop | storage client | signal | read, stored (mean) | runs that lost records "
         "| lost per run, mean (max) | doubled per run, mean (max) | exit code "
@@ -155,6 +166,44 @@ def table(config: DemoConfig, cells: list[Cell], results: dict[str, list[RunResu
     return "\n".join(lines)
 
 
+def nats_settings_line(config: DemoConfig) -> str:
+    """What the NATS cells were measured with."""
+    return (
+        f"NATS: each run reads a stream of its own holding {config.nats_messages:,} messages "
+        f"(a backlog) through a durable pull consumer with ack_wait {ACK_WAIT_S:g} s; lost = "
+        "acknowledged and never stored"
+    )
+
+
+def _mean(values: list[int]) -> str:
+    return f"{statistics.fmean(values):,.0f}" if values else ""
+
+
+def nats_table(cells: list[Cell], results: dict[str, list[RunResult]]) -> str:
+    """The NATS cells' server-side figures (means over the runs), as a Markdown table."""
+    lines = [
+        "| stop | read | stored | acked (server) | stored, not acked: delivered again "
+        "| read, not stored: delivered again | lost | doubled | delivered to the child, "
+        "unacknowledged, delivered again | runs with those: the last one after exit, median |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for cell in cells:
+        if cell.source != "nats":
+            continue
+        figures = [r.nats for r in results[cell.key] if r.nats is not None]
+        waits = [f.last_redelivery_s for f in figures if f.last_redelivery_s is not None]
+        wait = f"{len(waits)}: {statistics.median(waits):.2f} s" if waits else "0"
+        lines.append(
+            f"| {PATTERN_TITLES[cell.pattern]} | {_mean([f.read for f in figures])} "
+            f"| {_mean([f.stored for f in figures])} | {_mean([f.acked for f in figures])} "
+            f"| {_mean([f.stored_unacked for f in figures])} "
+            f"| {_mean([f.read_returned for f in figures])} "
+            f"| {_mean([f.lost for f in figures])} | {_mean([f.doubled for f in figures])} "
+            f"| {_mean([f.delivered_again for f in figures])} | {wait} |"
+        )
+    return "\n".join(lines)
+
+
 def write_json(
     path: Path, config: DemoConfig, cells: list[Cell], results: dict[str, list[RunResult]]
 ) -> None:
@@ -167,6 +216,8 @@ def write_json(
             "seed": config.seed,
             "stop_after_s": config.stop_delays(),
             "jobs": config.jobs,
+            "nats_messages_per_run": config.nats_messages,
+            "nats_ack_wait_s": ACK_WAIT_S,
         },
         "python": sys.version.split()[0],
         "platform": platform.platform(),
@@ -176,6 +227,7 @@ def write_json(
                 "pattern": cell.pattern,
                 "client": cell.client,
                 "kill_restart": cell.kill_restart,
+                "source": cell.source,
                 "signal": cell.signal.name,
                 "summary": asdict(summarize(results[cell.key])),
                 "runs": [r.as_json() for r in results[cell.key]],

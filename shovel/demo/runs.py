@@ -6,6 +6,10 @@ A run: start the child; wait until it has read its first records; wait the run's
 cell's signal; sample until the process exits (or kill it when it does not, and say so). A
 SIGKILL cell then starts the same child again, which resumes from its checkpoint and runs the
 (finite) source to its end at full speed.
+
+A NATS cell's run reads a stream of its own on the demo's NATS server (natsfeed.py), filled
+with a backlog before the child starts; after the exit the server is asked what was
+acknowledged and what it still delivers (natstally.py).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from shovel.demo.accounting import LiveCount, Tally, tally
+from shovel.demo.natsfeed import FEED_ERRORS, NatsFeed
+from shovel.demo.natstally import NatsFigures, nats_tally
 from shovel.demo.progress import PROGRESS_FILE, read_progress
 
 # The stop comes this long after the first records were read (drawn per run from the seed).
@@ -48,11 +54,14 @@ class Cell:
     pattern: str
     client: str
     kill_restart: bool = False
+    # "generator", or "nats": a NATS JetStream stream through shovel's NATS source.
+    source: str = "generator"
 
     @property
     def key(self) -> str:
         """A name for files and JSON."""
-        return f"{self.pattern}.{self.client}" + (".kill-restart" if self.kill_restart else "")
+        key = f"{self.pattern}.{self.client}" + (".kill-restart" if self.kill_restart else "")
+        return key + (".nats" if self.source == "nats" else "")
 
     @property
     def signal(self) -> signal.Signals:
@@ -72,6 +81,8 @@ class DemoConfig:
     seed: int
     output_dir: Path
     jobs: int
+    # Messages in each NATS run's stream (a backlog read as fast as the child can).
+    nats_messages: int = 40_000
 
     def stop_delays(self) -> list[float]:
         """Run i of every cell is stopped this long after reading starts."""
@@ -108,11 +119,15 @@ class RunResult:
     tally: Tally | None = None
     # (seconds from the signal, records read, records stored), sampled from outside.
     timeline: list[tuple[float, int, int]] = field(default_factory=list)
+    # NATS cells: the server's figures, and (seconds from the signal, messages acknowledged).
+    nats: NatsFigures | None = None
+    acked_timeline: list[tuple[float, int]] = field(default_factory=list)
 
     def as_json(self) -> dict[str, object]:
         """For results.json."""
         out = asdict(self)
         out["timeline"] = [[round(t, 4), r, s] for t, r, s in self.timeline]
+        out["acked_timeline"] = [[round(t, 4), a] for t, a in self.acked_timeline]
         return out
 
 
@@ -126,7 +141,14 @@ class _Child:
     terminal reaches only the demo, which ends it)."""
 
     def __init__(
-        self, cell: Cell, config: DemoConfig, directory: Path, run: int, restart: bool = False
+        self,
+        cell: Cell,
+        config: DemoConfig,
+        directory: Path,
+        run: int,
+        *,
+        restart: bool = False,
+        nats_source: str | None = None,
     ) -> None:
         # A restart runs the rest of the source at full speed.
         rate = "0" if restart else str(config.rate)
@@ -135,6 +157,8 @@ class _Child:
         args += ["--latency-ms", str(config.latency_ms), "--seed", str(config.seed * 1000 + run)]
         if cell.kill_restart:
             args += ["--count", str(config.kill_source_records)]
+        if nats_source is not None:
+            args += ["--nats-source", nats_source]
         self.log = directory / ("restart.log" if restart else "child.log")
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(
@@ -156,8 +180,10 @@ class _Child:
 class Runs:
     """Runs cells, a few at a time, and collects their results."""
 
-    def __init__(self, config: DemoConfig) -> None:
+    def __init__(self, config: DemoConfig, nats_url: str | None = None) -> None:
         self.config = config
+        # The demo's NATS server (HOST:PORT), for the NATS cells.
+        self.nats_url = nats_url
         self._delays = config.stop_delays()
         self._children: set[_Child] = set()
 
@@ -188,12 +214,22 @@ class Runs:
         for child in list(self._children):
             child.end()
 
-    def _start(self, cell: Cell, directory: Path, run: int, restart: bool = False) -> _Child:
-        child = _Child(cell, self.config, directory, run, restart)
+    def _start(
+        self,
+        cell: Cell,
+        directory: Path,
+        run: int,
+        *,
+        restart: bool = False,
+        nats_source: str | None = None,
+    ) -> _Child:
+        child = _Child(cell, self.config, directory, run, restart=restart, nats_source=nats_source)
         self._children.add(child)
         return child
 
     def _one(self, cell: Cell, run: int) -> RunResult:
+        if cell.source == "nats":
+            return self._one_nats(cell, run)
         directory = self.config.output_dir / "runs" / cell.key / str(run)
         directory.mkdir(parents=True)
         result = RunResult(cell.key, run, self._delays[run], cell.signal.name)
@@ -223,8 +259,53 @@ class Runs:
         result.tally = tally(directory, cell.client, progress.read_end if progress else 0)
         return result
 
-    def _stop(self, cell: Cell, child: _Child, directory: Path, result: RunResult) -> None:
-        """Waits for the stop moment, signals, samples until the exit."""
+    def _one_nats(self, cell: Cell, run: int) -> RunResult:
+        """A run over its own NATS stream (see the module docstring)."""
+        assert self.nats_url is not None
+        directory = self.config.output_dir / "runs" / cell.key / str(run)
+        directory.mkdir(parents=True)
+        result = RunResult(cell.key, run, self._delays[run], cell.signal.name)
+        stream = f"DEMO_{cell.pattern}_{run}".replace("-", "_")
+        feed = NatsFeed(self.nats_url, stream, self.config.nats_messages)
+        try:
+            try:
+                feed.start()
+            except FEED_ERRORS as e:
+                result.problem = f"the stream could not be set up: {e!r}"
+                return result
+            child = self._start(cell, directory, run, nats_source=feed.source)
+            try:
+                exited_at = self._stop(cell, child, directory, result)
+            finally:
+                child.end()
+                self._children.discard(child)
+            exited_at = exited_at or time.monotonic()
+            feed.stop_sampling()
+            result.exit_codes.append(child.proc.returncode)
+            result.traceback = "Traceback" in child.log.read_text(errors="replace")
+            try:
+                view = feed.server_view()
+                deliverable = feed.deliverable(exited_at)
+            except FEED_ERRORS as e:
+                result.problem = f"the server could not be asked about the run: {e!r}"
+                return result
+            progress = read_progress(directory / PROGRESS_FILE)
+            read = progress.read_end if progress else 0
+            result.tally, result.nats = nats_tally(directory, read, view, deliverable)
+            if result.timeline:
+                signalled = exited_at - (result.stop_to_exit_s or 0.0)
+                result.acked_timeline = [
+                    (t - signalled, a)
+                    for t, a in feed.acked_samples
+                    if t >= signalled - KEEP_BEFORE_S
+                ]
+        finally:
+            feed.close()
+        return result
+
+    def _stop(self, cell: Cell, child: _Child, directory: Path, result: RunResult) -> float | None:
+        """Waits for the stop moment, signals, samples until the exit; returns when it exited
+        (None: it was never signalled)."""
         progress_path = directory / PROGRESS_FILE
         stored = LiveCount(directory, cell.client)
         samples: list[tuple[float, int, int]] = []
@@ -244,10 +325,10 @@ class Runs:
             sample()
             if child.proc.poll() is not None:
                 result.problem = "the child exited before reading anything"
-                return
+                return None
             if time.monotonic() - started > START_WAIT_S:
                 result.problem = f"the child read nothing in {START_WAIT_S:g}s"
-                return
+                return None
             time.sleep(SAMPLE_S)
         stop_at = time.monotonic() + result.stop_after_s
         # With the Python client, the stop comes while a write is in flight: the moment
@@ -256,7 +337,7 @@ class Runs:
             inflight = sample()
             if child.proc.poll() is not None:
                 result.problem = "the child ended before its stop"
-                return
+                return None
             now = time.monotonic()
             if now >= stop_at and (
                 cell.client != "python" or inflight > 0 or now >= stop_at + INFLIGHT_WAIT_S
@@ -281,3 +362,4 @@ class Runs:
         result.timeline = [
             (t - signalled, r, s) for t, r, s in samples if t >= signalled - KEEP_BEFORE_S
         ]
+        return exited

@@ -1,0 +1,242 @@
+"""A NATS run's stream, from the demo's side: created, fed, watched, and asked afterwards what
+is still deliverable.
+
+For each run, before the child starts: a stream of its own (in memory) with one durable pull
+consumer (explicit acknowledgements, a short ack_wait so that what a run leaves unacknowledged
+comes back within the demo), and N messages published into it, each with a Nats-Msg-Id: a
+backlog, which the child reads as fast as it can. While it runs, the consumer's acknowledged
+count is sampled for the timeline. After the child
+has exited: the server's view (acknowledgement floor, pending acknowledgements, redeliveries),
+then every message the consumer still delivers, pulled (never acknowledged) until the server
+has nothing pending that this check does not hold: that set is what is still deliverable.
+Everything runs on an event loop of its own, on a thread of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Coroutine
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import nats
+import nats.errors
+from nats.aio.client import Client
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+
+from shovel.demo.natsserver import ACK_WAIT_S
+
+CONSUMER = "demo"
+MAX_ACK_PENDING = 50_000
+PUBLISH_FLUSH_EVERY = 1000
+STORED_WAIT_S = 30.0
+SAMPLE_ACKED_S = 0.05
+# How long the check waits past ack_wait for what is still deliverable.
+SETTLE_MARGIN_S = 6.0
+_T = TypeVar("_T")
+# What a call on the feed raises when the server does not answer as it should.
+FEED_ERRORS: tuple[type[Exception], ...] = (nats.errors.Error, TimeoutError, OSError)
+
+
+async def _quiet(_e: Exception) -> None:
+    """The feed's connection errors surface as failed calls; nothing to log besides."""
+
+
+def msg_id(n: int) -> str:
+    """The Nats-Msg-Id of the n-th message published (from 1)."""
+    return f"demo-{n}"
+
+
+def payload(n: int) -> bytes:
+    """The n-th message's body: its number, then filler, about 100 bytes."""
+    return (b"message %d " % n).ljust(100, b"x")
+
+
+@dataclass(slots=True)
+class ServerView:
+    """What the server says about a run's consumer just after the child exited."""
+
+    # Messages in the stream (the stream sequence of the last one).
+    published: int
+    # Every message up to this stream sequence is acknowledged.
+    ack_floor: int
+    # Delivered and neither acknowledged nor given up: delivered again after ack_wait.
+    num_ack_pending: int
+    # Messages delivered more than once so far.
+    num_redelivered: int
+    # Never delivered.
+    num_pending: int
+
+    @property
+    def acked(self) -> int:
+        """Messages acknowledged (every delivered message not pending an acknowledgement)."""
+        return self.published - self.num_pending - self.num_ack_pending
+
+
+@dataclass(slots=True)
+class Deliverable:
+    """What the consumer still delivers after the run."""
+
+    seqs: set[int] = field(default_factory=set)
+    # Those of them delivered before (to the child), and the seconds from the child's exit to
+    # the last of those (None: none came).
+    again: set[int] = field(default_factory=set)
+    last_after_exit_s: float | None = None
+    # The check ran out of time before the server had nothing else pending.
+    complete: bool = True
+
+
+class NatsFeed:
+    """One run's stream: see the module docstring."""
+
+    def __init__(self, url: str, stream: str, messages: int) -> None:
+        self.url = url
+        self.stream = stream
+        self.subject = f"{stream}.orders"
+        self.messages = messages
+        # (monotonic time, messages acknowledged), for the timeline.
+        self.acked_samples: list[tuple[float, int]] = []
+        self._stop_sampling = asyncio.Event()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name=f"feed-{stream}")
+        self._thread.start()
+        self._nc: Client | None = None
+        self._sampler: asyncio.Task[None] | None = None
+
+    @property
+    def source(self) -> str:
+        """The child's --source."""
+        return f"nats://{self.url}/{self.stream}?consumer={CONSUMER}"
+
+    def _call(self, coro: Coroutine[Any, Any, _T], timeout: float = 60.0) -> _T:
+        future: Future[_T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return future.result(timeout)
+
+    def start(self) -> None:
+        """Creates the stream and its consumer, publishes the messages and waits until the
+        stream holds them all, starts sampling the consumer."""
+        self._call(self._start())
+
+    async def _start(self) -> None:
+        self._nc = await nats.connect(
+            [f"nats://{self.url}"],
+            name="shovel-demo-feed",
+            allow_reconnect=False,
+            error_cb=_quiet,
+        )
+        js = self._nc.jetstream()
+        await js.add_stream(
+            StreamConfig(name=self.stream, subjects=[self.subject], storage=StorageType.MEMORY)
+        )
+        await js.add_consumer(
+            self.stream,
+            ConsumerConfig(
+                durable_name=CONSUMER,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=ACK_WAIT_S,
+                max_ack_pending=MAX_ACK_PENDING,
+            ),
+        )
+        for n in range(1, self.messages + 1):
+            await self._nc.publish(self.subject, payload(n), headers={"Nats-Msg-Id": msg_id(n)})
+            if n % PUBLISH_FLUSH_EVERY == 0:
+                await self._nc.flush()
+        await self._nc.flush()
+        deadline = time.monotonic() + STORED_WAIT_S
+        while (await js.stream_info(self.stream)).state.last_seq < self.messages:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"stream {self.stream} did not take {self.messages} messages")
+            await asyncio.sleep(0.01)
+        self._stop_sampling = asyncio.Event()
+        self._sampler = asyncio.create_task(self._sample())
+
+    async def _sample(self) -> None:
+        assert self._nc is not None
+        js = self._nc.jetstream()
+        while not self._stop_sampling.is_set():
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                info = await js.consumer_info(self.stream, CONSUMER, timeout=1.0)
+                delivered = info.delivered.stream_seq if info.delivered else 0
+                acked = (delivered or 0) - (info.num_ack_pending or 0)
+                self.acked_samples.append((time.monotonic(), acked))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_sampling.wait(), SAMPLE_ACKED_S)
+
+    def stop_sampling(self) -> None:
+        """Ends the timeline's samples (after the child exited)."""
+        self._loop.call_soon_threadsafe(self._stop_sampling.set)
+
+    def server_view(self) -> ServerView:
+        """The consumer's state now (call after the child exited)."""
+        return self._call(self._server_view())
+
+    async def _server_view(self) -> ServerView:
+        assert self._nc is not None
+        js = self._nc.jetstream()
+        stream = await js.stream_info(self.stream)
+        info = await js.consumer_info(self.stream, CONSUMER)
+        return ServerView(
+            published=stream.state.last_seq,
+            ack_floor=info.ack_floor.stream_seq if info.ack_floor else 0,
+            num_ack_pending=info.num_ack_pending or 0,
+            num_redelivered=info.num_redelivered or 0,
+            num_pending=info.num_pending or 0,
+        )
+
+    def deliverable(self, exited_at: float) -> Deliverable:
+        """Every message the consumer still delivers (see the module docstring)."""
+        return self._call(self._deliverable(exited_at), ACK_WAIT_S + SETTLE_MARGIN_S + 30)
+
+    async def _deliverable(self, exited_at: float) -> Deliverable:
+        assert self._nc is not None
+        js = self._nc.jetstream()
+        found = Deliverable()
+        sub = await js.pull_subscribe_bind(CONSUMER, self.stream)
+        deadline = exited_at + ACK_WAIT_S + SETTLE_MARGIN_S
+        try:
+            while True:
+                info = await js.consumer_info(self.stream, CONSUMER)
+                if not info.num_pending and (info.num_ack_pending or 0) == len(found.seqs):
+                    return found
+                if time.monotonic() > deadline:
+                    found.complete = False
+                    return found
+                try:
+                    msgs = await sub.fetch(1000, timeout=0.5)
+                except (nats.errors.TimeoutError, TimeoutError):
+                    continue
+                for msg in msgs:
+                    meta = msg.metadata
+                    seq = meta.sequence.stream
+                    if seq in found.seqs:
+                        continue
+                    found.seqs.add(seq)
+                    if meta.num_delivered > 1:
+                        found.again.add(seq)
+                        found.last_after_exit_s = round(time.monotonic() - exited_at, 3)
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+
+    def close(self) -> None:
+        """Deletes the stream, closes the connection, ends the thread."""
+        with contextlib.suppress(Exception):
+            self._call(self._close(), 30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(30)
+        self._loop.close()
+
+    async def _close(self) -> None:
+        self._stop_sampling.set()
+        if self._sampler is not None:
+            with contextlib.suppress(Exception):
+                await self._sampler
+        if self._nc is not None:
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                await self._nc.jetstream().delete_stream(self.stream)
+            await self._nc.close()
