@@ -10,7 +10,9 @@ Protocol (the runner drives it; see source_api.AcknowledgedSource):
   stop_tail()  the messages that arrived but were not handed over yet: stored too.
   finish()     after storage is closed (everything drained is fsynced): acknowledges what is
                durable, gives back (negative acknowledgement) what is not, so that another
-               replica takes it at once, then drains and closes the connection.
+               replica takes it at once, then flushes and closes the connection, all within
+               the deadline; with no server connected it sends nothing (see README.md for
+               the duplicates across replicas that this and two other cases allow).
 
 Stored record, one line per message (JSON, ASCII only):
   {"seq":STREAM_SEQUENCE,"subject":"SUBJECT","id":"NATS-MSG-ID","data":"BASE64"}
