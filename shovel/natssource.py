@@ -609,8 +609,11 @@ class NatsSource:
                 last_look = loop.time()
                 self._listing_full = False
                 await self._look_at_consumer()
+            # Not asyncio.wait_for: on 3.11 it swallows a cancellation that comes as the event
+            # is set (at every stop, just after the queue drain), and the stop would hang.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._durable_progress.wait(), ACK_RESEND_S / 2)
+                async with asyncio.timeout(ACK_RESEND_S / 2):
+                    await self._durable_progress.wait()
 
     async def finish(self, records_durable: int, timeout_s: float) -> None:
         """After storage was closed: acknowledges what is durable, gives back what is not,

@@ -650,3 +650,25 @@ def test_deadline_gives_back_what_is_not_durable(server: Cluster, tmp_path: Path
     again.signal(signal.SIGTERM)
     assert again.wait() == 0
     assert_exactly(out, count)
+
+
+def test_acknowledging_task_ends_when_cancelled_as_storage_makes_progress() -> None:
+    """Storage reports progress in the same moment the runner cancels the acknowledging task
+    (at every stop, it has just drained the queue): the task must end. (asyncio.wait_for of
+    Python 3.11 returns the result instead of raising when the inner wait finishes in that
+    moment: the task went on, and the run hung at its stop.)"""
+
+    async def cancelled_after(turns: int) -> bool:
+        source = NatsSource(parse_nats("nats://h/S?consumer=c"), 8, 20.0)
+        acker = asyncio.ensure_future(source.run_acks(lambda: 0))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        source.durable_progress()
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        acker.cancel()
+        await asyncio.wait({acker}, timeout=5)
+        return acker.cancelled()
+
+    for turns in range(6):
+        assert asyncio.run(cancelled_after(turns)), f"still running (cancelled {turns} turns on)"
