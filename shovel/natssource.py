@@ -54,7 +54,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 from shovel.batches import Batch, Piece
 from shovel.identity import DescriptorError, NatsOrigin, decode, encode, kind_of
 from shovel.natsledger import Ledger, decode_ranges
-from shovel.natsurl import NatsSpec
+from shovel.natsurl import NatsSpec, subjects_overlap
 from shovel.source_api import AckProgress, SourceError, SourceMismatch
 
 log = logging.getLogger(__name__)
@@ -242,6 +242,16 @@ class NatsSource:
         except (nats.errors.Error, TimeoutError) as e:
             raise _NotNow(f"cannot look up stream {spec.stream}: {e!r}") from e
         self._created = _created(stream.created)
+        subjects = stream.config.subjects or []
+        if (
+            spec.subject
+            and subjects
+            and not any(subjects_overlap(spec.subject, s) for s in subjects)
+        ):
+            raise SourceError(
+                f"subject filter {spec.subject} matches none of stream {spec.stream}'s subjects "
+                f"({', '.join(subjects)}): nothing would ever be delivered"
+            )
         restored = self._restored
         if restored is not None and restored.created and restored.created != self._created:
             raise SourceMismatch(

@@ -23,7 +23,7 @@ from shovel.identity import DescriptorError, NatsOrigin, decode, encode
 from shovel.laststop import read_report
 from shovel.natsledger import Ledger, decode_ranges, encode_ranges
 from shovel.natssource import NatsSource, _NotNow, record_of
-from shovel.natsurl import NatsSpec, parse_nats
+from shovel.natsurl import NatsSpec, parse_nats, subjects_overlap
 from tests.helpers import (
     Shovel,
     assert_clean_stderr,
@@ -114,6 +114,25 @@ def test_bad_nats_source_is_usage_error(tmp_path: Path, text: str, reason: str) 
     assert "error: --source:" in err
     assert reason in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "overlap"),
+    [
+        ("S.orders", "S.>", True),
+        ("S.>", "S.orders.eu", True),
+        ("S.*", "S.orders", True),
+        ("S.*.eu", "S.orders.*", True),
+        ("S.orders", "S.orders", True),
+        ("S", "S.>", False),
+        ("OTHER.x", "S.>", False),
+        ("S.orders", "S.orders.eu", False),
+        ("S.*", "S.a.b", False),
+    ],
+)
+def test_subjects_overlap(a: str, b: str, overlap: bool) -> None:
+    assert subjects_overlap(a, b) is overlap
+    assert subjects_overlap(b, a) is overlap
 
 
 def test_unreadable_credentials_file_is_usage_error(tmp_path: Path) -> None:
@@ -388,6 +407,13 @@ def test_stream_made_again_is_refused(server: Cluster, tmp_path: Path) -> None:
     assert code == 1
     assert "was deleted and made again" in err
     assert_exactly(out, 10)
+
+
+def test_subject_filter_outside_the_stream_is_usage_error(server: Cluster, tmp_path: Path) -> None:
+    args = args_for(server.source("S", "c", "&subject=OTHER.x"), tmp_path / "out")
+    code, err = run_shovel(args, tmp_path / "log")
+    assert code == 2
+    assert "subject filter OTHER.x matches none of stream S's subjects (S.>)" in err
 
 
 def test_missing_stream_is_usage_error(server: Cluster, tmp_path: Path) -> None:
