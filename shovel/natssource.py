@@ -150,11 +150,12 @@ class NatsSource:
         self._closing = False
         # The reader waits for the checkpoint's listing to shrink.
         self._listing_full = False
-        # At a stop: the sequences whose acknowledgement's confirmation finish() waits for.
+        # At a stop: the sequences whose acknowledgement's confirmation finish() waits for,
+        # and the event set when the last of them is confirmed.
         self._confirming: set[int] = set()
+        self._all_confirmed = asyncio.Event()
         # How many looks in a row found the consumer missing.
         self._consumer_missing = 0
-        self._all_confirmed = asyncio.Event()
 
     # --- start -------------------------------------------------------------------------
 
