@@ -663,8 +663,18 @@ class NatsSource:
                     min(CONFIRM_WAIT_S, max(deadline - loop.time(), 0)),
                 )
         unconfirmed = len(self._confirming)
+        connected = nc.is_connected
         self._closing = True
         await self._disconnect(nc, deadline)
+        if not connected:
+            log.warning(
+                "NATS: no server connected at the stop: %d stored messages stay "
+                "unacknowledged and %d not stored are not given back; the server delivers "
+                "them again after ack_wait (a restart here acknowledges the stored ones)",
+                self._ledger.in_flight(),
+                given_back,
+            )
+            return
         log.info(
             "NATS: %d messages acknowledged (%d not confirmed), %d given back for redelivery; "
             "connection closed in %.3fs",

@@ -612,6 +612,7 @@ def test_sigterm_with_the_server_gone(server: Cluster, tmp_path: Path) -> None:
     s.signal(signal.SIGTERM)
     assert s.wait() == 0
     assert_clean_stderr(s.stderr)
+    assert "no server connected at the stop" in s.stderr
     assert summary(s.stderr).undelivered == 0
     report = read_report(out)
     assert report is not None
