@@ -7,8 +7,8 @@ device, inode and a fingerprint of its first bytes (inode numbers are reused, co
 and `base`, the stream position where the file's byte 0 lies: offsets are positions in the
 stream of everything read into this output directory, so they only grow, across rotations too,
 and a file position is `offset - base`. `open_line` says that the last stored record was a final
-line without a newline, completed by shovel. For a NATS stream it names the stream (and when it
-was created) and the consumer, and lists the stream sequences stored here whose acknowledgement
+line without a newline, completed by shovel. For a NATS stream it names the stream and the consumer
+(and when each was created), and lists the stream sequences stored here whose acknowledgement
 the server has not confirmed (see natssource.py).
 """
 
@@ -84,6 +84,9 @@ class NatsOrigin:
     consumer: str
     created: str
     stored: str = ""
+    # When the consumer was created ("" in checkpoints written before shovel kept it): one
+    # deleted and made again starts over from the stream's first message.
+    consumer_created: str = ""
 
 
 Origin = FileOrigin | GeneratorOrigin | StreamOrigin | NatsOrigin
@@ -124,6 +127,8 @@ def encode(origin: Origin) -> str:
             "created": origin.created,
             "stored": origin.stored,
         }
+        if origin.consumer_created:
+            body["consumer_created"] = origin.consumer_created
     else:
         body = {"kind": "stream", "name": origin.name}
     # ensure_ascii keeps any path on one line of plain text.
@@ -168,6 +173,7 @@ def decode(text: str) -> Origin | None:
             consumer=_str(body, "consumer"),
             created=_str(body, "created"),
             stored=_str(body, "stored"),
+            consumer_created=_str(body, "consumer_created") if "consumer_created" in body else "",
         )
     if kind == "file":
         fp_len = _int(body, "fp_len")

@@ -66,10 +66,11 @@ class Entry:
     # The acknowledgement subject of its latest delivery; None while only the checkpoint
     # knows it (a redelivery brings one).
     reply: str | None
-    # When it was fetched (loop time); None for one known only from the checkpoint.
+    # When it was fetched (time.monotonic()); None for one known only from the checkpoint.
     fetched_at: float | None
     durable: bool
-    # When its acknowledgement was last sent (loop time).
+    # When its acknowledgement was last sent (time.monotonic()); None: not since its latest
+    # delivery.
     ack_sent_at: float | None = None
     confirmed: bool = False
 
@@ -102,6 +103,8 @@ class Ledger:
                 self._in_flight += 1
             entry.reply = reply
             entry.confirmed = False
+            # Whatever acknowledgement was sent did not take: send one for this delivery.
+            entry.ack_sent_at = None
         return entry
 
     def ranges_with(self, seqs: Iterable[int]) -> str:
@@ -142,7 +145,7 @@ class Ledger:
 
     def unconfirmed(self, sent_before: float) -> list[tuple[int, str]]:
         """Durable sequences with a known subject whose acknowledgement was not sent since
-        `sent_before` (loop time): to send (again)."""
+        `sent_before` (time.monotonic()): to send (again)."""
         return [
             (seq, e.reply)
             for seq, e in self.entries.items()

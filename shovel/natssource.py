@@ -10,7 +10,9 @@ Protocol (the runner drives it; see source_api.AcknowledgedSource):
   stop_tail()  the messages that arrived but were not handed over yet: stored too.
   finish()     after storage is closed (everything drained is fsynced): acknowledges what is
                durable, gives back (negative acknowledgement) what is not, so that another
-               replica takes it at once, then drains and closes the connection.
+               replica takes it at once, then flushes and closes the connection, all within
+               the deadline; with no server connected it sends nothing (see README.md for
+               the duplicates across replicas that this and two other cases allow).
 
 Stored record, one line per message (JSON, ASCII only):
   {"seq":STREAM_SEQUENCE,"subject":"SUBJECT","id":"NATS-MSG-ID","data":"BASE64"}
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime
 import json
 import logging
@@ -51,7 +54,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 from shovel.batches import Batch, Piece
 from shovel.identity import DescriptorError, NatsOrigin, decode, encode, kind_of
 from shovel.natsledger import Ledger, decode_ranges
-from shovel.natsurl import NatsSpec
+from shovel.natsurl import NatsSpec, subjects_overlap
 from shovel.source_api import AckProgress, SourceError, SourceMismatch
 
 log = logging.getLogger(__name__)
@@ -77,6 +80,16 @@ LISTING_FULL_LOOK_S = 0.5
 LISTING_MAX_CHARS = 3000
 # How long finish() waits for the last acknowledgements to be confirmed.
 CONFIRM_WAIT_S = 2.0
+# At a stop, the share of the remaining time given to receiving what the last pull request
+# still brings (to give it back): the acknowledgements went out before.
+INBOX_DRAIN_SHARE = 0.25
+# A flush or a close that the deadline has already passed still gets this long.
+LAST_WORD_S = 0.1
+# How long close() (a run that never started) gives the connection to close.
+CLOSE_S = 2.0
+# The consumer is said missing after this many looks in a row found it so (one could be an
+# answer from a server catching up after a restart).
+MISSING_WARN_AFTER = 3
 # After the server turned a pull request down (409: too many waiting requests, the
 # max_ack_pending limit reached, a leader change), the next one waits this long.
 PULL_REFUSED_PAUSE_S = 0.5
@@ -119,6 +132,7 @@ class NatsSource:
         self._restored: NatsOrigin | None = None
         self._ledger = Ledger(())
         self._created = ""
+        self._consumer_created = ""
         self._nc: Client | None = None
         self._fetch_sub: Subscription | None = None
         self._inbox = ""
@@ -130,14 +144,18 @@ class NatsSource:
         # Taken from `_arrived`, new here, and not yet handed over: (seq, msg, fetched_at).
         self._held: list[tuple[int, Msg, float]] = []
         self._held_seqs: set[int] = set()
-        # Acknowledgements to send: (seq, subject).
-        self._acks_due: list[tuple[int, str]] = []
         self._durable_progress = asyncio.Event()
         self._room = asyncio.Event()
         self._offset = 0
         self._closing = False
         # The reader waits for the checkpoint's listing to shrink.
         self._listing_full = False
+        # At a stop: the sequences whose acknowledgement's confirmation finish() waits for,
+        # and the event set when the last of them is confirmed.
+        self._confirming: set[int] = set()
+        self._all_confirmed = asyncio.Event()
+        # How many looks in a row found the consumer missing.
+        self._consumer_missing = 0
 
     # --- start -------------------------------------------------------------------------
 
@@ -225,6 +243,16 @@ class NatsSource:
         except (nats.errors.Error, TimeoutError) as e:
             raise _NotNow(f"cannot look up stream {spec.stream}: {e!r}") from e
         self._created = _created(stream.created)
+        subjects = stream.config.subjects or []
+        if (
+            spec.subject
+            and subjects
+            and not any(subjects_overlap(spec.subject, s) for s in subjects)
+        ):
+            raise SourceError(
+                f"subject filter {spec.subject} matches none of stream {spec.stream}'s subjects "
+                f"({', '.join(subjects)}): nothing would ever be delivered"
+            )
         restored = self._restored
         if restored is not None and restored.created and restored.created != self._created:
             raise SourceMismatch(
@@ -236,35 +264,26 @@ class NatsSource:
 
     async def _consumer(self, js: JetStreamContext) -> ConsumerInfo:
         spec = self.spec
-        info: ConsumerInfo
-        try:
-            info = await js.consumer_info(spec.stream, spec.consumer)
-        except nats.js.errors.NotFoundError:
-            config = ConsumerConfig(
-                durable_name=spec.consumer,
-                deliver_policy=DeliverPolicy.ALL,
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=self.ack_wait_s,
-                max_ack_pending=self.max_ack_pending,
-                filter_subject=spec.subject,
+        info = await self._consumer_info(js)
+        restored = self._restored
+        if info is None and restored is not None:
+            raise SourceMismatch(
+                f"consumer {spec.consumer} no longer exists on stream {spec.stream}, but this "
+                "output directory holds records read through it: one made again would deliver "
+                "the stream from its first message, and they would be stored twice (use a new "
+                "--output-dir)"
             )
-            try:
-                info = await js.add_consumer(spec.stream, config)
-            except nats.js.errors.BadRequestError:
-                # Another replica created it first, with other settings: use theirs.
-                info = await js.consumer_info(spec.stream, spec.consumer)
-            else:
-                log.info(
-                    "created durable pull consumer %s on stream %s (ack_wait %gs, "
-                    "max_ack_pending %d, filter %s)",
-                    spec.consumer,
-                    spec.stream,
-                    self.ack_wait_s,
-                    self.max_ack_pending,
-                    spec.subject or "none",
-                )
-        except (nats.errors.Error, TimeoutError) as e:
-            raise _NotNow(f"cannot look up consumer {spec.consumer}: {e!r}") from e
+        if info is None:
+            info = await self._create_consumer(js)
+        created = _created(info.created)
+        if restored is not None and restored.consumer_created not in ("", created):
+            raise SourceMismatch(
+                f"consumer {spec.consumer} was created at {created}, but this output directory "
+                f"holds records read through a consumer of that name created at "
+                f"{restored.consumer_created}: it was deleted and made again, and delivers the "
+                "stream from its first message (use a new --output-dir)"
+            )
+        self._consumer_created = created
         config = info.config
         if config.deliver_subject:
             raise SourceError(
@@ -281,6 +300,20 @@ class NatsSource:
                 f"consumer {spec.consumer} filters {filters or 'no subject'}, not "
                 f"{spec.subject}: drop subject= or use another consumer name"
             )
+        if config.max_deliver not in (None, 0, -1):
+            raise SourceError(
+                f"consumer {spec.consumer} has max_deliver {config.max_deliver}: a message "
+                "delivered that many times (each stop gives back what is in flight, each crash "
+                "leaves it to be redelivered) would never be delivered again, nor stored; "
+                "shovel needs max_deliver -1 (no limit)"
+            )
+        if config.inactive_threshold:
+            raise SourceError(
+                f"consumer {spec.consumer} has inactive_threshold "
+                f"{config.inactive_threshold:g}s: the server deletes it when no replica pulls "
+                "for that long, and one made again would deliver every message again; shovel "
+                "needs a durable consumer without it"
+            )
         ack_wait = config.ack_wait or 30.0
         if ack_wait < self.shutdown_timeout_s:
             log.warning(
@@ -290,6 +323,49 @@ class NatsSource:
                 ack_wait,
                 self.shutdown_timeout_s,
             )
+        return info
+
+    async def _consumer_info(self, js: JetStreamContext) -> ConsumerInfo | None:
+        """The consumer's state; None if it does not exist. Raises _NotNow."""
+        try:
+            info: ConsumerInfo = await js.consumer_info(self.spec.stream, self.spec.consumer)
+        except nats.js.errors.NotFoundError:
+            return None
+        except (nats.errors.Error, TimeoutError) as e:
+            raise _NotNow(f"cannot look up consumer {self.spec.consumer}: {e!r}") from e
+        return info
+
+    async def _create_consumer(self, js: JetStreamContext) -> ConsumerInfo:
+        """Creates the durable pull consumer (or takes the one another replica created at the
+        same moment). Raises _NotNow."""
+        spec = self.spec
+        config = ConsumerConfig(
+            durable_name=spec.consumer,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self.ack_wait_s,
+            max_ack_pending=self.max_ack_pending,
+            filter_subject=spec.subject,
+        )
+        try:
+            info: ConsumerInfo = await js.add_consumer(spec.stream, config)
+        except nats.js.errors.BadRequestError:
+            # Another replica created it first, with other settings: use theirs.
+            theirs = await self._consumer_info(js)
+            if theirs is None:
+                raise _NotNow(f"consumer {spec.consumer} was created and deleted again") from None
+            return theirs
+        except (nats.errors.Error, TimeoutError) as e:
+            raise _NotNow(f"cannot create consumer {spec.consumer}: {e!r}") from e
+        log.info(
+            "created durable pull consumer %s on stream %s (ack_wait %gs, max_ack_pending %d, "
+            "filter %s)",
+            spec.consumer,
+            spec.stream,
+            self.ack_wait_s,
+            self.max_ack_pending,
+            spec.subject or "none",
+        )
         return info
 
     # --- callbacks of the client (they run on its tasks; they only record) --------------------
@@ -304,6 +380,9 @@ class NatsSource:
     async def _on_reconnected(self) -> None:
         url = self._nc.connected_url if self._nc is not None else None
         log.info("NATS: reconnected to %s", url.netloc if url is not None else "?")
+        # The acknowledgements not confirmed go out again now, and the reader pulls again.
+        self._durable_progress.set()
+        self._room.set()
 
     async def _on_delivery(self, msg: Msg) -> None:
         self._arrived.append((msg, time.monotonic()))
@@ -313,6 +392,10 @@ class NatsSource:
         _, _, tail = msg.subject.rpartition(".")
         if not tail.isdigit():
             return
+        if self._confirming:
+            self._confirming.discard(int(tail))
+            if not self._confirming:
+                self._all_confirmed.set()
         entry = self._ledger.confirmed(int(tail))
         if entry is None:
             return
@@ -349,7 +432,7 @@ class NatsSource:
             if entry is not None:
                 self.progress.skipped += 1
                 if entry.durable:
-                    self._acks_due.append((seq, msg.reply))
+                    # Acknowledged (again: the server delivered it again) by the acks task.
                     self._durable_progress.set()
                 continue
             if seq in self._held_seqs:
@@ -372,7 +455,11 @@ class NatsSource:
         self._ledger.hand_over([(seq, msg.reply, at) for seq, msg, at in taken])
         self._offset = max(self._offset, taken[-1][0])
         origin = NatsOrigin(
-            self.spec.stream, self.spec.consumer, self._created, self._ledger.ranges_with(())
+            self.spec.stream,
+            self.spec.consumer,
+            self._created,
+            self._ledger.ranges_with(()),
+            self._consumer_created,
         )
         return Batch(data, len(taken), self._offset, encode(origin))
 
@@ -386,14 +473,12 @@ class NatsSource:
         while True:
             room = self.max_unacked - self._ledger.in_flight() - len(self._held) - requested
             if requested == 0 and room > 0 and loop.time() >= refused_until:
-                n = min(self.spec.batch, room)
-                request = {"batch": n, "expires": int(PULL_EXPIRES_S * 1e9)}
-                try:
-                    await nc.publish(self._pull_subject, json.dumps(request).encode(), self._inbox)
-                except nats.errors.Error as e:
-                    raise SourceError(f"pulling from {self.description}: {e!r}") from e
-                requested = n
-                lost_at = loop.time() + PULL_EXPIRES_S + PULL_LOST_S
+                if await self._pull(nc, min(self.spec.batch, room)):
+                    requested = min(self.spec.batch, room)
+                    lost_at = loop.time() + PULL_EXPIRES_S + PULL_LOST_S
+                else:
+                    # No server now: no request piles up in the client's buffer meanwhile.
+                    refused_until = loop.time() + PULL_REFUSED_PAUSE_S
             self._wake.clear()
             if not self._arrived and not self._held:
                 waits: set[asyncio.Future[object]] = {asyncio.ensure_future(self._wake.wait())}
@@ -420,6 +505,13 @@ class NatsSource:
                     requested = 0
                 elif status == "409":
                     # The server ended the request (a leader change, a limit): ask again soon.
+                    description = (msg.headers or {}).get("Description", "")
+                    if "consumer deleted" in description.lower():
+                        raise SourceError(
+                            f"consumer {self.spec.consumer} was deleted on the server: nothing "
+                            "more can be read through it, and one made again would deliver "
+                            "every message again"
+                        )
                     log.debug("NATS: pull request ended: %s", msg.headers)
                     requested = 0
                     refused_until = loop.time() + PULL_REFUSED_PAUSE_S
@@ -435,6 +527,20 @@ class NatsSource:
                     await self._room.wait()
                 continue
             yield batch
+
+    async def _pull(self, nc: Client, n: int) -> bool:
+        """Asks the consumer for `n` messages; False when no server is connected."""
+        if not nc.is_connected:
+            return False
+        request = {"batch": n, "expires": int(PULL_EXPIRES_S * 1e9)}
+        try:
+            await nc.publish(self._pull_subject, json.dumps(request).encode(), self._inbox)
+        except nats.errors.OutboundBufferLimitError:
+            # Disconnected since, with the client's buffer full: ask again once reconnected.
+            return False
+        except nats.errors.Error as e:
+            raise SourceError(f"pulling from {self.description}: {e!r}") from e
+        return True
 
     def stop_tail(self) -> list[Piece]:
         self._take_arrived()
@@ -463,21 +569,16 @@ class NatsSource:
 
     async def _send_acks(self, records_durable: int) -> None:
         """Acknowledges the messages of batches that became durable, the redeliveries of
-        messages stored here, and (again) those whose acknowledgement was not confirmed."""
-        due, self._acks_due = self._acks_due, []
-        entries = self._ledger.entries
-        for seq in self._ledger.made_durable(records_durable):
-            reply = entries[seq].reply
-            if reply is not None:
-                due.append((seq, reply))
-        due += self._ledger.unconfirmed(time.monotonic() - ACK_RESEND_S)
+        messages stored here, and (again) those whose acknowledgement was not confirmed;
+        only while connected (the ledger keeps what is due until then)."""
+        self._ledger.made_durable(records_durable)
+        nc = self._nc
+        if nc is None or not nc.is_connected:
+            return
         now = time.monotonic()
-        for seq, reply in due:
-            entry = entries.get(seq)
-            if entry is None or entry.ack_sent_at == now:
-                continue
+        for seq, reply in self._ledger.unconfirmed(now - ACK_RESEND_S):
             if await self._publish(reply, b"+ACK", f"{self._ack_inbox}.{seq}"):
-                entry.ack_sent_at = now
+                self._ledger.entries[seq].ack_sent_at = now
 
     async def _look_at_consumer(self) -> None:
         nc = self._nc
@@ -487,9 +588,21 @@ class NatsSource:
             info = await nc.jetstream().consumer_info(
                 self.spec.stream, self.spec.consumer, timeout=1.0
             )
+        except nats.js.errors.NotFoundError:
+            self._consumer_missing += 1
+            if self._consumer_missing == MISSING_WARN_AFTER:
+                log.warning(
+                    "NATS: the server says consumer %s of stream %s does not exist: nothing "
+                    "more is delivered (deleted? shovel refuses to start on it again, since "
+                    "one made again would deliver every message again)",
+                    self.spec.consumer,
+                    self.spec.stream,
+                )
+            return
         except (nats.errors.Error, TimeoutError) as e:
             log.debug("NATS: consumer info: %s", e)
             return
+        self._consumer_missing = 0
         self.progress.consumer_pending = info.num_pending or 0
         self.progress.consumer_ack_pending = info.num_ack_pending or 0
         if info.ack_floor is not None and self._ledger.below_floor(info.ack_floor.stream_seq):
@@ -507,72 +620,106 @@ class NatsSource:
                 last_look = loop.time()
                 self._listing_full = False
                 await self._look_at_consumer()
-            # asyncio.wait, not wait_for: on Python 3.11, wait_for returns a wake-up that came
-            # just before a cancellation and drops the cancellation (the runner cancels this
-            # task as storage reports progress; the stop then hung).
-            progress = asyncio.ensure_future(self._durable_progress.wait())
-            try:
-                await asyncio.wait({progress}, timeout=ACK_RESEND_S / 2)
-            finally:
-                progress.cancel()
+            # Not asyncio.wait_for: on 3.11 it swallows a cancellation that comes as the event
+            # is set (at every stop, just after the queue drain), and the stop would hang.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(ACK_RESEND_S / 2):
+                    await self._durable_progress.wait()
 
     async def finish(self, records_durable: int, timeout_s: float) -> None:
         """After storage was closed: acknowledges what is durable, gives back what is not,
-        drains and closes the connection, all within `timeout_s`."""
+        and closes the connection, all within `timeout_s`. With no server connected nothing
+        is sent: the server redelivers it all after ack_wait (a restart here acknowledges what
+        is stored without storing it again)."""
         nc = self._nc
         if nc is None or nc.is_closed:
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         started = time.monotonic()
-        if self._fetch_sub is not None:
-            # No more deliveries: what the last pull request still brings is given back below.
+        # What matters most goes first: acknowledgements of what is durable.
+        given_back = await self._settle(records_durable)
+        if self._fetch_sub is not None and nc.is_connected:
+            # No more deliveries; what the last pull request still brings is given back too.
             try:
                 await asyncio.wait_for(
                     self._fetch_sub.drain(),  # type: ignore[no-untyped-call]
-                    max(deadline - loop.time(), 0),
+                    max(deadline - loop.time(), 0) * INBOX_DRAIN_SHARE,
                 )
             except (nats.errors.Error, TimeoutError) as e:
-                log.debug("NATS: draining the pull inbox: %s", e)
-        self._take_arrived()
-        await self._send_acks(records_durable)
-        back = [(seq, msg.reply) for seq, msg, _ in self._held]
-        back += self._ledger.take_not_durable()
-        self._held.clear()
-        self._held_seqs.clear()
-        for _, reply in back:
-            if await self._publish(reply, b"-NAK"):
-                self.progress.nacked += 1
-        confirm_by = loop.time() + min(CONFIRM_WAIT_S, max(deadline - loop.time(), 0))
-        while loop.time() < confirm_by and any(
-            e.ack_sent_at is not None and not e.confirmed for e in self._ledger.entries.values()
-        ):
-            self._room.clear()
-            try:
-                await asyncio.wait_for(self._room.wait(), max(confirm_by - loop.time(), 0))
-            except TimeoutError:
-                break
+                log.debug("NATS: draining the pull inbox: %r", e)
+            given_back += await self._settle(records_durable)
+        # Confirmations come on the acknowledgement inbox; counted down, not scanned for.
+        self._confirming = {
+            seq
+            for seq, e in self._ledger.entries.items()
+            if e.ack_sent_at is not None and not e.confirmed
+        }
+        if self._confirming and nc.is_connected:
+            self._all_confirmed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._all_confirmed.wait(),
+                    min(CONFIRM_WAIT_S, max(deadline - loop.time(), 0)),
+                )
+        unconfirmed = len(self._confirming)
+        connected = nc.is_connected
         self._closing = True
-        try:
-            await asyncio.wait_for(nc.drain(), max(deadline - loop.time(), 0.1))
-        except (nats.errors.Error, TimeoutError) as e:
-            log.warning("NATS: the connection did not drain in time (%s); closing it", e or "")
-        finally:
-            if not nc.is_closed:
-                await nc.close()
-        unconfirmed = self._ledger.in_flight()
+        await self._disconnect(nc, deadline)
+        if not connected:
+            log.warning(
+                "NATS: no server connected at the stop: %d stored messages stay "
+                "unacknowledged and %d not stored are not given back; the server delivers "
+                "them again after ack_wait (a restart here acknowledges the stored ones)",
+                self._ledger.in_flight(),
+                given_back,
+            )
+            return
         log.info(
-            "NATS: %d messages acknowledged (%d unconfirmed), %d given back for redelivery; "
+            "NATS: %d messages acknowledged (%d not confirmed), %d given back for redelivery; "
             "connection closed in %.3fs",
             self.progress.acked,
             unconfirmed,
-            len(back),
+            given_back,
             time.monotonic() - started,
         )
+
+    async def _settle(self, records_durable: int) -> int:
+        """At a stop: acknowledges what is durable and gives back the rest (negative
+        acknowledgement), so that another replica takes it at once; returns how many messages
+        were given back (or left to their ack_wait, with no server connected)."""
+        self._take_arrived()
+        await self._send_acks(records_durable)
+        back = [msg.reply for _, msg, _ in self._held]
+        back += [reply for _, reply in self._ledger.take_not_durable()]
+        self._held.clear()
+        self._held_seqs.clear()
+        nc = self._nc
+        if nc is not None and nc.is_connected:
+            for reply in back:
+                if await self._publish(reply, b"-NAK"):
+                    self.progress.nacked += 1
+        return len(back)
+
+    async def _disconnect(self, nc: Client, deadline: float) -> None:
+        """Makes sure the server has what was sent (a round trip), then closes the connection:
+        each bounded by the deadline (the client's own drain is not: it waits 10 s for a
+        silent server whatever its caller's timeout)."""
+        loop = asyncio.get_running_loop()
+        if nc.is_connected:
+            try:
+                await asyncio.wait_for(nc.flush(), max(deadline - loop.time(), LAST_WORD_S))
+            except (nats.errors.Error, TimeoutError) as e:
+                log.warning("NATS: the server did not answer before the deadline (%r)", e)
+        try:
+            await asyncio.wait_for(nc.close(), max(deadline - loop.time(), LAST_WORD_S))
+        except (nats.errors.Error, OSError, TimeoutError) as e:
+            # A server gone (its socket reset) or silent: nothing more to say to it.
+            log.info("NATS: the connection closed uncleanly: %r", e)
 
     async def close(self) -> None:
         """Closes the connection without acknowledging anything (a run that never started)."""
         nc = self._nc
         self._closing = True
         if nc is not None and not nc.is_closed:
-            await nc.close()
+            await self._disconnect(nc, asyncio.get_running_loop().time() + CLOSE_S)

@@ -22,7 +22,7 @@ DEFAULT_BATCH = 256
 MAX_BATCH = 10_000
 # What JetStream accepts in stream and consumer names (no subject tokens, wildcards or
 # separators), kept a little stricter: printable ASCII only.
-_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,254}")
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")
 _SUBJECT = re.compile(r"[!-~]+")
 _HOST = re.compile(r"[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]")
 OPTIONS = ("consumer", "subject", "batch", "creds", "ack_wait_s", "max_ack_pending")
@@ -89,6 +89,17 @@ def _seconds(name: str, raw: str) -> float:
     return value
 
 
+def subjects_overlap(a: str, b: str) -> bool:
+    """Whether some subject matches both patterns (`*` one token, `>` one or more at the end)."""
+    ta, tb = a.split("."), b.split(".")
+    for x, y in zip(ta, tb, strict=False):
+        if ">" in (x, y):
+            return True
+        if x != y and "*" not in (x, y):
+            return False
+    return len(ta) == len(tb)
+
+
 def parse_nats(text: str) -> NatsSpec:
     """Parses a `nats://` source; raises ValueError with a reason."""
     if not text.startswith(SCHEME):
@@ -100,7 +111,7 @@ def parse_nats(text: str) -> NatsSpec:
     stream = unquote(path)
     if not slash or not stream:
         raise ValueError("nats:// needs the stream name after the servers: nats://HOST/STREAM")
-    if not _NAME.fullmatch(stream) or "." in stream:
+    if not _NAME.fullmatch(stream):
         raise ValueError(
             f"bad stream name {stream!r}: letters, digits, '-' and '_' only (no '.', '/', "
             "spaces or wildcards)"
@@ -119,7 +130,7 @@ def parse_nats(text: str) -> NatsSpec:
         raise ValueError(
             "nats:// needs ?consumer=NAME: the durable consumer that shovel replicas share"
         )
-    if not _NAME.fullmatch(consumer) or "." in consumer:
+    if not _NAME.fullmatch(consumer):
         raise ValueError(
             f"bad consumer name {consumer!r}: letters, digits, '-' and '_' only (no '.', "
             "spaces or wildcards)"

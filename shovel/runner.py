@@ -599,10 +599,16 @@ async def _run_and_close(run: _Run) -> int:
     if isinstance(run.source, AcknowledgedSource):
         # Only now is everything drained fsynced: acknowledge it, then close the connection.
         phase = Phase("acknowledge and disconnect")
-        await run.source.finish(
-            storage.stats().records_durable, max(deadline - loop.time(), _LAST_ACKS_S)
-        )
-        phase.done()
+        try:
+            await run.source.finish(
+                storage.stats().records_durable, max(deadline - loop.time(), _LAST_ACKS_S)
+            )
+            phase.done()
+        except Exception as e:
+            # A bug, not an operating condition: the summary and the report still follow.
+            log.error("unexpected error while acknowledging", exc_info=e)
+            state.fatal = state.fatal or f"unexpected error while acknowledging: {e!r}"
+            phase.done("failed")
 
     if state.tally.error is not None:
         state.fatal = state.fatal or state.tally.error

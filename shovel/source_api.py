@@ -1,5 +1,6 @@
 """The contract every source keeps: the `Source` protocol, its errors, and the executor that runs
-blocking file calls on daemon threads."""
+blocking file calls on daemon threads; and the contract of a source that is acknowledged (a
+message broker): `AcknowledgedSource`, with `AckProgress` for its metrics."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """The NATS JetStream source: the nats:// syntax, the stored record, the ledger, and against a
 real server: every message stored once and acknowledged only once durable, a crash between
-the checkpoint and the acknowledgement, a stream that was made again."""
+the checkpoint and the acknowledgement, a stream or a consumer that was made again, consumers
+shovel cannot use, and stops with the server gone, silent, or past the deadline."""
 
 from __future__ import annotations
 
@@ -8,19 +9,21 @@ import asyncio
 import base64
 import json
 import signal
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import nats
 import nats.js.errors
 import pytest
 from nats.aio.msg import Msg
-from nats.js.api import ConsumerInfo
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo
 
 from shovel.identity import DescriptorError, NatsOrigin, decode, encode
+from shovel.laststop import read_report
 from shovel.natsledger import Ledger, decode_ranges, encode_ranges
-from shovel.natssource import NatsSource, record_of
-from shovel.natsurl import NatsSpec, parse_nats
+from shovel.natssource import NatsSource, _NotNow, record_of
+from shovel.natsurl import NatsSpec, parse_nats, subjects_overlap
 from tests.helpers import (
     Shovel,
     assert_clean_stderr,
@@ -40,7 +43,7 @@ from tests.natsservers import (
     running_cluster,
     stored_messages,
 )
-from tests.test_faults import FaultyShovel
+from tests.test_faults import FaultyShovel, summary
 
 # --- the syntax -------------------------------------------------------------------------------
 
@@ -111,6 +114,25 @@ def test_bad_nats_source_is_usage_error(tmp_path: Path, text: str, reason: str) 
     assert "error: --source:" in err
     assert reason in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "overlap"),
+    [
+        ("S.orders", "S.>", True),
+        ("S.>", "S.orders.eu", True),
+        ("S.*", "S.orders", True),
+        ("S.*.eu", "S.orders.*", True),
+        ("S.orders", "S.orders", True),
+        ("S", "S.>", False),
+        ("OTHER.x", "S.>", False),
+        ("S.orders", "S.orders.eu", False),
+        ("S.*", "S.a.b", False),
+    ],
+)
+def test_subjects_overlap(a: str, b: str, overlap: bool) -> None:
+    assert subjects_overlap(a, b) is overlap
+    assert subjects_overlap(b, a) is overlap
 
 
 def test_unreadable_credentials_file_is_usage_error(tmp_path: Path) -> None:
@@ -293,30 +315,35 @@ def test_stores_every_message_once_and_stops_cleanly(server: Cluster, tmp_path: 
 
 
 def test_acknowledges_only_what_is_durable(server: Cluster, tmp_path: Path) -> None:
-    """fsync stalls 5 s the first time: everything is fetched and written, nothing durable,
-    so nothing may be acknowledged; all along, the consumer's acknowledgement floor never
-    passes the committed offset on disk."""
+    """fsync stalls 5 s the first time: messages are fetched and written while nothing is
+    durable. At every look, from the first delivery to the last acknowledgement, the server
+    holds no more messages acknowledged than the checkpoint on disk holds records, and its
+    acknowledgement floor does not pass the committed offset (the consumer is asked before the
+    checkpoint is read, and the checkpoint only grows). The stall is seen at least once:
+    messages delivered, none durable."""
     count = 500
     asyncio.run(publish(server, "S", 0, count))
     out = tmp_path / "out"
     s = FaultyShovel(shovel_args(server, out, "c"), tmp_path / "log", "before-fsync=delay:5000*1")
+    stall_seen = False
 
-    def all_fetched() -> bool:
+    def acknowledged_within_checkpoint() -> bool:
+        nonlocal stall_seen
         info = consumer_info(server, "c")
-        return info is not None and info.num_pending == 0 and info.num_ack_pending == count
-
-    wait_until(all_fetched, what="every message fetched")
-    assert acked_floor(server, "c") == 0
-    cp = read_checkpoint(out)
-    assert cp is None or cp.committed_offset == 0
-
-    def floor_within_checkpoint() -> bool:
-        floor = acked_floor(server, "c")
         cp = read_checkpoint(out)
-        assert floor <= (cp.committed_offset if cp else 0)
+        if info is None:
+            return False
+        durable, offset = (cp.records, cp.committed_offset) if cp is not None else (0, 0)
+        delivered = count - (info.num_pending or 0)
+        acknowledged = delivered - (info.num_ack_pending or 0)
+        floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
+        assert acknowledged <= durable
+        assert floor <= offset
+        stall_seen = stall_seen or (delivered > 0 and durable == 0)
         return floor == count
 
-    wait_until(floor_within_checkpoint, what="every message acknowledged")
+    wait_until(acknowledged_within_checkpoint, what="every message acknowledged")
+    assert stall_seen, "never saw messages delivered while none was durable"
     s.signal(signal.SIGTERM)
     assert s.wait() == 0
     assert_exactly(out, count)
@@ -354,13 +381,18 @@ def test_crash_between_checkpoint_and_ack_does_not_store_twice(
     assert_exactly(out, count)
 
 
-def test_stream_made_again_is_refused(server: Cluster, tmp_path: Path) -> None:
+def store_ten_and_stop(server: Cluster, out: Path, log: Path) -> None:
+    """Publishes messages 0-9; a run stores them, is stopped, exits 0."""
     asyncio.run(publish(server, "S", 0, 10))
-    out = tmp_path / "out"
-    s = Shovel(shovel_args(server, out, "c"), tmp_path / "log1")
+    s = Shovel(shovel_args(server, out, "c"), log)
     wait_until(lambda: all_acknowledged(server, "c", 10), what="every message acknowledged")
     s.signal(signal.SIGTERM)
     assert s.wait() == 0
+
+
+def test_stream_made_again_is_refused(server: Cluster, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    store_ten_and_stop(server, out, tmp_path / "log1")
 
     async def make_again() -> None:
         nc = await nats.connect(server.servers[0].url)
@@ -375,6 +407,13 @@ def test_stream_made_again_is_refused(server: Cluster, tmp_path: Path) -> None:
     assert code == 1
     assert "was deleted and made again" in err
     assert_exactly(out, 10)
+
+
+def test_subject_filter_outside_the_stream_is_usage_error(server: Cluster, tmp_path: Path) -> None:
+    args = args_for(server.source("S", "c", "&subject=OTHER.x"), tmp_path / "out")
+    code, err = run_shovel(args, tmp_path / "log")
+    assert code == 2
+    assert "subject filter OTHER.x matches none of stream S's subjects (S.>)" in err
 
 
 def test_missing_stream_is_usage_error(server: Cluster, tmp_path: Path) -> None:
@@ -468,26 +507,195 @@ def test_credentials_file(tmp_path: Path) -> None:
         assert_exactly(out, 100)
 
 
-def test_the_acknowledging_task_ends_when_cancelled_as_storage_makes_progress() -> None:
-    """The runner cancels the acknowledging task right after the queue is drained, the moment
-    storage reports progress: a cancellation that arrives just after that progress woke the
-    task must still end it (Python 3.11's asyncio.wait_for returned the wake-up and dropped
-    such a cancellation: the task went on, and the stop hung on the TaskGroup)."""
+def _on_server(cluster: Cluster, act: Callable[[JetStreamContext], Awaitable[object]]) -> None:
+    """Runs `act` on a connection of its own to the (first) server."""
 
-    async def scenario() -> bool:
+    async def run() -> None:
+        nc = await nats.connect(cluster.servers[0].url)
+        try:
+            await act(nc.jetstream())
+        finally:
+            await nc.close()
+
+    asyncio.run(run())
+
+
+def test_consumer_gone_or_made_again_is_refused(server: Cluster, tmp_path: Path) -> None:
+    """A consumer made again delivers the stream from its first message: the output directory
+    that stored them through the old one refuses it, and refuses to make one itself."""
+    out = tmp_path / "out"
+    store_ten_and_stop(server, out, tmp_path / "log1")
+    _on_server(server, lambda js: js.delete_consumer("S", "c"))
+    code, err = run_shovel(shovel_args(server, out, "c"), tmp_path / "log2")
+    assert code == 1
+    assert "consumer c no longer exists on stream S" in err
+    assert consumer_info(server, "c") is None, "shovel made the consumer again"
+    config = ConsumerConfig(durable_name="c", ack_policy=AckPolicy.EXPLICIT)
+    _on_server(server, lambda js: js.add_consumer("S", config))
+    code, err = run_shovel(shovel_args(server, out, "c"), tmp_path / "log3")
+    assert code == 1
+    assert "it was deleted and made again" in err
+    assert_exactly(out, 10)
+
+
+def test_consumer_deleted_while_running_stops_the_run(server: Cluster, tmp_path: Path) -> None:
+    asyncio.run(publish(server, "S", 0, 10))
+    out = tmp_path / "out"
+    s = Shovel(shovel_args(server, out, "c"), tmp_path / "log")
+    wait_until(lambda: all_acknowledged(server, "c", 10), what="every message acknowledged")
+    _on_server(server, lambda js: js.delete_consumer("S", "c"))
+    assert s.wait() == 1
+    assert "consumer c was deleted on the server" in s.stderr
+    assert_exactly(out, 10)
+
+
+@pytest.mark.parametrize(
+    ("setting", "reason"),
+    [
+        ({"max_deliver": 5}, "has max_deliver 5"),
+        ({"inactive_threshold": 3600.0}, "has inactive_threshold 3600s"),
+    ],
+)
+def test_consumer_that_could_drop_messages_is_usage_error(
+    server: Cluster, tmp_path: Path, setting: dict[str, float], reason: str
+) -> None:
+    """A message given back at each stop would not be delivered again after max_deliver
+    deliveries; a consumer with an inactive_threshold is deleted when idle."""
+    config = ConsumerConfig(durable_name="c", ack_policy=AckPolicy.EXPLICIT, **setting)  # type: ignore[arg-type]
+    _on_server(server, lambda js: js.add_consumer("S", config))
+    code, err = run_shovel(shovel_args(server, tmp_path / "out", "c"), tmp_path / "log")
+    assert code == 2
+    assert reason in err
+
+
+class _Answers:
+    """A JetStream context whose consumer lookups answer as given (cold-start errors)."""
+
+    def __init__(self, info: Exception, add: Exception) -> None:
+        self.info, self.add = info, add
+
+    async def consumer_info(self, stream: str, consumer: str) -> ConsumerInfo:
+        raise self.info
+
+    async def add_consumer(self, stream: str, config: ConsumerConfig) -> ConsumerInfo:
+        raise self.add
+
+
+@pytest.mark.parametrize(
+    "add_error", [nats.errors.TimeoutError(), nats.js.errors.ServiceUnavailableError()]
+)
+def test_consumer_creation_that_times_out_is_tried_again(add_error: Exception) -> None:
+    """A cluster still electing its leaders answers the creation with a timeout or a 503:
+    open() waits and tries again (_NotNow), it does not fail the run."""
+    source = NatsSource(parse_nats("nats://h/S?consumer=c"), 8, 20.0)
+    source.resume(0, "")
+    js = _Answers(nats.js.errors.NotFoundError(), add_error)
+    with pytest.raises(_NotNow, match="cannot create consumer c"):
+        asyncio.run(source._consumer(js))  # type: ignore[arg-type]
+
+
+def _stored_all(out: Path, count: int) -> bool:
+    cp = read_checkpoint(out)
+    return cp is not None and cp.records == count
+
+
+def test_sigterm_with_the_server_gone(server: Cluster, tmp_path: Path) -> None:
+    """The only server dies; while the client tries to reconnect, SIGTERM: everything read is
+    durable, so exit 0 with the summary and the report, though nothing can be sent."""
+    asyncio.run(publish(server, "S", 0, 200))
+    out = tmp_path / "out"
+    s = Shovel(shovel_args(server, out, "c"), tmp_path / "log")
+    wait_until(lambda: all_acknowledged(server, "c", 200), what="every message acknowledged")
+    server.servers[0].kill()
+    # Reconnection attempts are 1 s apart: a few of them, with pull requests due meanwhile.
+    wait_until(lambda: s.stderr.count("Connect call failed") >= 3, what="reconnection attempts")
+    s.signal(signal.SIGTERM)
+    assert s.wait() == 0
+    assert_clean_stderr(s.stderr)
+    assert "no server connected at the stop" in s.stderr
+    assert summary(s.stderr).undelivered == 0
+    report = read_report(out)
+    assert report is not None
+    assert report.exit_code == 0
+    assert_exactly(out, 200)
+
+
+def test_sigterm_with_the_server_silent_keeps_the_deadline(server: Cluster, tmp_path: Path) -> None:
+    """The server is frozen (connected, never answering): the stop still ends within the
+    shutdown timeout (the client's own drain and flush wait 10 s each whatever the caller's
+    timeout), and exits 0: everything read is durable."""
+    asyncio.run(publish(server, "S", 0, 200))
+    out = tmp_path / "out"
+    args = [*shovel_args(server, out, "c")[:-2], "--shutdown-timeout-s", "3"]
+    s = Shovel(args, tmp_path / "log")
+    wait_until(lambda: all_acknowledged(server, "c", 200), what="every message acknowledged")
+    proc = server.servers[0].proc
+    assert proc is not None
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        s.signal(signal.SIGTERM)
+        # 3 s of deadline, and room for a loaded machine; the client's own waits took 10 s more.
+        assert s.wait(timeout_s=9) == 0
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    assert_clean_stderr(s.stderr)
+    assert summary(s.stderr).took_s < 4.0
+    assert_exactly(out, 200)
+
+
+def test_deadline_gives_back_what_is_not_durable(server: Cluster, tmp_path: Path) -> None:
+    """fsync hangs past the deadline: exit 3 with the undelivered count; what was fetched is
+    given back to the server (negative acknowledgement) rather than left to ack_wait, and the
+    next run stores every message exactly once."""
+    count = 300
+    asyncio.run(publish(server, "S", 0, count))
+    out = tmp_path / "out"
+    args = [*shovel_args(server, out, "c")[:-2], "--shutdown-timeout-s", "2"]
+    s = FaultyShovel(args, tmp_path / "log1", "before-fsync=delay:6000*1")
+
+    def all_fetched() -> bool:
+        info = consumer_info(server, "c")
+        return info is not None and info.num_pending == 0 and info.num_ack_pending == count
+
+    wait_until(all_fetched, what="every message fetched and none acknowledged")
+    s.signal(signal.SIGTERM)
+    assert s.wait() == 3
+    assert_clean_stderr(s.stderr)
+    assert summary(s.stderr).undelivered == count
+    assert f"{count} given back for redelivery" in s.stderr
+    report = read_report(out)
+    assert report is not None
+    assert (report.exit_code, report.undelivered) == (3, count)
+
+    again = Shovel(shovel_args(server, out, "c"), tmp_path / "log2")
+    # Given back, they come at once; left to ack_wait (30 s), they would not come for 30 s.
+    wait_until(
+        lambda: all_acknowledged(server, "c", count),
+        timeout_s=20,
+        what="every message delivered again and acknowledged before ack_wait",
+    )
+    again.signal(signal.SIGTERM)
+    assert again.wait() == 0
+    assert_exactly(out, count)
+
+
+def test_acknowledging_task_ends_when_cancelled_as_storage_makes_progress() -> None:
+    """Storage reports progress in the same moment the runner cancels the acknowledging task
+    (at every stop, it has just drained the queue): the task must end. (asyncio.wait_for of
+    Python 3.11 returns the result instead of raising when the inner wait finishes in that
+    moment: the task went on, and the run hung at its stop.)"""
+
+    async def cancelled_after(turns: int) -> bool:
         source = NatsSource(parse_nats("nats://h/S?consumer=c"), 8, 20.0)
-        acks = asyncio.create_task(source.run_acks(lambda: 0))
-        # Not connected: each round sends nothing and waits for progress.
-        for _ in range(5):
+        acker = asyncio.ensure_future(source.run_acks(lambda: 0))
+        for _ in range(3):
             await asyncio.sleep(0)
         source.durable_progress()
-        # The wake-up has happened; the task has not resumed yet when it is cancelled.
-        await asyncio.sleep(0)
-        acks.cancel()
-        done, _ = await asyncio.wait({acks}, timeout=2 * 2.0)
-        if not done:
-            acks.cancel()
-            await asyncio.wait({acks})
-        return acks in done and acks.cancelled()
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        acker.cancel()
+        await asyncio.wait({acker}, timeout=5)
+        return acker.cancelled()
 
-    assert asyncio.run(scenario())
+    for turns in range(6):
+        assert asyncio.run(cancelled_after(turns)), f"still running (cancelled {turns} turns on)"
