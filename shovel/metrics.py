@@ -24,6 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from shovel.laststop import NO_REPORT_EXIT_CODE, StopReport
+from shovel.source_api import AckProgress
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +52,8 @@ class LiveState:
     source_size: int = 0
     source_position: int = 0
     source_rotations: int = 0
-    # A NATS source: messages fetched, acknowledged (confirmed by the server), delivered again,
-    # skipped as already stored here, given back; the consumer's pending and unacknowledged.
-    nats_fetched: int = 0
-    nats_acked: int = 0
-    nats_redelivered: int = 0
-    nats_skipped: int = 0
-    nats_nacked: int = 0
-    nats_consumer_pending: int = 0
-    nats_consumer_ack_pending: int = 0
+    # A NATS source: its acknowledgement counters, as a copy taken with the rest.
+    nats: AckProgress | None = None
 
 
 class _LiveCollector(Collector):
@@ -160,46 +154,48 @@ class _LiveCollector(Collector):
                 value("source_rotations"),
             )
         if self.nats:
-            yield from _nats_families(value)
+            yield from _nats_families(
+                state.nats if state is not None and state.nats is not None else AckProgress()
+            )
 
 
-def _nats_families(value: Callable[[str], float]) -> Iterator[Metric]:
+def _nats_families(p: AckProgress) -> Iterator[Metric]:
     yield CounterMetricFamily(
         "shovel_nats_messages_fetched",
         "Messages delivered to this replica by the NATS consumer (redeliveries included)",
-        value("nats_fetched"),
+        p.fetched,
     )
     yield CounterMetricFamily(
         "shovel_nats_messages_acked",
         "Messages acknowledged once durable, as confirmed by the NATS server",
-        value("nats_acked"),
+        p.acked,
     )
     yield CounterMetricFamily(
         "shovel_nats_messages_redelivered",
         "Messages delivered more than once (after a crash, a stop, or an expired ack_wait)",
-        value("nats_redelivered"),
+        p.redelivered,
     )
     yield CounterMetricFamily(
         "shovel_nats_messages_skipped",
         "Redeliveries of messages already stored in this output directory (acknowledged, "
         "not stored again)",
-        value("nats_skipped"),
+        p.skipped,
     )
     yield CounterMetricFamily(
         "shovel_nats_messages_nacked",
         "Messages given back at a stop, not durable here, for another replica to take",
-        value("nats_nacked"),
+        p.nacked,
     )
     yield GaugeMetricFamily(
         "shovel_nats_consumer_pending_messages",
         "Messages of the stream not yet delivered by the consumer (from the server)",
-        value("nats_consumer_pending"),
+        p.consumer_pending,
     )
     yield GaugeMetricFamily(
         "shovel_nats_consumer_ack_pending_messages",
         "Messages delivered by the consumer and not yet acknowledged, all replicas (from the "
         "server)",
-        value("nats_consumer_ack_pending"),
+        p.consumer_ack_pending,
     )
 
 

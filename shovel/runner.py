@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from typing import Any
 
@@ -135,16 +135,7 @@ def _file_progress(source: Source | None) -> dict[str, Any]:
 def _nats_progress(source: Source | None) -> dict[str, Any]:
     if not isinstance(source, AcknowledgedSource):
         return {}
-    p = source.progress
-    return {
-        "nats_fetched": p.fetched,
-        "nats_acked": p.acked,
-        "nats_redelivered": p.redelivered,
-        "nats_skipped": p.skipped,
-        "nats_nacked": p.nacked,
-        "nats_consumer_pending": p.consumer_pending,
-        "nats_consumer_ack_pending": p.consumer_ack_pending,
-    }
+    return {"nats": replace(source.progress)}
 
 
 async def _until(
