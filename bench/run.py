@@ -263,6 +263,7 @@ def main(argv: Sequence[str]) -> int:
             progress(f"cannot write results to {ns.write_results}: {e}")
             return 2
     workdir, created = make_workdir(ns.workdir)
+    r: Results | None = None
     try:
         machine = describe_machine(workdir)
         if machine.filesystem in MEMORY_FILESYSTEMS:
@@ -284,6 +285,9 @@ def main(argv: Sequence[str]) -> int:
         _run(ns, chosen, workdir, extra, r)
     except BenchError as e:
         progress(f"FAILED: {e}")
+        if r is not None and r.measured():
+            # What was measured before the failure is still worth reading.
+            print(r.text())
         return 1
     finally:
         for name in output_names():

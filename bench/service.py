@@ -3,7 +3,6 @@ until it is storing, scraped, and stopped with SIGTERM, timing the kill-to-exit 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -17,6 +16,8 @@ from types import TracebackType
 
 from common import BenchError
 from scrape import Scrape, scrape
+
+from shovel.laststop import ReportError, read_report
 
 POLL_S = 0.02  # a scrape costs shovel a little CPU: often enough, not more
 START_TIMEOUT_S = 60.0
@@ -161,20 +162,20 @@ def ended_cleanly(out: Path, stopped: Stopped, log_text: str) -> Ended:
     if stopped.exit_code != 0:
         raise BenchError(f"shovel exited with {stopped.exit_code} after SIGTERM:\n{log_text}")
     try:
-        report = json.loads((out / "last-stop.json").read_text())
-    except (OSError, ValueError) as e:
-        raise BenchError(f"no readable stop report in {out}: {e}\n{log_text}") from e
-    reason = report.get("reason")
-    committed = report.get("committed_offset")
-    duration = report.get("stop_duration_s")
-    if (
-        reason not in ("signal", "end of source")
-        or report.get("undelivered") not in (0, None)
-        or not isinstance(committed, int)
-    ):
+        report = read_report(out)
+    except ReportError as e:
+        raise BenchError(f"the stop report in {out} is damaged: {e}\n{log_text}") from e
+    if report is None:
+        raise BenchError(f"no stop report in {out}\n{log_text}")
+    reason = report.reason
+    committed = report.committed_offset
+    duration = report.stop_duration_s
+    if reason not in ("signal", "end of source") or report.undelivered not in (0, None):
         raise BenchError(f"unexpected stop report after SIGTERM: {report}\n{log_text}")
+    if committed is None:
+        raise BenchError(f"the stop report has no committed offset: {report}\n{log_text}")
     return Ended(
         "end of source" if stopped.ended_before_signal else reason,
         committed,
-        float(duration) if isinstance(duration, int | float) else None,
+        duration,
     )
