@@ -194,9 +194,11 @@ def test_copytruncate_and_regrowth_within_one_poll_is_not_read_as_a_continuation
     s = start(src, out, tmp_path / "1.log", "--metrics-port", "0", "--follow-poll-ms", "1500")
     wait_stored(s, out, lines("old", 0, 100))
     shutil.copyfile(src, tmp_path / "app.log.1")
+    # The new content is written over the old from byte 0 in one write, longer than it: the
+    # file never shrinks below the read position, so the only sign shovel can see is its
+    # first bytes (a truncate then an append could be seen in between, as a shrink).
     with src.open("r+b") as f:
-        f.truncate(0)
-    append(src, lines("new", 0, 2000))
+        f.write(lines("new", 0, 2000))
     wait_stored(s, out, lines("old", 0, 100) + lines("new", 0, 2000))
     text = stop(s)
-    assert "copytruncate" in text, text
+    assert "has other first bytes" in text or "rewritten past the read position" in text, text
