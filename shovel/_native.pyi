@@ -12,7 +12,10 @@ from pathlib import Path
 from typing import TypeAlias, final
 
 __all__ = [
+    "DIR_MODE",
     "FAULT_INJECTION",
+    "FILE_MODE",
+    "LOCK_FILE",
     "Chunk",
     "ClientClosedError",
     "CloseReport",
@@ -30,6 +33,12 @@ __all__ = [
 
 FAULT_INJECTION: bool
 """Whether this build honours SHOVEL_FAULTS (development builds only)."""
+LOCK_FILE: str
+"""The lock file's name in the output directory."""
+FILE_MODE: int
+"""The mode of every file shovel creates in the output directory (before the umask)."""
+DIR_MODE: int
+"""The mode of every directory shovel creates there (before the umask)."""
 
 class StorageError(Exception):
     """Base class of every storage client error."""

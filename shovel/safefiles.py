@@ -10,10 +10,10 @@ import os
 from pathlib import Path
 from typing import BinaryIO
 
-FILE_MODE = 0o640
-DIR_MODE = 0o750
-# The native store's lock file in the output directory (store/lock.rs).
-LOCK_FILE = "lock"
+# The native store's own values: one definition for both languages.
+from shovel._native import DIR_MODE, FILE_MODE, LOCK_FILE
+
+__all__ = ["DIR_MODE", "FILE_MODE", "LOCK_FILE", "create_file", "fsync_dir", "link_refused"]
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 

@@ -339,6 +339,9 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ClientClosedError", py.get_type::<ClientClosedError>())?;
     m.add("CloseTimeoutError", py.get_type::<CloseTimeoutError>())?;
     m.add("FAULT_INJECTION", crate::store::fault::ENABLED)?;
+    m.add("LOCK_FILE", crate::store::LOCK_FILE)?;
+    m.add("FILE_MODE", crate::store::perm::FILE_MODE)?;
+    m.add("DIR_MODE", crate::store::perm::DIR_MODE)?;
     crate::reading::register(m)?;
     Ok(())
 }

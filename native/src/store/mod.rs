@@ -6,7 +6,7 @@ pub mod fault;
 mod handle;
 mod lock;
 mod notify;
-mod perm;
+pub mod perm;
 mod recovery;
 mod segment;
 mod shared;
