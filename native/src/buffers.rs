@@ -87,13 +87,15 @@ pub fn total_len(parts: &[Part]) -> usize {
 /// and keep track of how much they filled. A reused buffer is not cleared, which would cost a
 /// pass over it.
 pub fn take(len: usize) -> Vec<u8> {
-    let reused = {
-        let mut pool = POOL.lock().unwrap_or_else(|p| p.into_inner());
-        pool.iter()
-            .position(|b| b.len() >= len)
-            .map(|i| pool.swap_remove(i))
-    };
-    reused.unwrap_or_else(|| vec![0; len])
+    let mut pool = POOL.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(i) = pool.iter().position(|b| b.len() >= len) {
+        return pool.swap_remove(i);
+    }
+    // None is long enough: those kept are too short for the reads being made (carried lines,
+    // slow-path copies), and would hold their places in the pool for good.
+    pool.clear();
+    drop(pool);
+    vec![0; len]
 }
 
 /// Returns a buffer to the pool. Small buffers (the partial lines carried between chunks)
@@ -121,12 +123,23 @@ mod tests {
         assert_eq!(total_len(&[p, Part::copy_of(b"xy")]), 5);
     }
 
+    /// The length of the longest buffer in the pool (0 when empty).
+    fn longest_pooled() -> usize {
+        let pool = POOL.lock().unwrap_or_else(|p| p.into_inner());
+        pool.iter().map(Vec::len).max().unwrap_or(0)
+    }
+
     #[test]
-    fn a_taken_buffer_is_at_least_as_long_as_asked() {
-        let b = take(MIN_POOLED);
-        assert!(b.len() >= MIN_POOLED);
-        give(b);
-        let again = take(50);
-        assert!(again.len() >= 50);
+    fn short_buffers_do_not_keep_their_places_in_the_pool() {
+        // Only this test uses the pool in this process (the others never pool a buffer).
+        for _ in 0..POOL_MAX {
+            give(vec![0; MIN_POOLED]);
+        }
+        let long = take(4 * MIN_POOLED);
+        assert_eq!(long.len(), 4 * MIN_POOLED);
+        give(long);
+        // The short ones were dropped when none fitted, so the long one found a place.
+        assert_eq!(longest_pooled(), 4 * MIN_POOLED);
+        assert_eq!(take(4 * MIN_POOLED).len(), 4 * MIN_POOLED);
     }
 }
