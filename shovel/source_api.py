@@ -124,11 +124,17 @@ class DaemonThreads(Executor):
 
         def run() -> None:
             if not future.set_running_or_notify_cancel():
+                self._now_idle()
                 return
             try:
-                future.set_result(fn(*args, **kwargs))
+                result = fn(*args, **kwargs)
             except BaseException as e:
+                # Idle before the caller is woken: its next call then finds this thread.
+                self._now_idle()
                 future.set_exception(e)
+            else:
+                self._now_idle()
+                future.set_result(result)
 
         with self._lock:
             start = self._idle == 0
@@ -139,11 +145,15 @@ class DaemonThreads(Executor):
             threading.Thread(target=self._serve, name="shovel-read", daemon=True).start()
         return future
 
+    def _now_idle(self) -> None:
+        # Counted as idle while it goes back to the queue: a call submitted meanwhile waits
+        # there for it.
+        with self._lock:
+            self._idle += 1
+
     def _serve(self) -> None:
         while True:
             self._calls.get()()
-            with self._lock:
-                self._idle += 1
 
 
 _executors: weakref.WeakSet[DaemonThreads] = weakref.WeakSet()
