@@ -417,13 +417,17 @@ class _Refused:
     reason: str = "refused"
 
 
-# How long a stop report may take to write before the run goes on without it: at start, and
-# at the end, where it comes out of the 5 s margin before the orchestrator's kill.
+# How long the running marker may take to write at start before the run goes on without it.
 _MARKER_WRITE_S = 5.0
-# The least time the last acknowledgements and the broker's close get, even past the deadline:
-# it comes out of the 5 s margin before the orchestrator's kill.
-_LAST_ACKS_S = 1.0
+# How long the final stop report may take to write: it comes out of the 5 s margin before the
+# orchestrator's kill.
 _REPORT_WRITE_S = 1.0
+# The least time the last acknowledgements and the broker's close get, even past the deadline:
+# it comes out of the same margin.
+_LAST_ACKS_S = 1.0
+# Blocking file work of the runner (stop reports, a source's resume check): daemon threads, so
+# that a hung filesystem holds up neither the stop nor the exit.
+_THREADS = DaemonThreads()
 
 
 async def _take_over_report(settings: Settings, metrics: Metrics, state: RunState) -> None:
@@ -431,7 +435,7 @@ async def _take_over_report(settings: Settings, metrics: Metrics, state: RunStat
     worth failing the run for: a problem is logged and the run goes on."""
     loop = asyncio.get_running_loop()
     try:
-        previous = await loop.run_in_executor(DaemonThreads(), read_report, settings.output_dir)
+        previous = await loop.run_in_executor(_THREADS, read_report, settings.output_dir)
     except ReportError as e:
         log.warning("ignoring %s: %s", settings.output_dir / REPORT_FILE, e)
         previous = None
@@ -451,7 +455,7 @@ async def _save_report(
 ) -> bool:
     """Runs `write(*args)` off the loop, bounded in time; a failure is logged, not raised.
     Returns whether it completed."""
-    job = asyncio.get_running_loop().run_in_executor(DaemonThreads(), write, *args)
+    job = asyncio.get_running_loop().run_in_executor(_THREADS, write, *args)
     try:
         await asyncio.wait_for(job, limit_s)
     except TimeoutError:
@@ -516,7 +520,7 @@ async def _resume(settings: Settings, storage: Storage, source: Source) -> str |
         # Blocking (stat, a fingerprint, a directory scan): on a daemon thread, so that a hung
         # filesystem cannot hold up the exit.
         where = await asyncio.get_running_loop().run_in_executor(
-            DaemonThreads(), source.resume, storage.committed_offset, storage.initial_source
+            _THREADS, source.resume, storage.committed_offset, storage.initial_source
         )
     except SourceMismatch as e:
         log.error("refusing to start: %s", e)
