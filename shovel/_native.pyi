@@ -241,16 +241,15 @@ class Splitter:
 
     def __new__(cls, start_offset: int, max_record_bytes: int) -> Splitter: ...
     def feed(self, data: bytes | Chunk, skip: int = 0) -> list[_RawPiece]:
-        """Adds a chunk (a Chunk is taken over, bytes are copied) without its first `skip`
-        bytes; returns the pieces it completes, in source order."""
+        """Adds a chunk (a Chunk is taken over, bytes are copied); its first `skip` bytes are
+        consumed without being fed (only between lines, else ValueError). Returns the pieces
+        it completes, in source order."""
     def finish(self) -> list[_RawPiece]:
         """At the end of the input: an unterminated last line becomes a record, or ends the
         oversized line being streamed."""
     @property
     def offset(self) -> int:
         """Source offset just past the last byte handed out."""
-    @offset.setter
-    def offset(self, value: int) -> None: ...
     @property
     def carried(self) -> int:
         """Bytes of an incomplete record held back."""

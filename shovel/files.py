@@ -426,7 +426,6 @@ class FileSource:
             # The stored stream ends with this file's last line, which had no newline then.
             cur.open_line = False
             if chunk.bytes_at(0, 1) == b"\n":
-                splitter.offset += 1
                 skip = 1
             else:
                 raise SourceMismatch(

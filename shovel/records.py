@@ -12,33 +12,28 @@ translation of its pieces into `Batch` and `Rejected`: a few calls per chunk, wh
 
 from __future__ import annotations
 
-from typing import TypeAlias
+from typing import TYPE_CHECKING
 
-from shovel._native import Chunk, Records, Splitter
+from shovel._native import Chunk, Splitter
 from shovel.batches import Batch, Piece, Rejected
 
-# A piece as the native splitter gives it: (records, count, end_offset) for a batch,
-# (offset, data, first, last) for (part of) a line over the record limit.
-RawPiece: TypeAlias = tuple[Records, int, int] | tuple[int, bytes, bool, bool]
+if TYPE_CHECKING:  # a type of the stub only: (records, count, end_offset) for a batch,
+    # (offset, data, first, last) for (part of) a line over the record limit
+    from shovel._native import _RawPiece
 
-__all__ = ["Chunk", "RecordSplitter"]
+__all__ = ["RecordSplitter"]
 
 
 class RecordSplitter:
     """Cuts chunks at newlines, carrying a partial last line over to the next chunk."""
 
     def __init__(self, start_offset: int, max_record_bytes: int) -> None:
-        self.limit = max_record_bytes
         self._native = Splitter(start_offset, max_record_bytes)
 
     @property
     def offset(self) -> int:
         """Source offset just past the last byte handed out (in a batch or set apart)."""
         return self._native.offset
-
-    @offset.setter
-    def offset(self, value: int) -> None:
-        self._native.offset = value
 
     @property
     def carried(self) -> int:
@@ -51,8 +46,9 @@ class RecordSplitter:
         return self._native.rejecting_line
 
     def feed(self, chunk: bytes | Chunk, skip: int = 0) -> list[Piece]:
-        """Adds a chunk (a `Chunk` is taken over; bytes are copied), without its first `skip`
-        bytes; returns the pieces it completes, in source order."""
+        """Adds a chunk (a `Chunk` is taken over; bytes are copied); its first `skip` bytes are
+        consumed without being fed, which is allowed only between lines (ValueError inside
+        one). Returns the pieces it completes, in source order."""
         return _pieces(self._native.feed(chunk, skip))
 
     def finish(self) -> list[Piece]:
@@ -61,7 +57,7 @@ class RecordSplitter:
         return _pieces(self._native.finish())
 
 
-def _pieces(raw: list[RawPiece]) -> list[Piece]:
+def _pieces(raw: list[_RawPiece]) -> list[Piece]:
     pieces: list[Piece] = []
     for item in raw:
         if len(item) == 3:

@@ -98,12 +98,16 @@ def test_a_chunk_is_fed_once_and_its_first_bytes_can_be_looked_at(tmp_path: Path
     assert chunk.bytes_at(7, 100) == b"world"
     splitter = RecordSplitter(0, 100)
     # Skipping the leading newline, as a follow does after an unfinished line was stored.
-    splitter.offset += 1
     (batch,) = splitter.feed(chunk, skip=1)
     assert isinstance(batch, Batch)
     assert (bytes(batch.data), batch.end_offset) == (b"hello\n", 7)
     with pytest.raises(ValueError, match="already fed"):
         splitter.feed(chunk)
+    # Inside a line nothing may be skipped: those bytes belong to a record.
+    assert splitter.feed(b"partial") == []
+    with pytest.raises(ValueError, match="only between lines"):
+        splitter.feed(b"\nrest\n", skip=1)
+    assert splitter.offset == 7
     assert len(file.read(10)) == 0, "the end of the file is an empty chunk"
     file.close()
     assert file.closed

@@ -129,7 +129,6 @@ pub struct ReadFile {
     /// Shared with a read in progress, so that `close` never waits for one: the descriptor is
     /// closed when the last user lets go.
     file: Mutex<Option<Arc<File>>>,
-    fd: i32,
     path: PathBuf,
 }
 
@@ -147,7 +146,6 @@ impl ReadFile {
         let opened = py.detach(|| File::open(&path));
         let file = opened.map_err(|e| os_error(&e, &path))?;
         Ok(ReadFile {
-            fd: file.as_raw_fd(),
             file: Mutex::new(Some(Arc::new(file))),
             path,
         })
@@ -155,7 +153,7 @@ impl ReadFile {
 
     /// The file descriptor (for fstat and pread), valid until `close`.
     fn fileno(&self) -> PyResult<i32> {
-        self.file().map(|_| self.fd)
+        self.file().map(|file| file.as_raw_fd())
     }
 
     /// Moves the read position to byte `pos`.
@@ -239,8 +237,9 @@ impl Splitter {
         }
     }
 
-    /// Adds a chunk (a `Chunk`, taken over, or bytes, copied), without its first `skip`
-    /// bytes; returns the pieces it completes, in source order.
+    /// Adds a chunk (a `Chunk`, taken over, or bytes, copied); its first `skip` bytes are
+    /// consumed without being fed (only between lines). Returns the pieces it completes, in
+    /// source order.
     #[pyo3(signature = (data, skip=0))]
     fn feed(&self, data: &Bound<'_, PyAny>, skip: usize) -> PyResult<Vec<Py<PyAny>>> {
         let py = data.py();
@@ -257,7 +256,15 @@ impl Splitter {
                 part.len()
             )));
         }
-        let pieces = lock(&self.inner).feed(part.skip(skip));
+        let pieces = {
+            let mut inner = lock(&self.inner);
+            if skip > 0 && !inner.skip(skip as u64) {
+                return Err(PyValueError::new_err(
+                    "bytes can be skipped only between lines, not inside one",
+                ));
+            }
+            inner.feed(part.skip(skip))
+        };
         all_to_python(py, pieces)
     }
 
@@ -272,12 +279,6 @@ impl Splitter {
     #[getter]
     fn get_offset(&self) -> u64 {
         lock(&self.inner).offset()
-    }
-
-    /// Moves the offset past bytes consumed without being fed.
-    #[setter]
-    fn set_offset(&self, offset: u64) {
-        lock(&self.inner).set_offset(offset);
     }
 
     /// Bytes of an incomplete record held back.

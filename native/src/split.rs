@@ -118,9 +118,14 @@ impl Splitter {
         self.offset
     }
 
-    /// Moves the offset (a byte the caller consumed without feeding it).
-    pub fn set_offset(&mut self, offset: u64) {
-        self.offset = offset;
+    /// Counts `n` bytes consumed between two lines without being fed (a newline that ends a
+    /// line stored before). False, and nothing moves, in the middle of a line.
+    pub fn skip(&mut self, n: u64) -> bool {
+        if !self.carry.is_empty() || self.rejecting.is_some() {
+            return false;
+        }
+        self.offset += n;
+        true
     }
 
     /// Bytes of an incomplete record held back.
