@@ -41,11 +41,18 @@ impl Data<'_> {
         }
     }
 
-    fn take(self) -> Vec<Part> {
+    fn take(&mut self) -> Vec<Part> {
         match self {
             Data::Borrowed([]) => Vec::new(),
             Data::Borrowed(bytes) => vec![Part::copy_of(bytes)],
-            Data::Owned(parts) => std::mem::take(parts),
+            Data::Owned(parts) => std::mem::take(*parts),
+        }
+    }
+
+    /// Puts back what `take` took (a write that could not be handed over).
+    fn restore(&mut self, taken: Vec<Part>) {
+        if let Data::Owned(parts) = self {
+            **parts = taken;
         }
     }
 }
@@ -283,7 +290,7 @@ impl Store {
     /// parts (moved into the write once accepted, left in place when the store is full).
     pub fn submit_data(
         &self,
-        data: Data<'_>,
+        mut data: Data<'_>,
         records: u64,
         end_offset: u64,
         source: Option<&str>,
@@ -325,8 +332,14 @@ impl Store {
             end_offset,
             source: source.map(Arc::from),
         };
-        if tx.send(req).is_err() {
-            // The writer is gone (it panicked): report what it left.
+        if let Err(refused) = tx.send(req) {
+            // The writer is gone (it panicked). The write was not handed over: its bytes go
+            // back to the caller and it is not counted; report what the writer left.
+            data.restore(refused.0.data);
+            self.shared.release(len);
+            stats.inflight_writes.fetch_sub(1, Ordering::AcqRel);
+            stats.inflight_bytes.fetch_sub(len, Ordering::AcqRel);
+            stats.inflight_records.fetch_sub(records, Ordering::AcqRel);
             return Err(self
                 .shared
                 .first_error()
