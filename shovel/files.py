@@ -120,8 +120,6 @@ class _Open:
         # Loop time when the name was first seen to point elsewhere, and of the last growth.
         self.rotated_at: float | None = None
         self.grew_at = 0.0
-        # Its content was replaced under the read position (copy + truncate): done with it.
-        self.replaced = False
 
     def origin(self, end_offset: int, open_line: bool) -> FileOrigin:
         fp_len = min(FINGERPRINT_MAX_BYTES, end_offset - self.base)
@@ -330,11 +328,12 @@ class FileSource:
                         plan.steps.appendleft(step)
                         await self._idle()
                         continue
-                pieces = await self._read(cur, splitter)
-                if pieces is not None:
+                read = await self._read(cur, splitter)
+                if read is not None:
+                    done, pieces = read
                     for piece in pieces:
                         yield piece
-                    if cur.replaced:
+                    if done:
                         cur.file.close()
                         cur = None
                     continue
@@ -399,8 +398,9 @@ class FileSource:
             cur.path, max(cur.size, cur.read_pos), cur.read_pos, self.rotations
         )
 
-    async def _read(self, cur: _Open, splitter: RecordSplitter) -> list[Piece] | None:
-        """The pieces the next chunk completes; None at the end of the file."""
+    async def _read(self, cur: _Open, splitter: RecordSplitter) -> tuple[bool, list[Piece]] | None:
+        """The pieces the next chunk completes, and whether `cur` is done with (its content
+        was replaced under the read position); None at the end of the file."""
         # A read cancelled mid-way still completes in its thread and moves the file position;
         # harmless, because a cancelled reader never reads again. The chunk stays in native
         # memory: only its first bytes are ever copied out, and only while they are needed.
@@ -411,8 +411,7 @@ class FileSource:
         if self.follow is not None and await self._replaced_under(cur, start):
             # Copy + truncate, then new writes past the position, since the last look: the
             # chunk is new content read from the middle, not the rest of the old.
-            cur.replaced = True
-            return await self._truncated(
+            return True, await self._truncated(
                 cur, splitter, f"was truncated and rewritten past the read position {start}"
             )
         cur.read_pos += len(chunk)
@@ -436,7 +435,7 @@ class FileSource:
                 )
         cur.size = max(cur.size, cur.read_pos)
         self._show(cur)
-        return [self._stamp(cur, p) for p in splitter.feed(chunk, skip)]
+        return False, [self._stamp(cur, p) for p in splitter.feed(chunk, skip)]
 
     async def _replaced_under(self, cur: _Open, consumed: int) -> bool:
         """Whether the file's first bytes (as many as were consumed, up to the fingerprint's
