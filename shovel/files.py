@@ -37,7 +37,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from shovel._native import ReadFile
+from shovel._native import Chunk, ReadFile
 from shovel.batches import Batch, Piece
 from shovel.identity import (
     FINGERPRINT_MAX_BYTES,
@@ -169,6 +169,12 @@ def _find_old_file(
         return None
     _, _, path, st = max(found, key=lambda f: (f[0], f[1]))
     return path, st
+
+
+def _read_then_head(file: ReadFile, max_bytes: int, known: int) -> tuple[Chunk, bytes]:
+    """A chunk from the read position, then the file's first `known` bytes as they are now."""
+    chunk = file.read(max_bytes)
+    return chunk, os.pread(file.fileno(), known, 0) if known else b""
 
 
 def _look(fd: int, path: str) -> tuple[int, os.stat_result | None, bytes]:
@@ -404,11 +410,15 @@ class FileSource:
         # A read cancelled mid-way still completes in its thread and moves the file position;
         # harmless, because a cancelled reader never reads again. The chunk stays in native
         # memory: only its first bytes are ever copied out, and only while they are needed.
-        chunk = await self._run(cur.file.read, self.chunk_bytes)
+        start = cur.read_pos
+        # While following, the file's first bytes (as many as were consumed) are read again
+        # after each chunk, in the same trip to the thread: a truncate that came before the
+        # read completed is then seen before its chunk is used.
+        known = min(len(cur.head), start) if self.follow is not None else 0
+        chunk, head = await self._run(_read_then_head, cur.file, self.chunk_bytes, known)
         if not chunk:
             return None
-        start = cur.read_pos
-        if self.follow is not None and await self._replaced_under(cur, start):
+        if head != cur.head[:known]:
             # Copy + truncate, then new writes past the position, since the last look: the
             # chunk is new content read from the middle, not the rest of the old.
             return True, await self._truncated(
@@ -436,16 +446,6 @@ class FileSource:
         cur.size = max(cur.size, cur.read_pos)
         self._show(cur)
         return False, [self._stamp(cur, p) for p in splitter.feed(chunk, skip)]
-
-    async def _replaced_under(self, cur: _Open, consumed: int) -> bool:
-        """Whether the file's first bytes (as many as were consumed, up to the fingerprint's
-        length) changed: checked after each read while following, so that a truncate that
-        came before the read completed is seen before its chunk is used."""
-        known = min(len(cur.head), consumed)
-        if known == 0:
-            return False
-        head: bytes = await self._run(os.pread, cur.file.fileno(), known, 0)
-        return head != cur.head[:known]
 
     def _stamp(self, cur: _Open, piece: Piece, open_line: bool = False) -> Piece:
         """Attaches the file's identity to a batch when it differs from the last one sent."""
