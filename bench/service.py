@@ -77,7 +77,6 @@ class Service:
         self.proc = subprocess.Popen(
             self.cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log, cwd=out.parent
         )  # not in a source checkout, whose package `-m shovel` would import instead
-        self._reaped = False
 
     def __enter__(self) -> Service:
         return self
@@ -85,11 +84,15 @@ class Service:
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if not self._reaped:
+        if not self.reaped:
             self.proc.kill()
             self.proc.wait()
-            self._reaped = True
         self._log.close()
+
+    @property
+    def reaped(self) -> bool:
+        """Whether the process was waited for (its exit code is known)."""
+        return self.proc.returncode is not None
 
     def log_text(self) -> str:
         """What shovel logged so far."""
@@ -107,7 +110,6 @@ class Service:
         deadline = time.monotonic() + timeout_s
         while True:
             if self.proc.poll() is not None:
-                self._reaped = True
                 if self.proc.returncode == 0:
                     raise EndedEarly("shovel ended (exit 0) before it was seen storing")
                 raise BenchError(
@@ -129,7 +131,7 @@ class Service:
     def stop(self) -> Stopped:
         """Sends SIGTERM and reaps the process; the interval runs from just before kill() to
         the return of wait4."""
-        if self._reaped:
+        if self.reaped:
             raise BenchError("shovel has exited already")
         # A process that exits between this check and the kill stays a zombie until reaped,
         # so the signal can never reach another process.
@@ -140,7 +142,6 @@ class Service:
             os.kill(self.proc.pid, signal.SIGTERM)
             _, status, _ = os.wait4(self.proc.pid, 0)
         exited = time.perf_counter()
-        self._reaped = True
         code = os.waitstatus_to_exitcode(status)
         self.proc.returncode = code
         return Stopped(exited - sent, code, ended_before)
