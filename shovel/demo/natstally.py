@@ -114,7 +114,8 @@ def nats_tally(
         distinct=len(stored),
         lost=figures.lost,
         duplicated=doubled,
-        unread=max(len(stored) - read, 0),
+        # The first `read` sequences are the ones read (see the module docstring).
+        unread=sum(1 for seq in stored if seq > read),
         invalid=invalid,
     )
     return tally, figures
