@@ -23,6 +23,7 @@ from typing import Any
 
 from shovel import signals
 from shovel.batches import Batch, Piece
+from shovel.cli import EXIT_USAGE
 from shovel.demo.naive import (
     Client,
     nats_pipeline,
@@ -208,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(source, CountingAckSource):
         if args.pattern != "cancel-all" or args.client != "native":
             sys.stderr.write("a NATS source runs with --pattern cancel-all --client native only\n")
-            return 2
+            return EXIT_USAGE
         return run_cancel_all(
             nats_pipeline(
                 source,

@@ -8,6 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from shovel.cli import EXIT_USAGE
 from shovel.demo.child import CLIENTS, PATTERNS
 from shovel.demo.natsserver import (
     ACK_WAIT_S,
@@ -30,7 +31,6 @@ from shovel.demo.runs import (
 RESULTS_FILE = "results.json"
 PICTURE_FILE = "timeline.png"
 RUNS_DIR = "runs"
-EXIT_USAGE = 2  # must match cli.EXIT_USAGE
 # shovel's pattern lost or doubled records, hung, or did not exit 0: the demonstration failed.
 EXIT_SHOVEL_FAILED = 1
 # Ctrl-C, as a shell reports it.
