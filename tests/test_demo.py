@@ -14,13 +14,14 @@ from typing import Any
 import pytest
 
 from shovel.demo import cli
-from shovel.demo.accounting import checkpoint_numbers
+from shovel.demo.accounting import Tally, checkpoint_numbers
 from shovel.demo.natsfeed import msg_id, payload
 from shovel.demo.natsserver import HOW_TO_GET
 from shovel.demo.picture import have_matplotlib
 from shovel.demo.progress import PROGRESS_FILE, read_progress
 from shovel.demo.pyclient import RECORDS_FILE, STORE_DIR
-from shovel.demo.runs import DemoConfig
+from shovel.demo.report import summarize
+from shovel.demo.runs import Cell, DemoConfig, RunResult, Runs
 from shovel.sources import generated_record
 from tests.helpers import generated, read_checkpoint, stored_bytes
 
@@ -260,3 +261,25 @@ def test_without_matplotlib_there_is_no_picture(monkeypatch: pytest.MonkeyPatch)
     assert have_matplotlib()
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     assert not have_matplotlib()
+
+
+def test_a_run_that_fails_is_reported_and_the_finished_runs_are_kept(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    def measure(_runs: Runs, _cell: Cell, run: int, _dir: Path, result: RunResult) -> None:
+        if run == 1:
+            raise RuntimeError("no such thing")
+        result.exit_codes.append(0)
+        result.tally = Tally(10, 10, 10, 0, 0, 0, 0)
+
+    monkeypatch.setattr(Runs, "_one_generator", measure)
+    config = DemoConfig(3, 1000.0, 0.0, 1, tmp_path, 2)
+    results = Runs(config).run_all([Cell("shovel", "native")], lambda _r: None)
+    runs = results["shovel.native"]
+    assert [(r.run, r.problem) for r in runs] == [
+        (0, None),
+        (1, "the run failed: RuntimeError('no such thing')"),
+        (2, None),
+    ]
+    assert summarize([runs[0], runs[2]]).clean
+    assert not summarize(runs).clean

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from shovel.demo.accounting import LiveCount, Tally, tally
-from shovel.demo.natsfeed import FEED_ERRORS, NatsFeed
+from shovel.demo.natsfeed import NatsFeed
 from shovel.demo.natstally import NatsFigures, nats_tally
 from shovel.demo.progress import PROGRESS_FILE, read_progress
 
@@ -228,11 +228,21 @@ class Runs:
         return child
 
     def _one(self, cell: Cell, run: int) -> RunResult:
-        if cell.source == "nats":
-            return self._one_nats(cell, run)
+        """A run; whatever goes wrong in it is its problem, and the other runs go on."""
         directory = self.config.output_dir / "runs" / cell.key / str(run)
         directory.mkdir(parents=True)
         result = RunResult(cell.key, run, self._delays[run], cell.signal.name)
+        try:
+            if cell.source == "nats":
+                self._one_nats(cell, run, directory, result)
+            else:
+                self._one_generator(cell, run, directory, result)
+        except Exception as e:
+            result.problem = f"the run failed: {e!r}"
+        return result
+
+    def _one_generator(self, cell: Cell, run: int, directory: Path, result: RunResult) -> None:
+        """A run over the generator."""
         child = self._start(cell, directory, run)
         try:
             self._stop(cell, child, directory, result)
@@ -257,22 +267,14 @@ class Runs:
         result.traceback = any("Traceback" in log.read_text(errors="replace") for log in logs)
         progress = read_progress(directory / PROGRESS_FILE)
         result.tally = tally(directory, cell.client, progress.read_end if progress else 0)
-        return result
 
-    def _one_nats(self, cell: Cell, run: int) -> RunResult:
+    def _one_nats(self, cell: Cell, run: int, directory: Path, result: RunResult) -> None:
         """A run over its own NATS stream (see the module docstring)."""
         assert self.nats_url is not None
-        directory = self.config.output_dir / "runs" / cell.key / str(run)
-        directory.mkdir(parents=True)
-        result = RunResult(cell.key, run, self._delays[run], cell.signal.name)
         stream = f"DEMO_{cell.pattern}_{run}".replace("-", "_")
         feed = NatsFeed(self.nats_url, stream, self.config.nats_messages)
         try:
-            try:
-                feed.start()
-            except FEED_ERRORS as e:
-                result.problem = f"the stream could not be set up: {e!r}"
-                return result
+            feed.start()
             child = self._start(cell, directory, run, nats_source=feed.source)
             try:
                 exited_at = self._stop(cell, child, directory, result)
@@ -283,12 +285,8 @@ class Runs:
             feed.stop_sampling()
             result.exit_codes.append(child.proc.returncode)
             result.traceback = "Traceback" in child.log.read_text(errors="replace")
-            try:
-                view = feed.server_view()
-                deliverable = feed.deliverable(exited_at)
-            except FEED_ERRORS as e:
-                result.problem = f"the server could not be asked about the run: {e!r}"
-                return result
+            view = feed.server_view()
+            deliverable = feed.deliverable(exited_at)
             progress = read_progress(directory / PROGRESS_FILE)
             read = progress.read_end if progress else 0
             result.tally, result.nats = nats_tally(directory, read, view, deliverable)
@@ -301,7 +299,6 @@ class Runs:
                 ]
         finally:
             feed.close()
-        return result
 
     def _stop(self, cell: Cell, child: _Child, directory: Path, result: RunResult) -> float | None:
         """Waits for the stop moment, signals, samples until the exit; returns when it exited
