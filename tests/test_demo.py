@@ -8,6 +8,8 @@ import base64
 import json
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,6 @@ from shovel.demo import cli
 from shovel.demo.accounting import Tally, checkpoint_numbers
 from shovel.demo.natsfeed import msg_id, payload
 from shovel.demo.natsserver import HOW_TO_GET
-from shovel.demo.picture import have_matplotlib
 from shovel.demo.progress import PROGRESS_FILE, read_progress
 from shovel.demo.pyclient import RECORDS_FILE, STORE_DIR
 from shovel.demo.report import summarize
@@ -257,10 +258,79 @@ def test_help_explains_the_flags_and_bad_flags_exit_2(tmp_path: Path) -> None:
     assert (tmp_path / "precious.txt").read_text() == "keep me"
 
 
-def test_without_matplotlib_there_is_no_picture(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert have_matplotlib()
+def _clean_run(cell: Cell, run: int = 0) -> RunResult:
+    """A run that kept every record it read and exited 0 soon after its signal."""
+    return RunResult(
+        cell.key,
+        run,
+        1.0,
+        cell.signal.name,
+        exit_codes=[0],
+        stop_to_exit_s=0.1,
+        tally=Tally(read=10, stored=10, distinct=10, lost=0, duplicated=0, unread=0, invalid=0),
+        timeline=[(-0.1, 5, 5), (0.0, 10, 8), (0.1, 10, 10)],
+    )
+
+
+def _demo_with_runs(
+    monkeypatch: pytest.MonkeyPatch, out: Path, shovel_run: RunResult | None = None
+) -> int:
+    """cli._run over made-up runs (every cell's clean; shovel's native cell's `shovel_run`)."""
+
+    def run_all(
+        _runs: Runs, cells: list[Cell], done: Callable[[RunResult], None]
+    ) -> dict[str, list[RunResult]]:
+        results = {cell.key: [_clean_run(cell)] for cell in cells}
+        if shovel_run is not None:
+            results[shovel_run.cell] = [shovel_run]
+        for runs in results.values():
+            done(runs[0])
+        return results
+
+    monkeypatch.setattr(Runs, "run_all", run_all)
+    out.mkdir()
+    return cli._run(DemoConfig(1, 1000.0, 10.0, 1, out, 1), False, None, None)
+
+
+def test_without_matplotlib_the_demo_says_how_to_get_the_picture(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # matplotlib cannot be imported in this process from here on.
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    assert not have_matplotlib()
+    out = tmp_path / "shovel-demo"
+    assert _demo_with_runs(monkeypatch, out) == 0
+    printed = capsys.readouterr()
+    assert "no picture: matplotlib is not installed; pip install 'shovel[demo]'" in printed.err
+    assert not (out / cli.PICTURE_FILE).exists()
+    assert json.loads((out / cli.RESULTS_FILE).read_text())["cells"]
+    assert "| shovel" in printed.out
+
+
+SHOVEL_NATIVE = Cell("shovel", "native")
+
+
+@pytest.mark.parametrize(
+    "failed",
+    [
+        replace(_clean_run(SHOVEL_NATIVE), tally=Tally(10, 9, 9, 1, 0, 0, 0)),
+        replace(_clean_run(SHOVEL_NATIVE), tally=Tally(10, 11, 10, 0, 1, 0, 0)),
+        replace(_clean_run(SHOVEL_NATIVE), hung=True, exit_codes=[-9]),
+        replace(_clean_run(SHOVEL_NATIVE), exit_codes=[1]),
+        replace(_clean_run(SHOVEL_NATIVE), tally=Tally(10, 10, 10, 0, 0, 0, 1)),
+        replace(_clean_run(SHOVEL_NATIVE), problem="the child read nothing in 30s"),
+    ],
+    ids=["lost", "doubled", "hung", "exit-1", "invalid-line", "problem"],
+)
+def test_shovels_cell_failing_in_any_way_makes_the_demo_exit_1(
+    failed: RunResult,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert summarize([_clean_run(SHOVEL_NATIVE)]).clean
+    assert not summarize([_clean_run(SHOVEL_NATIVE, 1), failed]).clean
+    assert _demo_with_runs(monkeypatch, tmp_path / "shovel-demo", failed) == 1
+    assert "did not keep every record in: shovel.native\n" in capsys.readouterr().err
 
 
 def test_a_run_that_fails_is_reported_and_the_finished_runs_are_kept(
