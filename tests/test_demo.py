@@ -22,7 +22,7 @@ from shovel.demo.natsserver import HOW_TO_GET
 from shovel.demo.progress import PROGRESS_FILE, read_progress
 from shovel.demo.pyclient import RECORDS_FILE, STORE_DIR
 from shovel.demo.report import summarize
-from shovel.demo.runs import Cell, DemoConfig, RunResult, Runs
+from shovel.demo.runs import RUNS_DIR, Cell, DemoConfig, RunResult, Runs
 from shovel.sources import generated_record
 from tests.helpers import generated, read_checkpoint, stored_bytes
 
@@ -91,7 +91,7 @@ def test_shovels_runner_loses_and_doubles_nothing_in_any_cell(
             assert run["exit_codes"][-1] == 0, (cell["key"], run)
             assert not run["hung"], (cell["key"], run)
             assert t["read"] > 0
-            directory = out / "runs" / cell["key"] / str(run["run"])
+            directory = out / RUNS_DIR / cell["key"] / str(run["run"])
             # Byte for byte: exactly records 0..read-1, each once.
             if cell["source"] == "nats":
                 _assert_stored_messages(directory, t["read"])
@@ -200,7 +200,7 @@ def test_every_count_adds_up_and_matches_the_files(
             # Counted against the server (above).
             continue
         for run in cell["runs"]:
-            directory = out / "runs" / cell["key"] / str(run["run"])
+            directory = out / RUNS_DIR / cell["key"] / str(run["run"])
             progress = read_progress(directory / PROGRESS_FILE)
             assert progress is not None
             t = run["tally"]
@@ -336,8 +336,8 @@ def test_shovels_cell_failing_in_any_way_makes_the_demo_exit_1(
 def test_a_run_that_fails_is_reported_and_the_finished_runs_are_kept(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    def measure(_runs: Runs, _cell: Cell, run: int, _dir: Path, result: RunResult) -> None:
-        if run == 1:
+    def measure(_runs: Runs, _cell: Cell, _dir: Path, result: RunResult) -> None:
+        if result.run == 1:
             raise RuntimeError("no such thing")
         result.exit_codes.append(0)
         result.tally = Tally(10, 10, 10, 0, 0, 0, 0)

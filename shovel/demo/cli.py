@@ -21,6 +21,7 @@ from shovel.demo.natsserver import (
 from shovel.demo.runs import (
     EXIT_WAIT_S,
     INFLIGHT_WAIT_S,
+    RUNS_DIR,
     STOP_AFTER_S,
     Cell,
     DemoConfig,
@@ -30,7 +31,6 @@ from shovel.demo.runs import (
 
 RESULTS_FILE = "results.json"
 PICTURE_FILE = "timeline.png"
-RUNS_DIR = "runs"
 # shovel's pattern lost or doubled records, hung, or did not exit 0: the demonstration failed.
 EXIT_SHOVEL_FAILED = 1
 # Ctrl-C, as a shell reports it.
