@@ -273,7 +273,8 @@ class Runs:
                     restart.proc.wait(RESTART_WAIT_S)
                 except subprocess.TimeoutExpired:
                     result.problem = f"the restart did not finish in {RESTART_WAIT_S:g}s"
-            read = _read_end(directory)
+            # A restart that failed early may have read less than the first run had.
+            read = max(read, _read_end(directory))
         result.tally = tally(directory, cell.client, read)
 
     def _one_nats(self, cell: Cell, directory: Path, result: RunResult) -> None:
