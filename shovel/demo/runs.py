@@ -285,15 +285,15 @@ class Runs:
         try:
             feed.start()
             with self._running(cell, directory, result, nats_source=feed.source) as child:
-                exited_at = self._stop(cell, child, directory, result)
-            exited_at = exited_at or time.monotonic()
+                moments = self._stop(cell, child, directory, result)
+            exited_at = moments[1] if moments is not None else time.monotonic()
             feed.stop_sampling()
             view = feed.server_view()
             deliverable = feed.deliverable(exited_at)
             read = _read_end(directory)
             result.tally, result.nats = nats_tally(directory, read, view, deliverable)
-            if result.timeline:
-                signalled = exited_at - (result.stop_to_exit_s or 0.0)
+            if moments is not None:
+                signalled = moments[0]
                 result.acked_timeline = [
                     (t - signalled, a)
                     for t, a in feed.acked_samples
@@ -302,9 +302,11 @@ class Runs:
         finally:
             feed.close()
 
-    def _stop(self, cell: Cell, child: _Child, directory: Path, result: RunResult) -> float | None:
-        """Waits for the stop moment, signals, samples until the exit; returns when it exited
-        (None: it was never signalled)."""
+    def _stop(
+        self, cell: Cell, child: _Child, directory: Path, result: RunResult
+    ) -> tuple[float, float] | None:
+        """Waits for the stop moment, signals, samples until the exit; returns when it was
+        signalled and when it exited (None: it was never signalled)."""
         progress_path = directory / PROGRESS_FILE
         stored = LiveCount(directory, cell.client)
         samples: list[tuple[float, int, int]] = []
@@ -361,4 +363,4 @@ class Runs:
         result.timeline = [
             (t - signalled, r, s) for t, r, s in samples if t >= signalled - KEEP_BEFORE_S
         ]
-        return exited
+        return signalled, exited
