@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from shovel.demo import cli
-from shovel.demo.accounting import Tally, checkpoint_numbers
+from shovel.demo.accounting import Tally
 from shovel.demo.natsfeed import msg_id, payload
 from shovel.demo.natsserver import HOW_TO_GET
 from shovel.demo.progress import PROGRESS_FILE, read_progress
@@ -24,7 +24,7 @@ from shovel.demo.pyclient import RECORDS_FILE, STORE_DIR
 from shovel.demo.report import summarize
 from shovel.demo.runs import RUNS_DIR, Cell, DemoConfig, RunResult, Runs
 from shovel.sources import generated_record
-from tests.helpers import generated, read_checkpoint, stored_bytes
+from tests.helpers import committed, generated, read_checkpoint, stored_bytes
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # One run per cell; a write latency long enough that a write is always in flight (a write
@@ -97,7 +97,7 @@ def test_shovels_runner_loses_and_doubles_nothing_in_any_cell(
                 _assert_stored_messages(directory, t["read"])
             elif cell["client"] == "native":
                 assert stored_bytes(directory) == generated(0, t["read"])
-                assert checkpoint_numbers(directory)["committed_offset"] == t["read"]
+                assert committed(directory) == t["read"]
             else:
                 # The writes finish out of order (each draws its latency): compare in order.
                 lines = (directory / STORE_DIR / RECORDS_FILE).read_bytes().splitlines(True)
