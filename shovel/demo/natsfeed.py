@@ -150,7 +150,6 @@ class NatsFeed:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"stream {self.stream} did not take {self.messages} messages")
             await asyncio.sleep(0.01)
-        self._stop_sampling = asyncio.Event()
         self._sampler = asyncio.create_task(self._sample())
 
     async def _sample(self) -> None:
