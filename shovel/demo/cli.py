@@ -146,13 +146,13 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _patterns(with_aiorun: bool) -> list[str]:
+    """The stop patterns measured (aiorun's needs aiorun installed)."""
+    return [pattern for pattern in PATTERNS if with_aiorun or pattern != "aiorun"]
+
+
 def _cells(with_aiorun: bool, with_nats: bool) -> list[Cell]:
-    cells = [
-        Cell(pattern, client)
-        for pattern in PATTERNS
-        if with_aiorun or pattern != "aiorun"
-        for client in CLIENTS
-    ]
+    cells = [Cell(pattern, client) for pattern in _patterns(with_aiorun) for client in CLIENTS]
     nats = [Cell(pattern, "native", source="nats") for pattern in ("cancel-all", "shovel")]
     return [
         *cells,
@@ -267,9 +267,7 @@ def _run(
         sys.stderr.write(no_nats + "\n")
     if have_matplotlib():
         panels = [
-            (pattern, results[Cell(pattern, "python").key][0])
-            for pattern in PATTERNS
-            if with_aiorun or pattern != "aiorun"
+            (pattern, results[Cell(pattern, "python").key][0]) for pattern in _patterns(with_aiorun)
         ]
         nats_panels = [
             (cell.pattern, results[cell.key][0]) for cell in cells if cell.source == "nats"
