@@ -21,6 +21,7 @@ from shovel.demo.natsserver import (
 from shovel.demo.runs import (
     EXIT_WAIT_S,
     INFLIGHT_WAIT_S,
+    NATS_MESSAGES,
     RUNS_DIR,
     STOP_AFTER_S,
     Cell,
@@ -133,7 +134,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--nats-messages",
         type=_nats_messages,
-        default=40_000,
+        default=NATS_MESSAGES,
         help="messages in each NATS run's stream, read as fast as the child can; 0 leaves the "
         "NATS cells out (default: %(default)s)",
     )

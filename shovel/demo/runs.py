@@ -33,6 +33,8 @@ from shovel.demo.progress import PROGRESS_FILE, read_progress
 
 # Under the output directory: a directory per cell, in it one per run (its files and logs).
 RUNS_DIR = "runs"
+# The default of messages in each NATS run's stream.
+NATS_MESSAGES = 40_000
 # The stop comes this long after the first records were read (drawn per run from the seed).
 STOP_AFTER_S = (0.5, 1.5)
 SAMPLE_S = 0.01
@@ -85,7 +87,7 @@ class DemoConfig:
     output_dir: Path
     jobs: int
     # Messages in each NATS run's stream (a backlog read as fast as the child can).
-    nats_messages: int = 40_000
+    nats_messages: int = NATS_MESSAGES
 
     def stop_delays(self) -> list[float]:
         """Run i of every cell is stopped this long after reading starts."""
