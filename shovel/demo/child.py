@@ -23,7 +23,7 @@ from typing import Any
 
 from shovel import signals
 from shovel.batches import Batch, Piece
-from shovel.cli import EXIT_USAGE
+from shovel.cli import EXIT_USAGE, LOG_FORMAT
 from shovel.demo.naive import (
     Client,
     nats_pipeline,
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = _settings(args)
     logging.basicConfig(
         level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=LOG_FORMAT,
         stream=sys.stderr,
     )
     args.output_dir.mkdir(parents=True, exist_ok=True)
