@@ -15,6 +15,8 @@ from shovel import signals
 
 # Must match runner.ExitCode.USAGE (kept here so that a bad flag needs no heavy import).
 EXIT_USAGE = 2
+# Every log line: when, how grave, which logger, what.
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     logging.basicConfig(
         level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=LOG_FORMAT,
         stream=sys.stderr,
     )
     from shovel.runner import run_service  # noqa: PLC0415

@@ -49,8 +49,8 @@ from shovel.storage import (
     CorruptStoreError,
     DirectoryLockedError,
     Storage,
-    StorageConfig,
     StorageError,
+    storage_config,
 )
 
 log = logging.getLogger("shovel")
@@ -342,15 +342,7 @@ async def run_service(settings: Settings) -> int:
             log.info("%s received during startup: nothing was read; exiting", stop.first_signal)
             return ExitCode.OK
         try:
-            storage = await Storage.open(
-                StorageConfig(
-                    directory=settings.output_dir,
-                    segment_max_bytes=settings.segment_max_bytes,
-                    fsync_interval_ms=settings.fsync_interval_ms,
-                    fsync_max_bytes=settings.fsync_max_bytes,
-                    max_inflight_bytes=settings.max_inflight_bytes,
-                )
-            )
+            storage = await Storage.open(storage_config(settings))
         except (DirectoryLockedError, CorruptStoreError, StorageError) as e:
             log.error("cannot open the output directory: %s", e)
             return ExitCode.FATAL

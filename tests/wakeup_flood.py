@@ -6,8 +6,9 @@ keep that socket full. asyncio's `add_signal_handler` makes the same socket the 
 fd, so a signal arriving while it is full has its byte dropped ("Exception ignored when trying
 to write to the signal wakeup fd") and its handler never runs. `install()` (called from a
 generated sitecustomize) makes every new event loop flooded from threads; how often the flood
-found the self-pipe full is kept in the file named by FLOOD_REPORT_ENV. Run as a module, this
-is the control: a plain `add_signal_handler` program under the same flood.
+found the self-pipe full is kept in the file named by FLOOD_REPORT_ENV. `control()` is the
+control: a plain `add_signal_handler` program under the same flood (the test runs it with
+`python -c`).
 """
 
 from __future__ import annotations

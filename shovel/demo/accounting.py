@@ -10,6 +10,7 @@ read.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,19 +93,25 @@ class Tally:
     invalid: int
 
 
-def tally(directory: Path, client: str, read: int) -> Tally:
-    """Counts `directory`'s store against `read`."""
-    data = stored_bytes(directory, client)
+def count_lines(data: bytes, parse: Callable[[bytes], int | None]) -> tuple[Counter[int], int]:
+    """How many times each number is stored in `data`, by `parse` of each line (without its
+    newline; None: not a true record), and how many lines are not true records."""
     lines = data.split(b"\n")
     # A store ends with a newline; anything after the last one is a torn line.
     invalid = 1 if lines[-1] else 0
-    seqs: Counter[int] = Counter()
+    numbers: Counter[int] = Counter()
     for line in lines[:-1]:
-        seq = _seq_of(line)
-        if seq is None:
+        number = parse(line)
+        if number is None:
             invalid += 1
         else:
-            seqs[seq] += 1
+            numbers[number] += 1
+    return numbers, invalid
+
+
+def tally(directory: Path, client: str, read: int) -> Tally:
+    """Counts `directory`'s store against `read`."""
+    seqs, invalid = count_lines(stored_bytes(directory, client), _seq_of)
     distinct = len(seqs)
     unread = sum(1 for seq in seqs if seq >= read)
     return Tally(

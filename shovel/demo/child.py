@@ -23,6 +23,7 @@ from typing import Any
 
 from shovel import signals
 from shovel.batches import Batch, Piece
+from shovel.cli import EXIT_USAGE, LOG_FORMAT
 from shovel.demo.naive import (
     Client,
     nats_pipeline,
@@ -37,7 +38,7 @@ from shovel.demo.pyclient import PythonStore
 from shovel.settings import Settings, load_settings
 from shovel.source_api import AcknowledgedSource, AckProgress
 from shovel.sources import Source, open_source
-from shovel.storage import Storage, StorageConfig
+from shovel.storage import Storage, StorageConfig, storage_config
 
 PATTERNS = ("no-handler", "asyncio-run", "cancel-all", "aiorun", "shovel")
 CLIENTS = ("python", "native")
@@ -151,16 +152,6 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(flags)
 
 
-def _storage_config(settings: Settings) -> StorageConfig:
-    return StorageConfig(
-        directory=settings.output_dir,
-        segment_max_bytes=settings.segment_max_bytes,
-        fsync_interval_ms=settings.fsync_interval_ms,
-        fsync_max_bytes=settings.fsync_max_bytes,
-        max_inflight_bytes=settings.max_inflight_bytes,
-    )
-
-
 def _run_shovel(args: argparse.Namespace, settings: Settings, progress: ProgressWriter) -> int:
     """shovel's runner, as `python -m shovel` runs it, over the counting source."""
     from shovel import runner  # noqa: PLC0415
@@ -195,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = _settings(args)
     logging.basicConfig(
         level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=LOG_FORMAT,
         stream=sys.stderr,
     )
     args.output_dir.mkdir(parents=True, exist_ok=True)
@@ -209,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             settings.read_chunk_bytes,
             settings.max_record_bytes,
             settings.generator_rate,
+            settings.follow_config,
             queue_max_batches=settings.queue_max_batches,
             shutdown_timeout_s=settings.shutdown_timeout_s,
         ),
@@ -217,11 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(source, CountingAckSource):
         if args.pattern != "cancel-all" or args.client != "native":
             sys.stderr.write("a NATS source runs with --pattern cancel-all --client native only\n")
-            return 2
+            return EXIT_USAGE
         return run_cancel_all(
             nats_pipeline(
                 source,
-                _storage_config(settings),
+                storage_config(settings),
                 settings.queue_max_batches,
                 settings.max_record_bytes,
             )
@@ -232,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             return PythonStore(
                 settings.output_dir, args.latency_ms / 1000, args.seed, progress.inflight
             )
-        return await Storage.open(_storage_config(settings))
+        return await Storage.open(storage_config(settings))
 
     main_coro = pipeline(
         source,

@@ -8,6 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from shovel.cli import EXIT_USAGE
 from shovel.demo.child import CLIENTS, PATTERNS
 from shovel.demo.natsserver import (
     ACK_WAIT_S,
@@ -20,6 +21,8 @@ from shovel.demo.natsserver import (
 from shovel.demo.runs import (
     EXIT_WAIT_S,
     INFLIGHT_WAIT_S,
+    NATS_MESSAGES,
+    RUNS_DIR,
     STOP_AFTER_S,
     Cell,
     DemoConfig,
@@ -29,8 +32,6 @@ from shovel.demo.runs import (
 
 RESULTS_FILE = "results.json"
 PICTURE_FILE = "timeline.png"
-RUNS_DIR = "runs"
-EXIT_USAGE = 2  # must match cli.EXIT_USAGE
 # shovel's pattern lost or doubled records, hung, or did not exit 0: the demonstration failed.
 EXIT_SHOVEL_FAILED = 1
 # Ctrl-C, as a shell reports it.
@@ -133,7 +134,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--nats-messages",
         type=_nats_messages,
-        default=40_000,
+        default=NATS_MESSAGES,
         help="messages in each NATS run's stream, read as fast as the child can; 0 leaves the "
         "NATS cells out (default: %(default)s)",
     )
@@ -146,13 +147,13 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _patterns(with_aiorun: bool) -> list[str]:
+    """The stop patterns measured (aiorun's needs aiorun installed)."""
+    return [pattern for pattern in PATTERNS if with_aiorun or pattern != "aiorun"]
+
+
 def _cells(with_aiorun: bool, with_nats: bool) -> list[Cell]:
-    cells = [
-        Cell(pattern, client)
-        for pattern in PATTERNS
-        if with_aiorun or pattern != "aiorun"
-        for client in CLIENTS
-    ]
+    cells = [Cell(pattern, client) for pattern in _patterns(with_aiorun) for client in CLIENTS]
     nats = [Cell(pattern, "native", source="nats") for pattern in ("cancel-all", "shovel")]
     return [
         *cells,
@@ -267,9 +268,7 @@ def _run(
         sys.stderr.write(no_nats + "\n")
     if have_matplotlib():
         panels = [
-            (pattern, results[Cell(pattern, "python").key][0])
-            for pattern in PATTERNS
-            if with_aiorun or pattern != "aiorun"
+            (pattern, results[Cell(pattern, "python").key][0]) for pattern in _patterns(with_aiorun)
         ]
         nats_panels = [
             (cell.pattern, results[cell.key][0]) for cell in cells if cell.source == "nats"

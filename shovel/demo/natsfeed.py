@@ -38,8 +38,6 @@ SAMPLE_ACKED_S = 0.05
 # How long the check waits past ack_wait for what is still deliverable.
 SETTLE_MARGIN_S = 6.0
 _T = TypeVar("_T")
-# What a call on the feed raises when the server does not answer as it should.
-FEED_ERRORS: tuple[type[Exception], ...] = (nats.errors.Error, TimeoutError, OSError)
 
 
 async def _quiet(_e: Exception) -> None:
@@ -152,7 +150,6 @@ class NatsFeed:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"stream {self.stream} did not take {self.messages} messages")
             await asyncio.sleep(0.01)
-        self._stop_sampling = asyncio.Event()
         self._sampler = asyncio.create_task(self._sample())
 
     async def _sample(self) -> None:

@@ -39,6 +39,17 @@ def find_binary() -> Path | None:
     return Path(found) if found else None
 
 
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    """Stops a nats-server process: SIGTERM, then SIGKILL if it has not exited in 10 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class NatsServerError(Exception):
     """The server did not start."""
 
@@ -93,11 +104,5 @@ class DemoNatsServer:
 
     def stop(self) -> None:
         """Stops the server and removes its streams (its log stays)."""
-        if self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        stop_server(self._proc)
         shutil.rmtree(self.store, ignore_errors=True)

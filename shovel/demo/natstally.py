@@ -19,11 +19,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from shovel.demo.accounting import Tally, stored_bytes
+from shovel.demo.accounting import Tally, count_lines, stored_bytes
 from shovel.demo.natsfeed import Deliverable, ServerView, msg_id, payload
 
 
@@ -78,15 +77,9 @@ def nats_tally(
     directory: Path, read: int, view: ServerView, deliverable: Deliverable
 ) -> tuple[Tally, NatsFigures]:
     """Counts `directory`'s store against the server's figures."""
-    lines = stored_bytes(directory, "native").split(b"\n")
-    invalid = 1 if lines[-1] else 0
-    seqs: Counter[int] = Counter()
-    for line in lines[:-1]:
-        seq = _published_number(line, view.published)
-        if seq is None:
-            invalid += 1
-        else:
-            seqs[seq] += 1
+    seqs, invalid = count_lines(
+        stored_bytes(directory, "native"), lambda line: _published_number(line, view.published)
+    )
     stored = set(seqs)
     gone = set(range(1, view.published + 1)) - stored - deliverable.seqs
     doubled = sum(seqs.values()) - len(stored)
@@ -114,7 +107,8 @@ def nats_tally(
         distinct=len(stored),
         lost=figures.lost,
         duplicated=doubled,
-        unread=max(len(stored) - read, 0),
+        # The first `read` sequences are the ones read (see the module docstring).
+        unread=sum(1 for seq in stored if seq > read),
         invalid=invalid,
     )
     return tally, figures

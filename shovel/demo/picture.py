@@ -96,7 +96,7 @@ def _panel(ax: Any, title: str, run: RunResult) -> None:
                 [exit_s, right], stored_distinct, tally.read, color="tab:red", alpha=0.25
             )
         ax.annotate(
-            f"lost {tally.lost}" if tally.lost else "lost 0",
+            f"lost {tally.lost}",
             (1, 1), xycoords="axes fraction", xytext=(-4, -12), textcoords="offset points",
             ha="right", fontsize=9, color="tab:red" if tally.lost else "tab:green",
         )  # fmt: skip

@@ -20,16 +20,21 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from shovel.demo.accounting import LiveCount, Tally, tally
-from shovel.demo.natsfeed import FEED_ERRORS, NatsFeed
+from shovel.demo.natsfeed import NatsFeed
 from shovel.demo.natstally import NatsFigures, nats_tally
 from shovel.demo.progress import PROGRESS_FILE, read_progress
 
+# Under the output directory: a directory per cell, in it one per run (its files and logs).
+RUNS_DIR = "runs"
+# The default of messages in each NATS run's stream.
+NATS_MESSAGES = 40_000
 # The stop comes this long after the first records were read (drawn per run from the seed).
 STOP_AFTER_S = (0.5, 1.5)
 SAMPLE_S = 0.01
@@ -82,7 +87,7 @@ class DemoConfig:
     output_dir: Path
     jobs: int
     # Messages in each NATS run's stream (a backlog read as fast as the child can).
-    nats_messages: int = 40_000
+    nats_messages: int = NATS_MESSAGES
 
     def stop_delays(self) -> list[float]:
         """Run i of every cell is stopped this long after reading starts."""
@@ -129,6 +134,12 @@ class RunResult:
         out["timeline"] = [[round(t, 4), r, s] for t, r, s in self.timeline]
         out["acked_timeline"] = [[round(t, 4), a] for t, a in self.acked_timeline]
         return out
+
+
+def _read_end(directory: Path) -> int:
+    """How far the run in `directory` has read, by its side file (0: not at all)."""
+    progress = read_progress(directory / PROGRESS_FILE)
+    return progress.read_end if progress else 0
 
 
 def _child_env() -> dict[str, str]:
@@ -214,86 +225,77 @@ class Runs:
         for child in list(self._children):
             child.end()
 
-    def _start(
+    @contextmanager
+    def _running(
         self,
         cell: Cell,
         directory: Path,
-        run: int,
+        result: RunResult,
         *,
         restart: bool = False,
         nats_source: str | None = None,
-    ) -> _Child:
-        child = _Child(cell, self.config, directory, run, restart=restart, nats_source=nats_source)
+    ) -> Iterator[_Child]:
+        """A child for the length of the block, ended on the way out (killed if it still
+        runs); its exit code, and whether its log holds a traceback, go into `result`."""
+        child = _Child(
+            cell, self.config, directory, result.run, restart=restart, nats_source=nats_source
+        )
         self._children.add(child)
-        return child
-
-    def _one(self, cell: Cell, run: int) -> RunResult:
-        if cell.source == "nats":
-            return self._one_nats(cell, run)
-        directory = self.config.output_dir / "runs" / cell.key / str(run)
-        directory.mkdir(parents=True)
-        result = RunResult(cell.key, run, self._delays[run], cell.signal.name)
-        child = self._start(cell, directory, run)
         try:
-            self._stop(cell, child, directory, result)
+            yield child
         finally:
             child.end()
             self._children.discard(child)
         result.exit_codes.append(child.proc.returncode)
-        logs = [child.log]
-        if cell.kill_restart and result.problem is None:
-            progress = read_progress(directory / PROGRESS_FILE)
-            result.read_at_kill = progress.read_end if progress else 0
-            restart = self._start(cell, directory, run, restart=True)
-            try:
-                restart.proc.wait(RESTART_WAIT_S)
-            except subprocess.TimeoutExpired:
-                result.problem = f"the restart did not finish in {RESTART_WAIT_S:g}s"
-            finally:
-                restart.end()
-                self._children.discard(restart)
-            result.exit_codes.append(restart.proc.returncode)
-            logs.append(restart.log)
-        result.traceback = any("Traceback" in log.read_text(errors="replace") for log in logs)
-        progress = read_progress(directory / PROGRESS_FILE)
-        result.tally = tally(directory, cell.client, progress.read_end if progress else 0)
-        return result
+        result.traceback |= "Traceback" in child.log.read_text(errors="replace")
 
-    def _one_nats(self, cell: Cell, run: int) -> RunResult:
-        """A run over its own NATS stream (see the module docstring)."""
-        assert self.nats_url is not None
-        directory = self.config.output_dir / "runs" / cell.key / str(run)
+    def _one(self, cell: Cell, run: int) -> RunResult:
+        """A run; whatever goes wrong in it is its problem, and the other runs go on."""
+        directory = self.config.output_dir / RUNS_DIR / cell.key / str(run)
         directory.mkdir(parents=True)
         result = RunResult(cell.key, run, self._delays[run], cell.signal.name)
-        stream = f"DEMO_{cell.pattern}_{run}".replace("-", "_")
+        try:
+            if cell.source == "nats":
+                self._one_nats(cell, directory, result)
+            else:
+                self._one_generator(cell, directory, result)
+        except Exception as e:
+            result.problem = f"the run failed: {e!r}"
+        return result
+
+    def _one_generator(self, cell: Cell, directory: Path, result: RunResult) -> None:
+        """A run over the generator."""
+        with self._running(cell, directory, result) as child:
+            self._stop(cell, child, directory, result)
+        read = _read_end(directory)
+        if cell.kill_restart and result.problem is None:
+            result.read_at_kill = read
+            with self._running(cell, directory, result, restart=True) as restart:
+                try:
+                    restart.proc.wait(RESTART_WAIT_S)
+                except subprocess.TimeoutExpired:
+                    result.problem = f"the restart did not finish in {RESTART_WAIT_S:g}s"
+            # A restart that failed early may have read less than the first run had.
+            read = max(read, _read_end(directory))
+        result.tally = tally(directory, cell.client, read)
+
+    def _one_nats(self, cell: Cell, directory: Path, result: RunResult) -> None:
+        """A run over its own NATS stream (see the module docstring)."""
+        assert self.nats_url is not None
+        stream = f"DEMO_{cell.pattern}_{result.run}".replace("-", "_")
         feed = NatsFeed(self.nats_url, stream, self.config.nats_messages)
         try:
-            try:
-                feed.start()
-            except FEED_ERRORS as e:
-                result.problem = f"the stream could not be set up: {e!r}"
-                return result
-            child = self._start(cell, directory, run, nats_source=feed.source)
-            try:
-                exited_at = self._stop(cell, child, directory, result)
-            finally:
-                child.end()
-                self._children.discard(child)
-            exited_at = exited_at or time.monotonic()
+            feed.start()
+            with self._running(cell, directory, result, nats_source=feed.source) as child:
+                moments = self._stop(cell, child, directory, result)
+            exited_at = moments[1] if moments is not None else time.monotonic()
             feed.stop_sampling()
-            result.exit_codes.append(child.proc.returncode)
-            result.traceback = "Traceback" in child.log.read_text(errors="replace")
-            try:
-                view = feed.server_view()
-                deliverable = feed.deliverable(exited_at)
-            except FEED_ERRORS as e:
-                result.problem = f"the server could not be asked about the run: {e!r}"
-                return result
-            progress = read_progress(directory / PROGRESS_FILE)
-            read = progress.read_end if progress else 0
+            view = feed.server_view()
+            deliverable = feed.deliverable(exited_at)
+            read = _read_end(directory)
             result.tally, result.nats = nats_tally(directory, read, view, deliverable)
-            if result.timeline:
-                signalled = exited_at - (result.stop_to_exit_s or 0.0)
+            if moments is not None:
+                signalled = moments[0]
                 result.acked_timeline = [
                     (t - signalled, a)
                     for t, a in feed.acked_samples
@@ -301,11 +303,12 @@ class Runs:
                 ]
         finally:
             feed.close()
-        return result
 
-    def _stop(self, cell: Cell, child: _Child, directory: Path, result: RunResult) -> float | None:
-        """Waits for the stop moment, signals, samples until the exit; returns when it exited
-        (None: it was never signalled)."""
+    def _stop(
+        self, cell: Cell, child: _Child, directory: Path, result: RunResult
+    ) -> tuple[float, float] | None:
+        """Waits for the stop moment, signals, samples until the exit; returns when it was
+        signalled and when it exited (None: it was never signalled)."""
         progress_path = directory / PROGRESS_FILE
         stored = LiveCount(directory, cell.client)
         samples: list[tuple[float, int, int]] = []
@@ -362,4 +365,4 @@ class Runs:
         result.timeline = [
             (t - signalled, r, s) for t, r, s in samples if t >= signalled - KEEP_BEFORE_S
         ]
-        return exited
+        return signalled, exited
