@@ -297,6 +297,19 @@ async def _pipeline(run: _Run) -> float | None:
     return deadline
 
 
+def source_for(settings: Settings) -> Source:
+    """The source the settings name, ready to resume. Raises SourceError."""
+    return open_source(
+        settings.source_spec,
+        settings.read_chunk_bytes,
+        settings.max_record_bytes,
+        settings.generator_rate,
+        settings.follow_config,
+        queue_max_batches=settings.queue_max_batches,
+        shutdown_timeout_s=settings.shutdown_timeout_s,
+    )
+
+
 async def run_service(settings: Settings) -> int:
     """Runs shovel until stopped or the source ends; returns the exit code."""
     loop = asyncio.get_running_loop()
@@ -309,15 +322,7 @@ async def run_service(settings: Settings) -> int:
     status: _StatusTimer | None = None
     try:
         try:
-            source = open_source(
-                settings.source_spec,
-                settings.read_chunk_bytes,
-                settings.max_record_bytes,
-                settings.generator_rate,
-                settings.follow_config,
-                queue_max_batches=settings.queue_max_batches,
-                shutdown_timeout_s=settings.shutdown_timeout_s,
-            )
+            source = source_for(settings)
         except SourceError as e:
             log.error("%s", e)
             return ExitCode.USAGE

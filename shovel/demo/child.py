@@ -19,7 +19,6 @@ import sys
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from pathlib import Path
-from typing import Any
 
 from shovel import signals
 from shovel.batches import Batch, Piece
@@ -35,9 +34,10 @@ from shovel.demo.naive import (
 from shovel.demo.natsserver import SHOVEL_SHUTDOWN_TIMEOUT_S
 from shovel.demo.progress import PROGRESS_FILE, ProgressWriter
 from shovel.demo.pyclient import PythonStore
+from shovel.runner import source_for
 from shovel.settings import Settings, load_settings
 from shovel.source_api import AcknowledgedSource, AckProgress
-from shovel.sources import Source, open_source
+from shovel.sources import Source
 from shovel.storage import Storage, StorageConfig, storage_config
 
 PATTERNS = ("no-handler", "asyncio-run", "cancel-all", "aiorun", "shovel")
@@ -156,12 +156,12 @@ def _run_shovel(args: argparse.Namespace, settings: Settings, progress: Progress
     """shovel's runner, as `python -m shovel` runs it, over the counting source."""
     from shovel import runner  # noqa: PLC0415
 
-    def counting_open_source(*args: Any, **kwargs: Any) -> Source:
-        return _counting(open_source(*args, **kwargs), progress)
+    def counting_source_for(settings: Settings) -> Source:
+        return _counting(source_for(settings), progress)
 
     # The runner finds these by name when it runs: replacing them here, in this process only,
     # leaves its stop sequence as the service has it.
-    setattr(runner, "open_source", counting_open_source)  # noqa: B010
+    setattr(runner, "source_for", counting_source_for)  # noqa: B010
     if args.client == "python":
 
         class _PythonStorage:
@@ -194,18 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.pattern == "shovel":
         return _run_shovel(args, settings, progress)
 
-    source = _counting(
-        open_source(
-            settings.source_spec,
-            settings.read_chunk_bytes,
-            settings.max_record_bytes,
-            settings.generator_rate,
-            settings.follow_config,
-            queue_max_batches=settings.queue_max_batches,
-            shutdown_timeout_s=settings.shutdown_timeout_s,
-        ),
-        progress,
-    )
+    source = _counting(source_for(settings), progress)
     if isinstance(source, CountingAckSource):
         if args.pattern != "cancel-all" or args.client != "native":
             sys.stderr.write("a NATS source runs with --pattern cancel-all --client native only\n")
