@@ -337,7 +337,7 @@ class NatsSource:
 
     async def _create_consumer(self, js: JetStreamContext) -> ConsumerInfo:
         """Creates the durable pull consumer (or takes the one another replica created at the
-        same moment). Raises _NotNow."""
+        same moment). Raises _NotNow, or SourceError when the server refuses to create it."""
         spec = self.spec
         config = ConsumerConfig(
             durable_name=spec.consumer,
@@ -349,11 +349,15 @@ class NatsSource:
         )
         try:
             info: ConsumerInfo = await js.add_consumer(spec.stream, config)
-        except nats.js.errors.BadRequestError:
-            # Another replica created it first, with other settings: use theirs.
+        except nats.js.errors.BadRequestError as e:
+            # Another replica created it first, with other settings: use theirs. With none
+            # there, the server refused these settings (a limit of its own, say): asking again
+            # would be refused again.
             theirs = await self._consumer_info(js)
             if theirs is None:
-                raise _NotNow(f"consumer {spec.consumer} was created and deleted again") from None
+                raise SourceError(
+                    f"cannot create consumer {spec.consumer}: {e.description or repr(e)}"
+                ) from e
             return theirs
         except (nats.errors.Error, TimeoutError) as e:
             raise _NotNow(f"cannot create consumer {spec.consumer}: {e!r}") from e

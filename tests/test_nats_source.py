@@ -24,6 +24,7 @@ from shovel.laststop import read_report
 from shovel.natsledger import Ledger, decode_ranges, encode_ranges
 from shovel.natssource import NatsSource, _NotNow, record_of
 from shovel.natsurl import NatsSpec, parse_nats, subjects_overlap
+from shovel.source_api import SourceError
 from tests.helpers import (
     Shovel,
     assert_clean_stderr,
@@ -592,6 +593,24 @@ def test_consumer_creation_that_times_out_is_tried_again(add_error: Exception) -
     js = _Answers(nats.js.errors.NotFoundError(), add_error)
     with pytest.raises(_NotNow, match="cannot create consumer c"):
         asyncio.run(source._consumer(js))  # type: ignore[arg-type]
+
+
+def test_consumer_the_server_refuses_to_create_is_usage_error() -> None:
+    """The server refuses the consumer (a 400: here, a max_ack_pending over the server's
+    limit) and none exists: that is no race with another replica, nor worth waiting for; the
+    run fails with the server's reason."""
+    source = NatsSource(parse_nats("nats://h/S?consumer=c"), 8, 20.0)
+    source.resume(0, "")
+    refused = nats.js.errors.BadRequestError(
+        code=400, description="consumer max ack pending exceeds system limit of 1000"
+    )
+    js = _Answers(nats.js.errors.NotFoundError(), refused)
+    with pytest.raises(SourceError) as caught:
+        asyncio.run(source._consumer(js))  # type: ignore[arg-type]
+    assert not isinstance(caught.value, _NotNow)
+    assert str(caught.value) == (
+        "cannot create consumer c: consumer max ack pending exceeds system limit of 1000"
+    )
 
 
 def _stored_all(out: Path, count: int) -> bool:
