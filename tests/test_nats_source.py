@@ -670,7 +670,9 @@ def test_deadline_gives_back_what_is_not_durable(server: Cluster, tmp_path: Path
     asyncio.run(publish(server, "S", 0, count))
     out = tmp_path / "out"
     args = [*shovel_args(server, out, "c")[:-2], "--shutdown-timeout-s", "2"]
-    s = FaultyShovel(args, tmp_path / "log1", "before-fsync=delay:6000*1")
+    # The stall must outlast fetching all of them, the SIGTERM and the 2 s deadline, also on a
+    # loaded machine; the run does not wait for it (it exits at the deadline).
+    s = FaultyShovel(args, tmp_path / "log1", "before-fsync=delay:10000*1")
 
     def all_fetched() -> bool:
         info = consumer_info(server, "c")
