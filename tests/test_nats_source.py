@@ -479,6 +479,12 @@ def test_batches_stay_within_what_the_checkpoint_can_list() -> None:
     assert source.progress.redelivered == 1
 
 
+def _stored_all(out: Path, count: int) -> bool:
+    """The checkpoint of `out` covers `count` records."""
+    cp = read_checkpoint(out)
+    return cp is not None and cp.records == count
+
+
 def test_credentials_file(tmp_path: Path) -> None:
     """A server that requires JWT authentication: shovel connects with creds=PATH (the
     server's challenge signed with the file's seed); without it, it is refused and waits."""
@@ -496,12 +502,7 @@ def test_credentials_file(tmp_path: Path) -> None:
 
         s = Shovel(shovel_args(cluster, out, "c", f"&creds={cluster.creds}"), tmp_path / "log1")
         s.wait_for_log("shovel started")
-
-        def stored_all() -> bool:
-            cp = read_checkpoint(out)
-            return cp is not None and cp.records == 100
-
-        wait_until(stored_all, what="the 100 messages stored")
+        wait_until(lambda: _stored_all(out, 100), what="the 100 messages stored")
         s.signal(signal.SIGTERM)
         assert s.wait() == 0
         assert_clean_stderr(s.stderr)
@@ -611,11 +612,6 @@ def test_consumer_the_server_refuses_to_create_is_usage_error() -> None:
     assert str(caught.value) == (
         "cannot create consumer c: consumer max ack pending exceeds system limit of 1000"
     )
-
-
-def _stored_all(out: Path, count: int) -> bool:
-    cp = read_checkpoint(out)
-    return cp is not None and cp.records == count
 
 
 def test_sigterm_with_the_server_gone(server: Cluster, tmp_path: Path) -> None:
