@@ -26,11 +26,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import nats
-import nats.errors
-
 from tests.helpers import Shovel, wait_until
-from tests.natsservers import Cluster, create_stream, running_cluster, stored_messages
+from tests.natsservers import Cluster, ack_floor, create_stream, running_cluster, stored_messages
 
 STREAM = "BENCH"
 
@@ -53,7 +50,7 @@ class Figures:
 async def publish_all(cluster: Cluster, count: int, size: int) -> float:
     """Publishes `count` messages without waiting for each acknowledgement; returns the wall
     time until the stream holds all of them."""
-    nc = await nats.connect([s.url for s in cluster.servers])
+    nc = await cluster.connect()
     try:
         js = nc.jetstream()
         body = b"x" * size
@@ -69,21 +66,6 @@ async def publish_all(cluster: Cluster, count: int, size: int) -> float:
             await asyncio.sleep(0.005)
     finally:
         await nc.close()
-
-
-def ack_floor(cluster: Cluster, consumer: str) -> int:
-    async def ask() -> int:
-        nc = await nats.connect([s.url for s in cluster.servers])
-        try:
-            info = await nc.jetstream().consumer_info(STREAM, consumer)
-        finally:
-            await nc.close()
-        return info.ack_floor.stream_seq if info.ack_floor is not None else 0
-
-    try:
-        return asyncio.run(ask())
-    except (nats.errors.Error, TimeoutError):
-        return 0
 
 
 def drain(
@@ -103,7 +85,7 @@ def drain(
         ]  # fmt: skip
         procs.append(Shovel(args, work / f"{out.name}.log"))
     try:
-        wait_until(lambda: ack_floor(cluster, consumer) >= count, 600, "the drain")
+        wait_until(lambda: ack_floor(cluster, STREAM, consumer) >= count, 600, "the drain")
         took = time.monotonic() - started
     finally:
         for p in procs:

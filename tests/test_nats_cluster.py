@@ -33,8 +33,10 @@ from tests.helpers import Shovel, assert_clean_stderr, handles_sigterm, wait_unt
 from tests.natsservers import (
     Cluster,
     Publisher,
+    ack_floor,
     create_stream,
     msg_id,
+    on_servers,
     payload,
     running_cluster,
     stored_messages,
@@ -100,42 +102,17 @@ class Replica:
         return self.proc is not None and self.proc.proc.poll() is None
 
 
-def ack_floor(cluster: Cluster) -> int:
-    """The consumer's acknowledgement floor, from whichever server answers (0 if none)."""
-
-    async def ask() -> int:
-        nc = await nats.connect([s.url for s in cluster.servers if s.proc is not None])
-        try:
-            info = await nc.jetstream().consumer_info("ORDERS", "shovel", timeout=2)
-        finally:
-            await nc.close()
-        return info.ack_floor.stream_seq if info.ack_floor is not None else 0
-
-    try:
-        return asyncio.run(ask())
-    except (nats.errors.Error, TimeoutError, OSError):
-        return 0
-
-
 def last_sequence(cluster: Cluster) -> int:
     """The stream's last sequence, from whichever server answers (waits while none does: the
     servers left elect a new leader)."""
-
-    async def ask() -> int:
-        nc = await nats.connect([s.url for s in cluster.servers if s.proc is not None])
-        try:
-            info = await nc.jetstream().stream_info("ORDERS")
-        finally:
-            await nc.close()
-        return info.state.last_seq
-
     found: list[int] = []
 
     def answered() -> bool:
         try:
-            found.append(asyncio.run(ask()))
+            info = on_servers(cluster, lambda js: js.stream_info("ORDERS"))
         except (nats.errors.Error, TimeoutError, OSError):
             return False
+        found.append(info.state.last_seq)
         return True
 
     wait_until(answered, what="the stream's last sequence")
@@ -191,7 +168,9 @@ def test_replicas_share_a_consumer_through_stops_and_crashes(tmp_path: Path) -> 
             publisher = Publisher(cluster, "ORDERS", 0, third, RATE)
             churn(replicas, rng, publisher)
             publisher.join()
-            wait_until(lambda: ack_floor(cluster) >= third, what="phase 1 acknowledged")
+            wait_until(
+                lambda: ack_floor(cluster, "ORDERS", "shovel") >= third, what="phase 1 acknowledged"
+            )
             for r in replicas:
                 r.stop()
             spread = check_stored(replicas, third)
@@ -208,7 +187,10 @@ def test_replicas_share_a_consumer_through_stops_and_crashes(tmp_path: Path) -> 
             victim.start()
             churn(replicas, rng, publisher)
             publisher.join()
-            wait_until(lambda: ack_floor(cluster) >= 2 * third, what="phase 2 acknowledged")
+            wait_until(
+                lambda: ack_floor(cluster, "ORDERS", "shovel") >= 2 * third,
+                what="phase 2 acknowledged",
+            )
             for r in replicas:
                 r.stop()
             spread = check_stored(replicas, 2 * third)
@@ -231,7 +213,10 @@ def test_replicas_share_a_consumer_through_stops_and_crashes(tmp_path: Path) -> 
             churn(replicas, rng, publisher)
             publisher.join()
             victim_server.start()
-            wait_until(lambda: ack_floor(cluster) >= MESSAGES, what="phase 3 acknowledged")
+            wait_until(
+                lambda: ack_floor(cluster, "ORDERS", "shovel") >= MESSAGES,
+                what="phase 3 acknowledged",
+            )
             for r in replicas:
                 r.stop()
         finally:

@@ -9,14 +9,13 @@ import asyncio
 import base64
 import json
 import signal
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import nats
 import nats.js.errors
 import pytest
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo
 
 from shovel.identity import DescriptorError, NatsOrigin, decode, encode
@@ -37,8 +36,11 @@ from tests.helpers import (
 )
 from tests.natsservers import (
     Cluster,
+    ack_floor,
+    consumer_info,
     create_stream,
     msg_id,
+    on_servers,
     payload,
     publish,
     running_cluster,
@@ -250,30 +252,8 @@ def server(tmp_path: Path) -> Iterator[Cluster]:
         yield cluster
 
 
-def consumer_info(cluster: Cluster, consumer: str) -> ConsumerInfo | None:
-    """The consumer's state on the server; None until shovel has created it."""
-
-    async def ask() -> ConsumerInfo | None:
-        nc = await nats.connect(cluster.servers[0].url)
-        try:
-            info: ConsumerInfo = await nc.jetstream().consumer_info("S", consumer)
-        except nats.js.errors.NotFoundError:
-            return None
-        finally:
-            await nc.close()
-        return info
-
-    return asyncio.run(ask())
-
-
-def acked_floor(cluster: Cluster, consumer: str) -> int:
-    """The consumer's acknowledgement floor (every message up to it is acknowledged)."""
-    info = consumer_info(cluster, consumer)
-    return info.ack_floor.stream_seq if info is not None and info.ack_floor is not None else 0
-
-
 def all_acknowledged(cluster: Cluster, consumer: str, count: int) -> bool:
-    return acked_floor(cluster, consumer) == count
+    return ack_floor(cluster, "S", consumer) == count
 
 
 def assert_exactly(out: Path, count: int) -> None:
@@ -330,7 +310,7 @@ def test_acknowledges_only_what_is_durable(server: Cluster, tmp_path: Path) -> N
 
     def acknowledged_within_checkpoint() -> bool:
         nonlocal stall_seen
-        info = consumer_info(server, "c")
+        info = consumer_info(server, "S", "c")
         cp = read_checkpoint(out)
         if info is None:
             return False
@@ -395,15 +375,8 @@ def test_stream_made_again_is_refused(server: Cluster, tmp_path: Path) -> None:
     out = tmp_path / "out"
     store_ten_and_stop(server, out, tmp_path / "log1")
 
-    async def make_again() -> None:
-        nc = await nats.connect(server.servers[0].url)
-        try:
-            await nc.jetstream().delete_stream("S")
-        finally:
-            await nc.close()
-        await create_stream(server, "S", replicas=1)
-
-    asyncio.run(make_again())
+    on_servers(server, lambda js: js.delete_stream("S"))
+    asyncio.run(create_stream(server, "S", replicas=1))
     code, err = run_shovel(shovel_args(server, out, "c"), tmp_path / "log2")
     assert code == 1
     assert "was deleted and made again" in err
@@ -509,31 +482,18 @@ def test_credentials_file(tmp_path: Path) -> None:
         assert_exactly(out, 100)
 
 
-def _on_server(cluster: Cluster, act: Callable[[JetStreamContext], Awaitable[object]]) -> None:
-    """Runs `act` on a connection of its own to the (first) server."""
-
-    async def run() -> None:
-        nc = await nats.connect(cluster.servers[0].url)
-        try:
-            await act(nc.jetstream())
-        finally:
-            await nc.close()
-
-    asyncio.run(run())
-
-
 def test_consumer_gone_or_made_again_is_refused(server: Cluster, tmp_path: Path) -> None:
     """A consumer made again delivers the stream from its first message: the output directory
     that stored them through the old one refuses it, and refuses to make one itself."""
     out = tmp_path / "out"
     store_ten_and_stop(server, out, tmp_path / "log1")
-    _on_server(server, lambda js: js.delete_consumer("S", "c"))
+    on_servers(server, lambda js: js.delete_consumer("S", "c"))
     code, err = run_shovel(shovel_args(server, out, "c"), tmp_path / "log2")
     assert code == 1
     assert "consumer c no longer exists on stream S" in err
-    assert consumer_info(server, "c") is None, "shovel made the consumer again"
+    assert consumer_info(server, "S", "c") is None, "shovel made the consumer again"
     config = ConsumerConfig(durable_name="c", ack_policy=AckPolicy.EXPLICIT)
-    _on_server(server, lambda js: js.add_consumer("S", config))
+    on_servers(server, lambda js: js.add_consumer("S", config))
     code, err = run_shovel(shovel_args(server, out, "c"), tmp_path / "log3")
     assert code == 1
     assert "it was deleted and made again" in err
@@ -545,7 +505,7 @@ def test_consumer_deleted_while_running_stops_the_run(server: Cluster, tmp_path:
     out = tmp_path / "out"
     s = Shovel(shovel_args(server, out, "c"), tmp_path / "log")
     wait_until(lambda: all_acknowledged(server, "c", 10), what="every message acknowledged")
-    _on_server(server, lambda js: js.delete_consumer("S", "c"))
+    on_servers(server, lambda js: js.delete_consumer("S", "c"))
     assert s.wait() == 1
     assert "consumer c was deleted on the server" in s.stderr
     assert_exactly(out, 10)
@@ -564,7 +524,7 @@ def test_consumer_that_could_drop_messages_is_usage_error(
     """A message given back at each stop would not be delivered again after max_deliver
     deliveries; a consumer with an inactive_threshold is deleted when idle."""
     config = ConsumerConfig(durable_name="c", ack_policy=AckPolicy.EXPLICIT, **setting)  # type: ignore[arg-type]
-    _on_server(server, lambda js: js.add_consumer("S", config))
+    on_servers(server, lambda js: js.add_consumer("S", config))
     code, err = run_shovel(shovel_args(server, tmp_path / "out", "c"), tmp_path / "log")
     assert code == 2
     assert reason in err
@@ -671,7 +631,7 @@ def test_deadline_gives_back_what_is_not_durable(server: Cluster, tmp_path: Path
     s = FaultyShovel(args, tmp_path / "log1", "before-fsync=delay:10000*1")
 
     def all_fetched() -> bool:
-        info = consumer_info(server, "c")
+        info = consumer_info(server, "S", "c")
         return info is not None and info.num_pending == 0 and info.num_ack_pending == count
 
     wait_until(all_fetched, what="every message fetched and none acknowledged")
