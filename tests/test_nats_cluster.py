@@ -29,6 +29,9 @@ import nats
 import nats.errors
 import pytest
 
+from shovel.natssource import NatsSource
+from shovel.natsurl import parse_nats
+from shovel.settings import Settings
 from tests.helpers import Shovel, assert_clean_stderr, handles_sigterm, wait_until
 from tests.natsservers import (
     Cluster,
@@ -47,12 +50,16 @@ RATE = float(os.environ.get("SHOVEL_NATS_RATE", "400"))
 SEED = int(os.environ.get("SHOVEL_NATS_SEED", str(random.randrange(1 << 30))))
 REPLICAS = 3
 BATCH = 50
-# What one replica may hold fetched and unacknowledged (natssource.py: batch * (queue + 4)).
-HELD = BATCH * (8 + 4)
 # Short, so that what a killed replica held comes back soon; well over the shutdown timeout,
 # so that a replica stalled on a loaded machine still acknowledges in time.
 ACK_WAIT_S = 10
 SHUTDOWN_S = 3
+# What one replica may hold fetched and unacknowledged, with the default queue size.
+HELD = NatsSource(
+    parse_nats(f"nats://h/ORDERS?consumer=shovel&batch={BATCH}"),
+    Settings.model_fields["queue_max_batches"].default,
+    SHUTDOWN_S,
+).max_unacked
 
 
 class Replica:
