@@ -29,6 +29,11 @@ from pathlib import Path
 from tests.helpers import Shovel, wait_until
 from tests.natsservers import Cluster, ack_floor, create_stream, running_cluster, stored_messages
 
+# The other bench modules import one another by name (they run as scripts from bench/); this
+# one runs with -m from the repository root, to use the tests' NATS servers too.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import BenchError, progress
+
 STREAM = "BENCH"
 
 
@@ -92,19 +97,19 @@ def drain(
             p.signal(signal.SIGTERM)
         codes = [p.wait() for p in procs]
     if any(codes):
-        raise SystemExit(f"a shovel replica failed: exit codes {codes}")
+        raise BenchError(f"a shovel replica failed: exit codes {codes}")
     spread: Counter[int] = Counter()
     for out in outs:
         seqs = Counter(m.seq for m in stored_messages(out))
         if any(n > 1 for n in seqs.values()):
-            raise SystemExit(f"{out} holds a message twice")
+            raise BenchError(f"{out} holds a message twice")
         spread.update(seqs.keys())
     if set(spread) != set(range(1, count + 1)):
-        raise SystemExit(f"{consumer}: {count - len(spread)} messages not stored")
+        raise BenchError(f"{consumer}: {count - len(spread)} messages not stored")
     return took, sum(1 for n in spread.values() if n > 1)
 
 
-def main() -> int:
+def measure() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--payload-bytes", type=int, default=100)
@@ -116,11 +121,11 @@ def main() -> int:
         work = Path(tmp)
         with running_cluster(work, args.servers) as cluster:
             asyncio.run(create_stream(cluster, STREAM, replicas=args.servers))
-            print(f"publishing {count} messages ...", file=sys.stderr)
+            progress(f"publishing {count} messages ...")
             publish_s = asyncio.run(publish_all(cluster, count, args.payload_bytes))
-            print("one replica ...", file=sys.stderr)
+            progress("one replica ...")
             one_s, _ = drain(cluster, work, "one", 1, count)
-            print("three replicas ...", file=sys.stderr)
+            progress("three replicas ...")
             three_s, twice = drain(cluster, work, "three", 3, count)
     publish_rate = count / publish_s
     figures = Figures(
@@ -148,6 +153,14 @@ def main() -> int:
             f"  ({figures.three_replicas_ratio:.2f} x ingest)"
         )
     return 0
+
+
+def main() -> int:
+    try:
+        return measure()
+    except BenchError as e:
+        progress(f"FAILED: {e}")
+        return 1
 
 
 if __name__ == "__main__":
