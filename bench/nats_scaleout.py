@@ -35,6 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BenchError, progress
 
 STREAM = "BENCH"
+# Once the last message is sent, the server stores what it was sent within this long, or the
+# run fails (a message it dropped would otherwise leave the wait endless).
+STORED_WAIT_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +57,8 @@ class Figures:
 
 async def publish_all(cluster: Cluster, count: int, size: int) -> float:
     """Publishes `count` messages without waiting for each acknowledgement; returns the wall
-    time until the stream holds all of them."""
+    time until the stream holds all of them. Raises BenchError when it does not within
+    STORED_WAIT_S of the last one."""
     nc = await cluster.connect()
     try:
         js = nc.jetstream()
@@ -64,11 +68,17 @@ async def publish_all(cluster: Cluster, count: int, size: int) -> float:
             await nc.publish(f"{STREAM}.m", body, headers={"Nats-Msg-Id": str(i)})
             if i % 1000 == 999:
                 await nc.flush()
+        await nc.flush()
+        deadline = time.monotonic() + STORED_WAIT_S
         # Polled: the server says nothing when it has stored the last one.
-        while True:
-            if (await js.stream_info(STREAM)).state.messages >= count:
-                return time.monotonic() - started
+        while (held := (await js.stream_info(STREAM)).state.messages) < count:
+            if time.monotonic() > deadline:
+                raise BenchError(
+                    f"the stream holds {held} of the {count} messages published, "
+                    f"{STORED_WAIT_S:g}s after the last one was sent"
+                )
             await asyncio.sleep(0.005)
+        return time.monotonic() - started
     finally:
         await nc.close()
 
