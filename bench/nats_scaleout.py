@@ -26,13 +26,18 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import nats
-import nats.errors
-
 from tests.helpers import Shovel, wait_until
-from tests.natsservers import Cluster, create_stream, running_cluster, stored_messages
+from tests.natsservers import Cluster, ack_floor, create_stream, running_cluster, stored_messages
+
+# The other bench modules import one another by name (they run as scripts from bench/); this
+# one runs with -m from the repository root, to use the tests' NATS servers too.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import BenchError, progress
 
 STREAM = "BENCH"
+# Once the last message is sent, the server stores what it was sent within this long, or the
+# run fails (a message it dropped would otherwise leave the wait endless).
+STORED_WAIT_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +57,9 @@ class Figures:
 
 async def publish_all(cluster: Cluster, count: int, size: int) -> float:
     """Publishes `count` messages without waiting for each acknowledgement; returns the wall
-    time until the stream holds all of them."""
-    nc = await nats.connect([s.url for s in cluster.servers])
+    time until the stream holds all of them. Raises BenchError when it does not within
+    STORED_WAIT_S of the last one."""
+    nc = await cluster.connect()
     try:
         js = nc.jetstream()
         body = b"x" * size
@@ -62,28 +68,19 @@ async def publish_all(cluster: Cluster, count: int, size: int) -> float:
             await nc.publish(f"{STREAM}.m", body, headers={"Nats-Msg-Id": str(i)})
             if i % 1000 == 999:
                 await nc.flush()
+        await nc.flush()
+        deadline = time.monotonic() + STORED_WAIT_S
         # Polled: the server says nothing when it has stored the last one.
-        while True:
-            if (await js.stream_info(STREAM)).state.messages >= count:
-                return time.monotonic() - started
+        while (held := (await js.stream_info(STREAM)).state.messages) < count:
+            if time.monotonic() > deadline:
+                raise BenchError(
+                    f"the stream holds {held} of the {count} messages published, "
+                    f"{STORED_WAIT_S:g}s after the last one was sent"
+                )
             await asyncio.sleep(0.005)
+        return time.monotonic() - started
     finally:
         await nc.close()
-
-
-def ack_floor(cluster: Cluster, consumer: str) -> int:
-    async def ask() -> int:
-        nc = await nats.connect([s.url for s in cluster.servers])
-        try:
-            info = await nc.jetstream().consumer_info(STREAM, consumer)
-        finally:
-            await nc.close()
-        return info.ack_floor.stream_seq if info.ack_floor is not None else 0
-
-    try:
-        return asyncio.run(ask())
-    except (nats.errors.Error, TimeoutError):
-        return 0
 
 
 def drain(
@@ -103,26 +100,26 @@ def drain(
         ]  # fmt: skip
         procs.append(Shovel(args, work / f"{out.name}.log"))
     try:
-        wait_until(lambda: ack_floor(cluster, consumer) >= count, 600, "the drain")
+        wait_until(lambda: ack_floor(cluster, STREAM, consumer) >= count, 600, "the drain")
         took = time.monotonic() - started
     finally:
         for p in procs:
             p.signal(signal.SIGTERM)
         codes = [p.wait() for p in procs]
     if any(codes):
-        raise SystemExit(f"a shovel replica failed: exit codes {codes}")
+        raise BenchError(f"a shovel replica failed: exit codes {codes}")
     spread: Counter[int] = Counter()
     for out in outs:
         seqs = Counter(m.seq for m in stored_messages(out))
         if any(n > 1 for n in seqs.values()):
-            raise SystemExit(f"{out} holds a message twice")
+            raise BenchError(f"{out} holds a message twice")
         spread.update(seqs.keys())
     if set(spread) != set(range(1, count + 1)):
-        raise SystemExit(f"{consumer}: {count - len(spread)} messages not stored")
+        raise BenchError(f"{consumer}: {count - len(spread)} messages not stored")
     return took, sum(1 for n in spread.values() if n > 1)
 
 
-def main() -> int:
+def measure() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--payload-bytes", type=int, default=100)
@@ -134,11 +131,11 @@ def main() -> int:
         work = Path(tmp)
         with running_cluster(work, args.servers) as cluster:
             asyncio.run(create_stream(cluster, STREAM, replicas=args.servers))
-            print(f"publishing {count} messages ...", file=sys.stderr)
+            progress(f"publishing {count} messages ...")
             publish_s = asyncio.run(publish_all(cluster, count, args.payload_bytes))
-            print("one replica ...", file=sys.stderr)
+            progress("one replica ...")
             one_s, _ = drain(cluster, work, "one", 1, count)
-            print("three replicas ...", file=sys.stderr)
+            progress("three replicas ...")
             three_s, twice = drain(cluster, work, "three", 3, count)
     publish_rate = count / publish_s
     figures = Figures(
@@ -166,6 +163,14 @@ def main() -> int:
             f"  ({figures.three_replicas_ratio:.2f} x ingest)"
         )
     return 0
+
+
+def main() -> int:
+    try:
+        return measure()
+    except BenchError as e:
+        progress(f"FAILED: {e}")
+        return 1
 
 
 if __name__ == "__main__":

