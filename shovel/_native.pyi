@@ -16,6 +16,8 @@ __all__ = [
     "FAULT_INJECTION",
     "FILE_MODE",
     "LOCK_FILE",
+    "MAX_SOURCE_BYTES",
+    "RETRIES",
     "Chunk",
     "ClientClosedError",
     "CloseReport",
@@ -29,6 +31,8 @@ __all__ = [
     "StorageClient",
     "StorageError",
     "StorageIOError",
+    "retry_wait_s",
+    "retryable_errno",
 ]
 
 FAULT_INJECTION: bool
@@ -39,6 +43,18 @@ FILE_MODE: int
 """The mode of every file shovel creates in the output directory (before the umask)."""
 DIR_MODE: int
 """The mode of every directory shovel creates there (before the umask)."""
+MAX_SOURCE_BYTES: int
+"""The longest source descriptor a checkpoint keeps (bytes)."""
+RETRIES: int
+"""How many times a failed write is retried after its first attempt (an fsync never is)."""
+
+def retryable_errno(errno: int) -> bool:
+    """Whether a failed file operation with this errno is retried, as the store retries its
+    own: an I/O error, an interrupted or busy call, a full disk or quota."""
+
+def retry_wait_s(attempt: int) -> float:
+    """Seconds to wait before retry number `attempt` (from 1): doubling from 50 ms, at most
+    2 s."""
 
 class StorageError(Exception):
     """Base class of every storage client error."""

@@ -1,7 +1,14 @@
-"""Command line entry: install the stop-signal recorder, parse settings, log, run, exit code."""
+"""Command line entry: install the stop-signal recorder, parse settings, log, run, exit code.
 
-from __future__ import annotations
+Importing this module catches the stop signals before anything else (the `shovel` script
+imports it first; `python -m shovel` through __main__.py).
+"""
 
+from shovel import _early
+
+_early.install()
+
+# Every other import comes after the handlers: see _early.py.
 import asyncio
 import atexit
 import contextlib
@@ -12,16 +19,47 @@ import sys
 from typing import NoReturn
 
 from shovel import signals
+from shovel.redact import redact
 
 # Must match runner.ExitCode.USAGE (kept here so that a bad flag needs no heavy import).
 EXIT_USAGE = 2
 # Every log line: when, how grave, which logger, what.
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+STANDARD_STREAMS = (0, 1, 2)
+
+
+class RedactingFormatter(logging.Formatter):
+    """Log lines, tracebacks included, with every secret masked (see redact.py)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+def _open_standard_streams() -> set[int]:
+    """Gives each closed standard descriptor (0, 1, 2) /dev/null; returns which were closed.
+
+    A process started with one closed (`<&-`, `2>&-`) would otherwise hand that number to the
+    next file it opens: the event loop's own socket read as stdin, or log lines written into
+    a segment or the checkpoint."""
+    closed = set()
+    for fd in STANDARD_STREAMS:
+        try:
+            os.fstat(fd)
+        except OSError:
+            closed.add(fd)
+            # The lowest free number: this very one.
+            os.open(os.devnull, os.O_RDWR if fd == 0 else os.O_WRONLY)
+    if 1 in closed or sys.stdout is None:
+        sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115  (lives as long as the process)
+    if 2 in closed or sys.stderr is None:
+        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
+    return closed
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m shovel` and the `shovel` script; returns the exit code."""
     args = sys.argv[1:] if argv is None else argv
+    closed = _open_standard_streams()
     if args[:1] == ["demo"]:
         # The demonstration: no service runs in this process, so Ctrl-C simply ends it.
         signals.restore_defaults()
@@ -31,19 +69,23 @@ def main(argv: list[str] | None = None) -> int:
     signals.install_early()
     # Imported after the handlers are in place: these imports take a noticeable moment, and a
     # SIGTERM during them must still mean a clean stop.
-    from shovel.settings import ConfigError, load_settings  # noqa: PLC0415
+    from shovel.settings import ConfigError, given_as, load_settings  # noqa: PLC0415
+    from shovel.sources import StdinSpec  # noqa: PLC0415
 
     try:
         settings = load_settings(args)
+        if 0 in closed and isinstance(settings.source_spec, StdinSpec):
+            raise ConfigError(
+                f"{given_as('source', args)}: standard input is closed (shovel was started with "
+                "<&-): there is nothing to read; give it a pipe, a file, or another --source"
+            )
     except ConfigError as e:
         sys.stderr.write(f"python -m shovel: error: {e}\n")
         signals.block_for_exit()
         return EXIT_USAGE
-    logging.basicConfig(
-        level=settings.log_level,
-        format=LOG_FORMAT,
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(RedactingFormatter(LOG_FORMAT))
+    logging.basicConfig(level=settings.log_level, handlers=[handler])
     from shovel.runner import run_service  # noqa: PLC0415
 
     # What the imports made lives as long as the process: keep the garbage collector from

@@ -22,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from shovel.redact import redact
 from shovel.safefiles import LOCK_FILE, create_file, fsync_dir
 
 log = logging.getLogger(__name__)
@@ -196,7 +197,12 @@ def _replace(output_dir: Path, report: StopReport) -> None:
     # A temporary name of this process's own: a writer that gave up on a hung write cannot
     # rename another's file.
     tmp, path = output_dir / f"{REPORT_FILE}.{os.getpid()}.tmp", output_dir / REPORT_FILE
-    body = {"v": _VERSION, **{k: v for k, v in asdict(report).items() if v is not None}}
+    body = {
+        "v": _VERSION,
+        # Texts (a fatal error's detail) may quote what the user typed: no secret goes to disk.
+        **{k: redact(v) if isinstance(v, str) else v for k, v in asdict(report).items()},
+    }
+    body = {k: v for k, v in body.items() if v is not None}
     data = (json.dumps(body, indent=1, sort_keys=True) + "\n").encode()
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)

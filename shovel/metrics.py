@@ -2,22 +2,24 @@
 
 Counters and gauges that mirror live state (queue depth, the native client's in-flight and
 durable counters, records read) are read at scrape time by a collector, so a scrape always sees
-the state of that instant, including during the drain. The server runs on its own thread and
-keeps answering until the process is about to exit.
+the state of that instant, including during the drain. The server runs on threads of its own,
+a fixed number whatever the clients do, and keeps answering until the process is about to exit.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import queue
 import selectors
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -54,6 +56,31 @@ class LiveState:
     source_rotations: int = 0
     # A NATS source: its acknowledgement counters, as a copy taken with the rest.
     nats: AckProgress | None = None
+
+
+def label_text(text: str) -> str:
+    """`text` as a label value can always be encoded: a path that is not valid UTF-8 (Python
+    keeps its undecodable bytes as surrogates) shows those bytes as \\xNN escapes."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+class _SafeCollector(Collector):
+    """A collector whose failure costs its own families, never the scrape: it is logged (once
+    per distinct error, the first few) and the rest of /metrics is still served."""
+
+    def __init__(self, inner: Collector) -> None:
+        self._inner = inner
+        self._logged: set[str] = set()
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            families = list(self._inner.collect())
+        except Exception as e:
+            if repr(e) not in self._logged and len(self._logged) < 10:
+                self._logged.add(repr(e))
+                log.error("metrics: collecting %s failed", type(self._inner).__name__, exc_info=e)
+            return iter(())
+        return iter(families)
 
 
 class _LiveCollector(Collector):
@@ -133,7 +160,7 @@ class _LiveCollector(Collector):
             info = GaugeMetricFamily(
                 "shovel_source_file_info", "The file being read (1)", labels=["path"]
             )
-            info.add_metric([state.source_file], 1.0)
+            info.add_metric([label_text(state.source_file)], 1.0)
             yield info
             yield GaugeMetricFamily(
                 "shovel_source_file_size_bytes", "Size of the file being read", value("source_size")
@@ -241,9 +268,9 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self._live = _LiveCollector()
-        self.registry.register(self._live)
+        self.registry.register(_SafeCollector(self._live))
         self._last_stop = _LastStopCollector()
-        self.registry.register(self._last_stop)
+        self.registry.register(_SafeCollector(self._last_stop))
         self.write_duration = Histogram(
             "shovel_storage_write_duration_seconds",
             "Time from handing a batch to storage until it is durable",
@@ -287,10 +314,34 @@ class Metrics:
         self._live.read_state = read_state
 
 
-class _Server(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-    # handle_request() is only called once the socket is readable: never wait in it.
-    timeout = 0
+def host_port(host: str, port: int) -> str:
+    """`host:port` as a URL writes it (an IPv6 address in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# At most this many client connections are open at once; a new one beyond it closes the one
+# that has waited longest without sending anything (a probe is never locked out by idle ones).
+MAX_CONNECTIONS = 64
+# Connections are served by this many threads, whatever their number.
+SERVING_THREADS = 4
+# A connection that sends nothing for this long is closed; once its request has begun, each
+# read of it waits at most this long.
+READ_TIMEOUT_S = 5.0
+# After the process ran out of descriptors, new connections wait this long to be accepted.
+ACCEPT_PAUSE_S = 0.1
+
+
+class _Server(WSGIServer):
+    """The WSGI server for one address family; connections are accepted and dispatched by
+    MetricsServer, one request each."""
+
+    # The kernel's queue of connections not yet accepted: with socketserver's 5, a burst of
+    # clients has its connections dropped and retried a second later, probes included.
+    request_queue_size = 1024
+
+    def __init__(self, address: tuple[str, int], family: socket.AddressFamily) -> None:
+        self.address_family = family
+        super().__init__(address, _QuietHandler)
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -301,19 +352,40 @@ class _QuietHandler(WSGIRequestHandler):
 StartResponse = Callable[..., Any]
 
 
+def _family(host: str, port: int) -> socket.AddressFamily:
+    """The address family of `host` (an IPv4 or IPv6 address, or a name)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise OSError(e.errno, f"cannot resolve {host!r}: {e.strerror}") from None
+    return infos[0][0]
+
+
 class MetricsServer:
-    """Serves /metrics, /healthz and /readyz on a thread of its own."""
+    """Serves /metrics, /healthz and /readyz on threads of its own, with bounded resources: one
+    thread waits for connections and requests (idle connections cost a descriptor, not a
+    thread), SERVING_THREADS threads answer them, at most MAX_CONNECTIONS are open, and a
+    client that sends nothing is dropped after READ_TIMEOUT_S. A scrape or a probe is answered
+    whatever a crowd of idle or slow clients does."""
 
     def __init__(self, metrics: Metrics, host: str, port: int) -> None:
         self._metrics = metrics
         self._prometheus = make_wsgi_app(metrics.registry)
-        self._server = make_server(host, port, self._app, _Server, handler_class=_QuietHandler)
+        self._server = _Server((host, port), _family(host, port))
+        self._server.set_app(self._app)
+        # Never block the waiting thread in accept(): a client may give up in between.
+        self._server.socket.setblocking(False)
         self.port: int = self._server.server_port
         self.host = host
-        # Written to by stop(): the serving thread wakes at once, where serve_forever() would
-        # notice a shutdown only at its next poll (up to half a second, added to every stop).
+        # Written to by stop(): the waiting thread wakes at once.
         self._wake_r, self._wake_w = socket.socketpair()
         self._thread = threading.Thread(target=self._serve, name="shovel-metrics", daemon=True)
+        # Connections with a request to answer, for the serving threads (None: stop).
+        self._ready: queue.SimpleQueue[socket.socket | None] = queue.SimpleQueue()
+        # Open connections not handed to a serving thread yet: when each was accepted.
+        self._idle: dict[socket.socket, float] = {}
+        self._open = 0
+        self._open_lock = threading.Lock()
 
     def _app(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -335,17 +407,105 @@ class MetricsServer:
 
     def start(self) -> None:
         """Starts serving."""
+        for n in range(SERVING_THREADS):
+            threading.Thread(target=self._answer, name=f"shovel-http-{n}", daemon=True).start()
         self._thread.start()
 
     def _serve(self) -> None:
+        """Accepts connections and waits for their requests, until stop()."""
         with selectors.DefaultSelector() as selector:
             selector.register(self._server, selectors.EVENT_READ)
             selector.register(self._wake_r, selectors.EVENT_READ)
+            paused_until = 0.0
             while True:
-                ready = {key.fileobj for key, _ in selector.select()}
-                if self._wake_r in ready:
-                    return
-                self._server.handle_request()
+                now = time.monotonic()
+                if paused_until and now >= paused_until:
+                    paused_until = 0.0
+                    selector.register(self._server, selectors.EVENT_READ)
+                self._drop_expired(selector, now)
+                wakes = [paused_until] if paused_until else []
+                if self._idle:
+                    # The oldest idle connection (they are kept in accept order) expires first.
+                    wakes.append(next(iter(self._idle.values())) + READ_TIMEOUT_S)
+                timeout = max(min(wakes) - now, 0.0) if wakes else None
+                for key, _ in selector.select(timeout):
+                    obj = key.fileobj
+                    if obj is self._wake_r:
+                        for conn in self._idle:
+                            self._close(conn)
+                        self._idle.clear()
+                        return
+                    if obj is self._server:
+                        if not self._accept(selector):
+                            selector.unregister(self._server)
+                            paused_until = time.monotonic() + ACCEPT_PAUSE_S
+                        continue
+                    assert isinstance(obj, socket.socket)
+                    # A request begins (or the client hung up): a serving thread takes it.
+                    selector.unregister(obj)
+                    del self._idle[obj]
+                    self._ready.put(obj)
+
+    def _accept(self, selector: selectors.BaseSelector) -> bool:
+        """Accepts one connection; False when the process is out of descriptors (and no idle
+        connection could be closed to make room)."""
+        try:
+            conn, _ = self._server.socket.accept()
+        except BlockingIOError:
+            return True
+        except OSError as e:
+            if e.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                # The client gave up before it was accepted (ECONNABORTED and the like).
+                return True
+            return self._evict_oldest(selector)
+        with self._open_lock:
+            self._open += 1
+            full = self._open > MAX_CONNECTIONS
+        if full:
+            self._evict_oldest(selector)
+        self._idle[conn] = time.monotonic()
+        selector.register(conn, selectors.EVENT_READ)
+        return True
+
+    def _evict_oldest(self, selector: selectors.BaseSelector) -> bool:
+        """Closes the connection that has waited longest without a request; False if none."""
+        if not self._idle:
+            return False
+        oldest = next(iter(self._idle))
+        del self._idle[oldest]
+        selector.unregister(oldest)
+        self._close(oldest)
+        return True
+
+    def _drop_expired(self, selector: selectors.BaseSelector, now: float) -> None:
+        # Accepted in order, so the oldest come first.
+        while self._idle:
+            conn, accepted = next(iter(self._idle.items()))
+            if now - accepted < READ_TIMEOUT_S:
+                return
+            del self._idle[conn]
+            selector.unregister(conn)
+            self._close(conn)
+
+    def _close(self, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            conn.close()
+        with self._open_lock:
+            self._open -= 1
+
+    def _answer(self) -> None:
+        """A serving thread: answers one request per connection, then closes it."""
+        while (conn := self._ready.get()) is not None:
+            try:
+                conn.settimeout(READ_TIMEOUT_S)
+                self._server.finish_request(conn, conn.getpeername())
+            except Exception as e:
+                # A client that went away or timed out; nothing to answer.
+                log.debug("http: %r", e)
+            finally:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_WR)
+                self._close(conn)
 
     def stop(self) -> None:
         """Stops serving (at once) and releases the port."""
@@ -353,6 +513,8 @@ class MetricsServer:
             self._wake_w.send(b"x")
         if self._thread.is_alive():
             self._thread.join()
+        for _ in range(SERVING_THREADS):
+            self._ready.put(None)
         self._server.server_close()
         self._wake_r.close()
         self._wake_w.close()

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote
 
+from shovel.redact import remember
+
 SCHEME = "nats://"
 DEFAULT_PORT = 4222
 DEFAULT_BATCH = 256
@@ -54,12 +56,11 @@ def _without_secret(server: str) -> str:
     return SCHEME + (host if at else rest)
 
 
-def _servers(netloc: str) -> tuple[str, ...]:
-    if not netloc:
-        raise ValueError("nats:// needs at least one HOST[:PORT] before the /STREAM")
-    userinfo, at, hosts = netloc.rpartition("@")
+def _servers(userinfo: str, at: str, hosts: str) -> tuple[str, ...]:
     if at and not userinfo:
         raise ValueError("empty user before '@' in the nats:// URL")
+    if not hosts:
+        raise ValueError("nats:// needs at least one HOST[:PORT] before the /STREAM")
     servers = []
     for part in hosts.split(","):
         host, port = part, str(DEFAULT_PORT)
@@ -105,9 +106,16 @@ def parse_nats(text: str) -> NatsSpec:
     if not text.startswith(SCHEME):
         raise ValueError(f"a NATS source starts with {SCHEME}")
     rest = text.removeprefix(SCHEME)
-    rest, _, query = rest.partition("?")
-    netloc, slash, path = rest.partition("/")
-    servers = _servers(netloc)
+    # The user information ends at the last '@' before the query (no host or stream holds
+    # one): a password with a '/' typed unencoded still stays in it.
+    before_query, _, query = rest.partition("?")
+    userinfo, at, rest = before_query.rpartition("@")
+    if at:
+        _, colon, password = userinfo.partition(":")
+        # A password, or a token (no user); masked in every text shovel writes from now on.
+        remember(password if colon else userinfo)
+    hosts, slash, path = rest.partition("/")
+    servers = _servers(userinfo, at, hosts)
     stream = unquote(path)
     if not slash or not stream:
         raise ValueError("nats:// needs the stream name after the servers: nats://HOST/STREAM")

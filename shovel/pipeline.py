@@ -112,7 +112,7 @@ async def _keep_tail(
 
 def _not_kept(tally: ReadTally, offset: int, e: OSError) -> None:
     """Counts a rejected line whose write failed; the first failure is the run's fatal error."""
-    why = f"keeping the line at source offset {offset} in rejected/ failed: {e}"
+    why = f"keeping the line at source offset {offset} in rejected/ failed: {e.strerror or e}"
     tally.unkept += 1
     tally.error = tally.error or why
     log.error("%s", why)

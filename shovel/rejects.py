@@ -8,7 +8,9 @@ replays leave no duplicates.
 
 Every file operation runs on a daemon thread, each after the one before, so pieces reach the
 disk in source order while a hung filesystem blocks neither the event loop (and with it the
-stop deadline) nor the interpreter's exit.
+stop deadline) nor the interpreter's exit. A failed create, write or rename is retried as the
+native store retries its segment writes (the same errors, backoff and count, each retry
+logged with the path); an fsync never is, for the same reason as there.
 
 At startup, `recover_rejected` makes rejected/ agree with the committed offset: a line kept by
 a run that crashed before committing past it is read again, and must not be kept twice.
@@ -17,6 +19,7 @@ a run that crashed before committing past it is read again, and must not be kept
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import logging
 import os
@@ -25,9 +28,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from shovel import safefiles
+from shovel._native import RETRIES, retry_wait_s, retryable_errno
 from shovel.batches import Rejected
 from shovel.sources import DaemonThreads
 
@@ -41,6 +45,45 @@ LOG_WINDOW_S = 60.0
 # Not the default executor: its threads are joined at exit, so a write stuck on a hung
 # filesystem would keep the process alive after the stop gave up on it.
 _THREADS = DaemonThreads()
+
+_T = TypeVar("_T")
+
+
+def _failure(what: str, path: Path, e: OSError) -> OSError:
+    """`e` as the store words its errors: what failed, for which file, why, the errno's name."""
+    name = errno.errorcode.get(e.errno or 0)
+    why = e.strerror or str(e)
+    return OSError(e.errno, f"{what} failed for {path}: {why}" + (f" [{name}]" if name else ""))
+
+
+def _retrying(
+    what: str, path: Path, op: Callable[[], _T], undo: Callable[[], None] | None = None
+) -> _T:
+    """`op()`, retried (after `undo()`) like a segment write when it fails with an error that
+    may pass; raises the error that ends it, naming `what` and `path`. Blocking."""
+    attempt = 0
+    while True:
+        try:
+            return op()
+        except OSError as e:
+            if undo is not None:
+                undo()
+            failure = _failure(what, path, e)
+            if e.errno is None or attempt >= RETRIES or not retryable_errno(e.errno):
+                raise failure from e
+            attempt += 1
+            wait_s = retry_wait_s(attempt)
+            log.warning(
+                "%s; retrying (%d/%d) in %d ms", failure.strerror, attempt, RETRIES, wait_s * 1000
+            )
+            time.sleep(wait_s)
+
+
+def _write_all(f: BinaryIO, data: bytes) -> None:
+    """Writes all of `data` to an unbuffered file (a write may take only part of it)."""
+    view = memoryview(data)
+    while view:
+        view = view[f.write(view) :]
 
 
 def rejected_path(output_dir: Path, offset: int) -> Path:
@@ -123,6 +166,9 @@ class _Line:
     file: BinaryIO | None = None
     # Bytes written so far; counted on the loop once a piece is written.
     size: int = 0
+    # The same, counted on the file thread as each write ends: where a failed write is cut
+    # back to.
+    size_on_disk: int = 0
     # A piece failed, or a stop stopped waiting for one: nothing more of it is written, and it
     # is never sealed (unless the piece a stop stopped waiting for was its last and succeeds).
     given_up: bool = False
@@ -179,19 +225,47 @@ class RejectWriter:
             raise safefiles.link_refused(path.parent)
         if not path.parent.is_dir():
             # Not parents=True: a removed output directory must not come back half-empty.
-            path.parent.mkdir(mode=safefiles.DIR_MODE)
+            _retrying(
+                "create directory",
+                path.parent,
+                functools.partial(path.parent.mkdir, mode=safefiles.DIR_MODE, exist_ok=True),
+            )
             safefiles.fsync_dir(self.output_dir)
-        return safefiles.create_file(_partial(path))
+        partial = _partial(path)
+        return _retrying(
+            "create rejected line",
+            partial,
+            functools.partial(safefiles.create_file, partial, buffering=0),
+        )
 
     def _seal(self, line: _Line, f: BinaryIO) -> None:
         # Written under a temporary name and renamed when whole: a `.rec` file is always
-        # a complete line.
-        f.flush()
-        os.fsync(f.fileno())
+        # a complete line. An fsync is never retried: after a failed one the kernel may have
+        # dropped the pages, and a later success would prove nothing.
+        partial = _partial(line.path)
+        try:
+            os.fsync(f.fileno())
+        except OSError as e:
+            raise _failure("fsync rejected line", partial, e) from e
         line.file = None
         f.close()
-        os.replace(_partial(line.path), line.path)
+        _retrying(
+            "rename rejected line", line.path, functools.partial(os.replace, partial, line.path)
+        )
         safefiles.fsync_dir(line.path.parent)
+
+    def _append(self, line: _Line, f: BinaryIO, data: bytes) -> None:
+        """Appends a piece; a failed write is cut back and retried whole."""
+        at = line.size_on_disk
+
+        def undo() -> None:
+            os.ftruncate(f.fileno(), at)
+            f.seek(at)
+
+        _retrying(
+            "write rejected line", _partial(line.path), functools.partial(_write_all, f, data), undo
+        )
+        line.size_on_disk = at + len(data)
 
     def _write_piece(self, line: _Line, piece: Rejected) -> None:
         """On a file thread: opens the file for a first piece, appends, seals after the last."""
@@ -201,7 +275,7 @@ class RejectWriter:
             f = line.file
             if f is None:
                 raise RuntimeError("rejected line continued without its first piece")
-            f.write(piece.data)
+            self._append(line, f, piece.data)
             if piece.last:
                 self._seal(line, f)
         except OSError:

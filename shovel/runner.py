@@ -30,10 +30,10 @@ from shovel.laststop import (
     write_final_report,
     write_report,
 )
-from shovel.metrics import LiveState, Metrics, MetricsServer
+from shovel.metrics import LiveState, Metrics, MetricsServer, host_port
 from shovel.pipeline import ReadTally, run_reader, run_storage
 from shovel.rejects import REJECTED_DIR, RejectWriter, recover_rejected
-from shovel.settings import Settings
+from shovel.settings import ENV_PREFIX, Settings
 from shovel.signals import StopRequest
 from shovel.source_api import AcknowledgedSource
 from shovel.sources import (
@@ -330,27 +330,31 @@ async def run_service(settings: Settings) -> int:
         if isinstance(source, AcknowledgedSource):
             source.progress.ack_latency = metrics.nats_ack_latency.observe
             metrics.show_nats()
-        if settings.metrics_port:
-            try:
-                server = MetricsServer(metrics, settings.metrics_host, settings.metrics_port)
-            except OSError as e:
-                log.error(
-                    "cannot serve metrics on %s:%d: %s",
-                    settings.metrics_host,
-                    settings.metrics_port,
-                    e.strerror,
-                )
-                return ExitCode.USAGE
-            server.start()
-            log.info("metrics on http://%s:%d/metrics", server.host, server.port)
         if stop.requested:
             log.info("%s received during startup: nothing was read; exiting", stop.first_signal)
             return ExitCode.OK
+        # The lock first: a second shovel on this directory is told that, whatever else
+        # (the metrics port, say) it would also collide on.
         try:
             storage = await Storage.open(storage_config(settings))
         except (DirectoryLockedError, CorruptStoreError, StorageError) as e:
             log.error("cannot open the output directory: %s", e)
             return ExitCode.FATAL
+        if settings.metrics_port:
+            try:
+                server = MetricsServer(metrics, settings.metrics_host, settings.metrics_port)
+            except OSError as e:
+                log.error(
+                    "cannot serve metrics on %s: %s; choose another port with --metrics-port "
+                    "(or %sMETRICS_PORT), or 0 to serve none",
+                    host_port(settings.metrics_host, settings.metrics_port),
+                    e.strerror or e,
+                    ENV_PREFIX,
+                )
+                await _close_unused(storage, settings)
+                return ExitCode.USAGE
+            server.start()
+            log.info("metrics on http://%s/metrics", host_port(server.host, server.port))
         state.storage = storage
         storage.on_durable(metrics.write_duration.observe)
         if isinstance(source, AcknowledgedSource):
@@ -379,10 +383,7 @@ async def run_service(settings: Settings) -> int:
                     detail=where.why,
                 ),
             )
-            try:
-                await storage.close(settings.shutdown_timeout_s)
-            except StorageError as err:
-                log.error("closing the output directory failed too: %s", err)
+            await _close_unused(storage, settings)
             if isinstance(source, AcknowledgedSource):
                 await source.close()
             return where.code
@@ -403,6 +404,14 @@ async def run_service(settings: Settings) -> int:
         stop.detach()
         if server is not None:
             server.stop()
+
+
+async def _close_unused(storage: Storage, settings: Settings) -> None:
+    """Closes the output directory of a run that does not go on (nothing was written)."""
+    try:
+        await storage.close(settings.shutdown_timeout_s)
+    except StorageError as err:
+        log.error("closing the output directory failed too: %s", err)
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,9 +27,10 @@ def link_refused(path: Path) -> OSError:
     )
 
 
-def create_file(path: Path, *, exclusive: bool = False) -> BinaryIO:
+def create_file(path: Path, *, exclusive: bool = False, buffering: int = -1) -> BinaryIO:
     """Opens `path` for writing: created with FILE_MODE, or emptied (or, `exclusive`, refused
-    with FileExistsError when it exists). A symbolic link there is refused, never followed."""
+    with FileExistsError when it exists). A symbolic link there is refused, never followed.
+    `buffering` as for open() (0: every write goes straight to the file)."""
     flags = _CREATE | (os.O_EXCL if exclusive else os.O_TRUNC)
     try:
         fd = os.open(path, flags, FILE_MODE)
@@ -37,7 +38,7 @@ def create_file(path: Path, *, exclusive: bool = False) -> BinaryIO:
         if e.errno == errno.ELOOP:
             raise link_refused(path) from None
         raise
-    return os.fdopen(fd, "wb")
+    return os.fdopen(fd, "wb", buffering=buffering)
 
 
 def fsync_dir(path: Path) -> None:

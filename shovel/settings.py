@@ -6,12 +6,14 @@ Validation only; no I/O happens here.
 from __future__ import annotations
 
 import inspect
+import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict, SettingsError
 
+from shovel.redact import redact
 from shovel.sources import FileSpec, FollowConfig, GeneratorSpec, SourceSpec, parse_source
 
 ENV_PREFIX = "SHOVEL_"
@@ -39,6 +41,9 @@ class Settings(BaseSettings):
     read through its rotation. A stream (stdin, a FIFO) is never re-read: each run appends what
     it reads; a graceful stop stores all of it, but a SIGKILL loses what was read and not yet
     committed, and nothing can say how much.
+
+    Stop signals: SIGTERM, SIGINT and SIGHUP (unless started with it ignored, as by nohup)
+    stop shovel cleanly; a second one stops waiting for the queue.
 
     Exit codes: 0 everything read is durable; 1 fatal runtime error (storage failure, output
     directory in use or damaged, a source that does not continue what was stored); 2 bad usage
@@ -149,7 +154,9 @@ class Settings(BaseSettings):
         "when set, shovel refuses a shutdown timeout that does not end "
         f"{GRACE_MARGIN_S:g} s before it",
     )
-    metrics_host: str = Field("127.0.0.1", description="address for /metrics, /healthz, /readyz")
+    metrics_host: str = Field(
+        "127.0.0.1", description="address (IPv4 or IPv6) for /metrics, /healthz, /readyz"
+    )
     metrics_port: int = Field(9108, ge=0, le=65535, description="port for metrics; 0 disables them")
     status_interval_s: float = Field(
         5.0,
@@ -166,6 +173,16 @@ class Settings(BaseSettings):
     @classmethod
     def _source_syntax(cls, value: str) -> str:
         parse_source(value)
+        return value
+
+    @field_validator("output_dir", mode="before")
+    @classmethod
+    def _named(cls, value: object) -> object:
+        if isinstance(value, str | Path) and not str(value):
+            # Path("") is the working directory: the store would land wherever shovel started.
+            raise ValueError(
+                "is empty: name the directory for segments/, the checkpoint and the lock"
+            )
         return value
 
     @field_validator("log_level", mode="before")
@@ -229,14 +246,23 @@ def _document_env_names() -> None:
 _document_env_names()
 
 
-def _one_line(err: ValidationError) -> str:
+def given_as(name: str, argv: list[str]) -> str:
+    """How the user set option `name`: its flag when the command line has it, else its
+    environment variable as spelled in the environment (the value came from there)."""
+    flag = "--" + name.replace("_", "-")
+    if any(a == flag or a.startswith(flag + "=") for a in argv):
+        return flag
+    env = f"{ENV_PREFIX}{name.upper()}"
+    return next((k for k in os.environ if k.upper() == env), flag)
+
+
+def _one_line(err: ValidationError, argv: list[str]) -> str:
     parts = []
     for e in err.errors():
         loc = [str(x) for x in e["loc"] if x != "__root__"]
         msg = str(e["msg"]).removeprefix("Value error, ")
         if loc:
-            flag = "--" + loc[0].replace("_", "-")
-            parts.append(f"{flag}: {msg} (got {e['input']!r})")
+            parts.append(f"{given_as(loc[0], argv)}: {msg} (got {e['input']!r})")
         else:
             parts.append(msg)
     return "; ".join(parts)
@@ -248,6 +274,6 @@ def load_settings(argv: list[str]) -> Settings:
     try:
         return CliApp.run(Settings, cli_args=argv)
     except ValidationError as e:
-        raise ConfigError(_one_line(e)) from None
+        raise ConfigError(redact(_one_line(e, argv))) from None
     except SettingsError as e:
-        raise ConfigError(str(e).removeprefix("error parsing CLI: ")) from None
+        raise ConfigError(redact(str(e).removeprefix("error parsing CLI: "))) from None

@@ -1,8 +1,10 @@
-"""Stop signals: the only module that touches `signal`.
+"""Stop signals: the only module that touches `signal` (with _early.py, which catches them
+first).
 
-A handler records which signal arrived and sets an event, nothing else. The first SIGTERM or
-SIGINT sets `stop`; any later one sets `hurry` (stop waiting for the queue). Signals that arrive
-before the event loop runs are recorded by a plain handler and replayed when the loop attaches.
+A handler records which signal arrived and sets an event, nothing else. The first SIGTERM,
+SIGINT or SIGHUP sets `stop`; any later one sets `hurry` (stop waiting for the queue). Signals
+that arrive before the event loop runs are recorded by a plain handler (_early.record) and
+replayed when the loop attaches.
 
 While a loop is attached, signals reach it through a wakeup pipe of their own, not through
 `loop.add_signal_handler`: that one makes the loop's self-pipe the signal wakeup fd, and every
@@ -21,14 +23,10 @@ import os
 import signal
 from types import FrameType
 
-STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)
+from shovel import _early
 
-# Signals received while no event loop was attached, in arrival order.
-_pending: list[int] = []
-
-
-def _record(signum: int, _frame: FrameType | None) -> None:
-    _pending.append(signum)
+# What asks shovel to stop: SIGTERM, SIGINT, and SIGHUP unless it was ignored at start (nohup).
+STOP_SIGNALS: tuple[signal.Signals, ...] = tuple(signal.Signals(s) for s in _early.stop_signals())
 
 
 def _carried_by_wakeup_fd(_signum: int, _frame: FrameType | None) -> None:
@@ -38,23 +36,17 @@ def _carried_by_wakeup_fd(_signum: int, _frame: FrameType | None) -> None:
 def install_early() -> None:
     """Records stop signals until a loop attaches (and after it detaches): nothing is lost,
     and the default actions (KeyboardInterrupt, termination) never run."""
-    # Both handlers at once: a SIGINT arriving after SIGTERM's handler is in place but before
-    # its own would still meet the default one (signal.signal runs pending handlers before it
-    # changes one, so KeyboardInterrupt would come out of this very call).
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    try:
-        for sig in STOP_SIGNALS:
-            signal.signal(sig, _record)
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    _early.install()
 
 
 def restore_defaults() -> None:
     """Gives the stop signals their default actions back (for `python -m shovel demo`, which
     runs no service itself: Ctrl-C raises KeyboardInterrupt, SIGTERM ends it)."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _pending.clear()
+    for sig in STOP_SIGNALS:
+        if sig != signal.SIGINT:
+            signal.signal(sig, signal.SIG_DFL)
+    _early.pending.clear()
 
 
 def block_for_exit() -> None:
@@ -115,8 +107,8 @@ class StopRequest:
             loop.add_reader(read_end, self._read_pipe)
             for sig in STOP_SIGNALS:
                 signal.signal(sig, _carried_by_wakeup_fd)
-            early = list(_pending)
-            _pending.clear()
+            early = list(_early.pending)
+            _early.pending.clear()
             for signum in early:
                 self.on_signal(signum)
         finally:

@@ -114,8 +114,8 @@ def metric(text: str, name: str) -> float:
     return float(m.group(1))
 
 
-def handles_sigterm(pid: int) -> bool:
-    """Whether process `pid` has a handler installed for SIGTERM (from /proc)."""
+def handles_sigterm(pid: int, sig: int = signal.SIGTERM) -> bool:
+    """Whether process `pid` has a handler installed for `sig` (from /proc)."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except FileNotFoundError:
@@ -123,7 +123,7 @@ def handles_sigterm(pid: int) -> bool:
     m = re.search(r"^SigCgt:\s*([0-9a-f]+)$", status, re.MULTILINE)
     if m is None:
         return False
-    return bool(int(m.group(1), 16) & (1 << (signal.SIGTERM - 1)))
+    return bool(int(m.group(1), 16) & (1 << (sig - 1)))
 
 
 class Shovel:
@@ -136,12 +136,15 @@ class Shovel:
         stdin: int | None = subprocess.DEVNULL,
         cwd: Path | None = None,
         python: str = sys.executable,
+        *,
+        launcher: Sequence[str] = (),
     ) -> None:
         self.log = log
         self._log_file = log.open("wb")
         env = {k: v for k, v in os.environ.items() if not k.startswith("SHOVEL_")}
         self.proc = subprocess.Popen(
-            [python, "-m", "shovel", *map(str, args)],
+            # `launcher` (a command that execs its arguments) sets up what shovel inherits.
+            [*launcher, python, "-m", "shovel", *map(str, args)],
             stdin=stdin,
             stdout=subprocess.DEVNULL,
             stderr=self._log_file,

@@ -843,3 +843,64 @@ def test_a_rejected_directory_that_cannot_be_recovered_exits_1_before_reading(
     assert f"cannot recover {out / 'rejected'}: [Errno 20] Not a directory" in errors[0], text
     assert "shovel started" not in text
     assert stored_bytes(out) == b""
+
+
+# --- 10. a full disk while keeping a rejected line --------------------------------------------
+
+# A line of 3 MiB over --max-record-bytes, streamed into rejected/ in 1 MiB reads, into a
+# tmpfs of 1 MiB: its write fails with ENOSPC.
+HUGE_LINE = b"H" * (3 * 1024 * 1024) + b"\n"
+WITH_HUGE_LINE = HUGE_LINE + b"after\n"
+
+
+def test_a_rejected_line_on_a_full_disk_is_retried_like_a_segment_and_kept_once_space_comes(
+    tmp_path: Path, tmpfs: Tmpfs, shovels: Shovels
+) -> None:
+    source = tmp_path / "in.txt"
+    source.write_bytes(WITH_HUGE_LINE)
+    tmpfs.mount("1m")
+    out = tmpfs.path
+    s = shovels.start(
+        ["--source", source, "--output-dir", out, "--max-record-bytes", "1000", *QUIET],
+        "full.log",
+    )
+    partial = out / "rejected" / f"{0:020d}.rec.partial"
+    s.wait_for_log(f"write rejected line failed for {partial}: No space left on device [ENOSPC]")
+    tmpfs.run("-o", "remount,size=64m")
+    code = s.wait()
+    text = s.stderr
+    assert code == 0, text
+    assert_clean_stderr(text)
+    retries = retry_lines(text)
+    assert retries, text
+    for i, line in enumerate(retries, start=1):
+        assert f"write rejected line failed for {partial}" in line, line
+        assert f"retrying ({i}/{RETRIES})" in line, line
+    assert rejected_files(out) == {f"{0:020d}.rec": HUGE_LINE}
+    assert stored_bytes(out) == b"after\n"
+    assert committed(out) == len(WITH_HUGE_LINE)
+
+
+def test_a_rejected_line_on_a_disk_that_stays_full_exits_1_naming_the_file(
+    tmp_path: Path, tmpfs: Tmpfs, shovels: Shovels
+) -> None:
+    source = tmp_path / "in.txt"
+    source.write_bytes(WITH_HUGE_LINE)
+    tmpfs.mount("1m")
+    out = tmpfs.path
+    code, text = shovels.run(
+        ["--source", source, "--output-dir", out, "--max-record-bytes", "1000", *QUIET],
+        "full.log",
+    )
+    assert code == 1, text
+    assert_clean_stderr(text)
+    partial = out / "rejected" / f"{0:020d}.rec.partial"
+    assert len(retry_lines(text)) == RETRIES, text
+    errors = [line for line in text.splitlines() if " ERROR " in line]
+    assert errors, text
+    assert (
+        f"keeping the line at source offset 0 in rejected/ failed: write rejected line failed "
+        f"for {partial}: No space left on device [ENOSPC]" in errors[0]
+    ), text
+    assert rejected_files(out) == {}, "a line with a piece missing must not be kept"
+    assert committed(out) == 0

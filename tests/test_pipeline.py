@@ -80,8 +80,8 @@ def test_a_rejected_line_is_whole_under_its_name_or_not_there(tmp_path: Path) ->
 
 
 class FailingWrites:
-    """A file whose writes numbered in `failing` (from 1) raise ENOSPC: a disk that fills up at a
-    chosen moment."""
+    """A file whose writes numbered in `failing` (from 1) raise EROFS: a disk that turns
+    read-only at a chosen moment (an error no retry can cure)."""
 
     def __init__(self, f: BinaryIO, failing: set[int]) -> None:
         self._f = f
@@ -91,7 +91,7 @@ class FailingWrites:
     def write(self, data: bytes) -> int:
         self.writes += 1
         if self.writes in self._failing:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
         return self._f.write(data)
 
     def __getattr__(self, name: str) -> Any:
@@ -110,9 +110,9 @@ def fail_partial_writes(monkeypatch: pytest.MonkeyPatch, failing: set[int]) -> N
     """Files opened under a `.partial` name fail their writes numbered in `failing`."""
     real_create = safefiles.create_file
 
-    def create(path: Path, *, exclusive: bool = False) -> Any:
+    def create(path: Path, **options: Any) -> Any:
         assert path.name.endswith(".partial"), path
-        return FailingWrites(real_create(path, exclusive=exclusive), failing)
+        return FailingWrites(real_create(path, **options), failing)
 
     monkeypatch.setattr(safefiles, "create_file", create)
 
@@ -127,12 +127,12 @@ class BlockedOpens:
         self.opened = threading.Event()
         real_create = safefiles.create_file
 
-        def create(path: Path, *, exclusive: bool = False) -> Any:
+        def create(path: Path, **options: Any) -> Any:
             assert path.name.endswith(".partial"), path
             self.entered.set()
             # Bounded, so that a failing test does not leave a thread stuck for good.
             self.released.wait(WAIT_S)
-            f = real_create(path, exclusive=exclusive)
+            f = real_create(path, **options)
             self.opened.set()
             return f
 
@@ -265,9 +265,10 @@ def test_a_stopped_stream_gives_up_a_rejected_line_whose_first_piece_fails(
     os.close(write_fd)
     assert sorted((tmp_path / "rejected").iterdir()) == [], "a line with a piece missing was kept"
     assert (rejects.records, tally.unkept) == (0, 1)
+    partial = tmp_path / "rejected" / f"{2:020d}.rec.partial"
     assert tally.error == (
-        "keeping the line at source offset 2 in rejected/ failed: "
-        "[Errno 28] No space left on device"
+        f"keeping the line at source offset 2 in rejected/ failed: write rejected line failed "
+        f"for {partial}: Read-only file system [EROFS]"
     )
     assert errors_logged(caplog) == [tally.error]
     assert b"".join(bytes(b.data) for b in batches) == b"already queued\na\n"
@@ -313,7 +314,7 @@ def test_a_stop_during_a_rejected_write_that_fails_still_keeps_the_tail(tmp_path
     assert batches[-1].end_offset == len(data)
     assert (tally.records, tally.unkept) == (3, 1)
     assert tally.error == (
-        "keeping the line at source offset 2 in rejected/ failed: [Errno 5] Input/output error"
+        "keeping the line at source offset 2 in rejected/ failed: Input/output error"
     )
 
 

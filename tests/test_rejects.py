@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import pytest
 
+from shovel import safefiles
 from shovel.batches import Rejected
 from shovel.rejects import RejectWriter, recover_rejected, rejected_path
 from tests.test_pipeline import fail_partial_writes
@@ -20,7 +24,7 @@ def test_a_failed_piece_gives_up_its_line_which_is_never_sealed(
 
     async def run() -> None:
         await w.write(Rejected(5, b"x" * 50, first=True, last=False))
-        with pytest.raises(OSError, match="No space left on device"):
+        with pytest.raises(OSError, match=r"write rejected line failed for .*: Read-only file"):
             await w.write(Rejected(5, b"y" * 50, first=False, last=False))
         # The rest of that line is not written, and its failure is not raised again.
         await w.write(Rejected(5, b"z" * 50 + b"\n", first=False, last=True))
@@ -34,6 +38,48 @@ def test_a_failed_piece_gives_up_its_line_which_is_never_sealed(
     assert rejected_path(tmp_path, 300).read_bytes() == b"n" * 20 + b"\n"
     assert sorted(p.name for p in (tmp_path / "rejected").iterdir()) == [f"{300:020d}.rec"]
     assert (w.records, w.bytes) == (1, 21)
+
+
+class FullOnce:
+    """The first write of every file fails with ENOSPC after writing part of its data (a
+    disk that was full for a moment)."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+        self.failed = False
+
+    def write(self, data: bytes) -> int:
+        if not self.failed:
+            self.failed = True
+            self._f.write(bytes(data)[:7])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self._f.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+
+def test_a_write_that_fails_with_an_error_that_can_pass_is_cut_back_and_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    real_create = safefiles.create_file
+    monkeypatch.setattr(
+        safefiles, "create_file", lambda path, **options: FullOnce(real_create(path, **options))
+    )
+    w = RejectWriter(tmp_path, 10)
+    line = b"x" * 30 + b"y" * 30 + b"\n"
+
+    async def run() -> None:
+        await w.write(Rejected(5, line[:30], first=True, last=False))
+        await w.write(Rejected(5, line[30:], first=False, last=True))
+
+    asyncio.run(run())
+    assert rejected_path(tmp_path, 5).read_bytes() == line, "the torn write was not cut back"
+    partial = tmp_path / "rejected" / f"{5:020d}.rec.partial"
+    assert [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()] == [
+        f"write rejected line failed for {partial}: No space left on device [ENOSPC]; "
+        "retrying (1/6) in 50 ms"
+    ]
 
 
 # --- rejected/ after a crash ------------------------------------------------------------------

@@ -323,6 +323,18 @@ impl StorageClient {
     }
 }
 
+/// Whether a failed file operation with this errno is retried, as the store retries its own.
+#[pyfunction]
+fn retryable_errno(errno: i32) -> bool {
+    crate::store::writer::retryable_errno(errno)
+}
+
+/// Seconds to wait before retry number `attempt` (from 1), as the store waits.
+#[pyfunction]
+fn retry_wait_s(attempt: u32) -> f64 {
+    crate::store::writer::backoff(attempt).as_secs_f64()
+}
+
 /// Adds the classes and exceptions to the module.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -342,6 +354,10 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("LOCK_FILE", crate::store::LOCK_FILE)?;
     m.add("FILE_MODE", crate::store::perm::FILE_MODE)?;
     m.add("DIR_MODE", crate::store::perm::DIR_MODE)?;
+    m.add("RETRIES", crate::store::writer::RETRIES)?;
+    m.add("MAX_SOURCE_BYTES", crate::store::MAX_SOURCE_BYTES)?;
+    m.add_function(wrap_pyfunction!(retryable_errno, m)?)?;
+    m.add_function(wrap_pyfunction!(retry_wait_s, m)?)?;
     crate::reading::register(m)?;
     Ok(())
 }

@@ -11,9 +11,9 @@ mod recovery;
 mod segment;
 mod shared;
 mod stats;
-mod writer;
+pub mod writer;
 
-pub use checkpoint::{Checkpoint, CHECKPOINT_FILE};
+pub use checkpoint::{Checkpoint, CHECKPOINT_FILE, MAX_SOURCE_BYTES};
 pub use error::{errno_name, StoreError, StoreResult};
 pub use handle::{CloseError, CloseReport, Data, Store, StoreConfig, Submitted};
 pub use lock::LOCK_FILE;

@@ -35,18 +35,26 @@ const BACKOFF_CAP: Duration = Duration::from_secs(2);
 /// call, or a full disk or quota that space being freed can cure. A read-only or missing
 /// directory, a permission problem or a bad argument will not: those fail at once.
 pub fn retryable(err: &StoreError) -> bool {
-    // Linux errno values: EINTR, EIO, EAGAIN, EBUSY, ENOSPC, ETIMEDOUT, EDQUOT.
+    matches!(err, StoreError::Io { errno: Some(errno), .. } if retryable_errno(*errno))
+}
+
+/// Whether a failed call with this errno is worth retrying (see `retryable`); the Python side
+/// asks the same of its own file writes (rejected lines).
+pub fn retryable_errno(errno: i32) -> bool {
     matches!(
-        err,
-        StoreError::Io {
-            errno: Some(4 | 5 | 11 | 16 | 28 | 110 | 122),
-            ..
-        }
+        errno,
+        libc::EINTR
+            | libc::EIO
+            | libc::EAGAIN
+            | libc::EBUSY
+            | libc::ENOSPC
+            | libc::ETIMEDOUT
+            | libc::EDQUOT
     )
 }
 
 /// The wait before retry number `attempt` (from 1): doubling from 50 ms, at most 2 s.
-fn backoff(attempt: u32) -> Duration {
+pub fn backoff(attempt: u32) -> Duration {
     BACKOFF_BASE
         .saturating_mul(1 << attempt.saturating_sub(1).min(16))
         .min(BACKOFF_CAP)

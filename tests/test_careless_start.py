@@ -1,0 +1,93 @@
+"""Careless starts of the real `python -m shovel`: errors name what the user typed (the flag or
+the environment variable), an empty output directory, closed standard streams."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import committed, stored_bytes
+
+QUIET = ["--metrics-port", "0", "--status-interval-s", "0"]
+
+
+def _run(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None, shell_redirect: str = ""
+) -> subprocess.CompletedProcess[bytes]:
+    """Runs shovel, through `sh -c 'exec ... REDIRECT'` when a standard stream is to be
+    closed (`<&-`, `2>&-`)."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SHOVEL_")}
+    command = [sys.executable, "-m", "shovel", *args]
+    if shell_redirect:
+        command = ["sh", "-c", f'exec "$@" {shell_redirect}', "sh", *command]
+    return subprocess.run(
+        command, capture_output=True, cwd=cwd, env={**base, **(env or {})}, timeout=60, check=False
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "named"),
+    [
+        ({"SHOVEL_FSYNC_INTERVAL_MS": "abc"}, [], "SHOVEL_FSYNC_INTERVAL_MS: "),
+        ({"shovel_fsync_interval_ms": "abc"}, [], "shovel_fsync_interval_ms: "),
+        (
+            {"SHOVEL_FSYNC_INTERVAL_MS": "5"},
+            ["--fsync-interval-ms", "abc"],
+            "--fsync-interval-ms: ",
+        ),
+        ({}, ["--fsync-interval-ms=abc"], "--fsync-interval-ms: "),
+        ({"SHOVEL_METRICS_PORT": "99999"}, [], "SHOVEL_METRICS_PORT: "),
+        ({"SHOVEL_SOURCE": "generate:x"}, [], "SHOVEL_SOURCE: "),
+    ],
+)
+def test_a_bad_value_is_reported_under_the_name_it_was_given(
+    tmp_path: Path, env: dict[str, str], args: list[str], named: str
+) -> None:
+    r = _run(args, tmp_path, env)
+    assert r.returncode == 2, r
+    err = r.stderr.decode()
+    assert err.startswith(f"python -m shovel: error: {named}"), err
+    assert err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("given", ["flag", "environment"])
+def test_an_empty_output_directory_is_refused_and_nothing_is_written(
+    tmp_path: Path, given: str
+) -> None:
+    args, env = (["--output-dir", ""], {}) if given == "flag" else ([], {"SHOVEL_OUTPUT_DIR": ""})
+    r = _run(["--source", "generate:10", *QUIET, *args], tmp_path, env)
+    assert r.returncode == 2, r
+    name = "--output-dir" if given == "flag" else "SHOVEL_OUTPUT_DIR"
+    assert f"error: {name}: is empty" in r.stderr.decode()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_closed_stdin_as_the_source_is_said_to_be_closed(tmp_path: Path) -> None:
+    r = _run(["--source", "-", "--output-dir", str(tmp_path / "out"), *QUIET], tmp_path,
+             shell_redirect="<&-")  # fmt: skip
+    assert r.returncode == 2, r
+    assert "--source: standard input is closed" in r.stderr.decode()
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("redirect", ["<&-", "2>&-", ">&- 2>&- <&-"])
+def test_closed_standard_streams_never_take_the_place_of_shovel_files(
+    tmp_path: Path, redirect: str
+) -> None:
+    """A closed descriptor 0, 1 or 2 is the number the next open file gets: a segment or the
+    checkpoint must never be it (log lines would be written into the store)."""
+    source = tmp_path / "in.txt"
+    data = b"".join(b"line %d\n" % i for i in range(10_000))
+    source.write_bytes(data)
+    out = tmp_path / "out"
+    r = _run(["--source", str(source), "--output-dir", str(out), *QUIET], tmp_path,
+             shell_redirect=redirect)  # fmt: skip
+    assert r.returncode == 0, r
+    assert stored_bytes(out) == data
+    assert committed(out) == len(data)
+    for name in ("checkpoint", "last-stop.json"):
+        assert b" INFO " not in (out / name).read_bytes()
