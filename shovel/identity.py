@@ -77,8 +77,9 @@ class NatsOrigin:
     """A NATS JetStream stream read through a durable consumer: offsets are stream sequences.
 
     `stored` lists, as ranges "A-B" or "A" joined by commas, the sequences stored in this
-    output directory whose acknowledgement the server had not confirmed: a redelivery of one of
-    them is acknowledged, not stored again."""
+    output directory whose acknowledgement the server had not confirmed, and `acked` some whose
+    acknowledgement it had (see natsledger.py): a redelivery of one of them is acknowledged,
+    not stored again."""
 
     stream: str
     consumer: str
@@ -87,6 +88,8 @@ class NatsOrigin:
     # When the consumer was created ("" in checkpoints written before shovel kept it): one
     # deleted and made again starts over from the stream's first message.
     consumer_created: str = ""
+    # "" in checkpoints written before shovel listed confirmed ones.
+    acked: str = ""
 
 
 Origin = FileOrigin | GeneratorOrigin | StreamOrigin | NatsOrigin
@@ -129,6 +132,8 @@ def encode(origin: Origin) -> str:
         }
         if origin.consumer_created:
             body["consumer_created"] = origin.consumer_created
+        if origin.acked:
+            body["acked"] = origin.acked
     else:
         body = {"kind": "stream", "name": origin.name}
     # ensure_ascii keeps any path on one line of plain text.
@@ -174,6 +179,7 @@ def decode(text: str) -> Origin | None:
             created=_str(body, "created"),
             stored=_str(body, "stored"),
             consumer_created=_str(body, "consumer_created") if "consumer_created" in body else "",
+            acked=_str(body, "acked") if "acked" in body else "",
         )
     if kind == "file":
         fp_len = _int(body, "fp_len")

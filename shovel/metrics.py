@@ -194,7 +194,8 @@ def _nats_families(p: AckProgress) -> Iterator[Metric]:
     )
     yield CounterMetricFamily(
         "shovel_nats_messages_acked",
-        "Messages acknowledged once durable, as confirmed by the NATS server",
+        "Deliveries acknowledged once durable (redeliveries of messages stored here too), as "
+        "the NATS server confirmed or its acknowledgement floor showed",
         p.acked,
     )
     yield CounterMetricFamily(
@@ -223,6 +224,18 @@ def _nats_families(p: AckProgress) -> Iterator[Metric]:
         "Messages delivered by the consumer and not yet acknowledged, all replicas (from the "
         "server)",
         p.consumer_ack_pending,
+    )
+    yield GaugeMetricFamily(
+        "shovel_nats_read_stalled_seconds",
+        "How long the NATS reader has been waiting for room to pull or to hand over what it "
+        "fetched (its own messages not yet durable or not confirmed acknowledged); 0 while "
+        "it is not",
+        time.monotonic() - p.stall_started if p.stall_started else 0.0,
+    )
+    yield CounterMetricFamily(
+        "shovel_nats_read_stalls",
+        "Waits of the NATS reader for room that lasted long enough to be logged as a WARNING",
+        p.stalls,
     )
 
 
@@ -294,8 +307,8 @@ class Metrics:
         )
         self.nats_ack_latency = Histogram(
             "shovel_nats_ack_latency_seconds",
-            "Time from a NATS message's fetch to the server's confirmation of its "
-            "acknowledgement (after it is durable)",
+            "Time from a NATS message's fetch to its acknowledgement, once durable, as the "
+            "server confirmed it or its acknowledgement floor showed it",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=self.registry,
         )

@@ -12,7 +12,10 @@ Protocol (the runner drives it; see source_api.AcknowledgedSource):
                durable, gives back (negative acknowledgement) what is not, so that another
                replica takes it at once, then flushes and closes the connection, all within
                the deadline; with no server connected it sends nothing (see README.md for
-               the duplicates across replicas that this and two other cases allow).
+               the duplicates across replicas that this and two other cases allow). Then it
+               records beside the checkpoint which stored messages are still not confirmed
+               (natsledger.StopRecord): the next start counts those, not what the last
+               checkpoint, written before the last acknowledgements, lists.
 
 Stored record, one line per message (JSON, ASCII only):
   {"seq":STREAM_SEQUENCE,"subject":"SUBJECT","id":"NATS-MSG-ID","data":"BASE64"}
@@ -21,13 +24,16 @@ standard base64, so any bytes (newlines included) are stored unambiguously. Othe
 not kept. The committed offset is the highest stream sequence stored here.
 
 Sizing: one replica holds at most `batch * (queue_max_batches + 4)` messages fetched and not
-yet acknowledged; a consumer shovel creates gets `max_ack_pending` of 16 times that (room for
-16 replicas at full pace) and `ack_wait` of the shutdown timeout plus 10 s, at least 30 s: a
-message held by a replica that is stopping is acknowledged before the server would give it to
-another one. A replica killed outright (SIGKILL, a lost node) leaves its unacknowledged
-messages to be redelivered after `ack_wait`: to another replica, which stores them (a message
-the killed one had already made durable is then stored twice, in two output directories: the
-`seq` says so), or to its own restart, which acknowledges them without storing them again.
+yet confirmed acknowledged, a bound of its own (natsledger.py says why nothing another client
+holds may enter it); a reader that waits for room for STALL_WARN_S says so with the cause, and
+the metrics show the wait. A consumer shovel creates gets `max_ack_pending` of 16 times that
+(room for 16 replicas at full pace) and `ack_wait` of the shutdown timeout plus 10 s, at least
+30 s: a message held by a replica that is stopping is acknowledged before the server would
+give it to another one. A replica killed outright (SIGKILL, a lost node) leaves its
+unacknowledged messages to be redelivered after `ack_wait`: to another replica, which stores
+them (a message the killed one had already made durable is then stored twice, in two output
+directories: the `seq` says so), or to its own restart, which acknowledges them without
+storing them again.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ import math
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, Callable
+from pathlib import Path
 
 import nats
 import nats.errors
@@ -54,9 +61,19 @@ from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 
 from shovel.batches import Batch, Piece
 from shovel.identity import DescriptorError, NatsOrigin, decode, encode, kind_of
-from shovel.natsledger import Ledger, decode_ranges
+from shovel.natsledger import (
+    STOP_RECORD_FILE,
+    Entry,
+    Ledger,
+    Listing,
+    StopRecord,
+    decode_ranges,
+    encode_ranges,
+    read_stop_record,
+    write_stop_record,
+)
 from shovel.natsurl import NatsSpec, subjects_overlap
-from shovel.source_api import AckProgress, SourceError, SourceMismatch
+from shovel.source_api import AckProgress, DaemonThreads, SourceError, SourceMismatch
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +111,25 @@ MISSING_WARN_AFTER = 3
 # After the server turned a pull request down (409: too many waiting requests, the
 # max_ack_pending limit reached, a leader change), the next one waits this long.
 PULL_REFUSED_PAUSE_S = 0.5
+# A reader that has waited this long for room (to pull, or to hand over what it fetched) says
+# so, with the cause.
+STALL_WARN_S = 5.0
+# The entries restored from the checkpoint and not delivered again leave the ledger once the
+# consumer's ack_wait has passed since it was bound (the server then delivers again any of them
+# it does not hold acknowledged), and this much more: it delivers such a message in answer to
+# the next pull request of any replica, and this one's are at most PULL_EXPIRES_S +
+# PULL_LOST_S apart.
+RESTORED_MARGIN_S = PULL_EXPIRES_S + PULL_LOST_S + CONSUMER_INFO_S
+# How long a stop may take to write its record beside the checkpoint (natsledger.StopRecord).
+STOP_RECORD_S = 1.0
+# The stop record's file work: on daemon threads, so that a hung filesystem holds up neither
+# the stop nor the exit.
+_THREADS = DaemonThreads()
+
+
+def _sooner(a: float | None, b: float | None) -> float | None:
+    """The shorter of two timeouts (None: none)."""
+    return b if a is None else a if b is None else min(a, b)
 
 
 class _NotNow(SourceError):
@@ -122,7 +158,13 @@ class NatsSource:
 
     replayable = True
 
-    def __init__(self, spec: NatsSpec, queue_max_batches: int, shutdown_timeout_s: float) -> None:
+    def __init__(
+        self,
+        spec: NatsSpec,
+        queue_max_batches: int,
+        shutdown_timeout_s: float,
+        output_dir: Path | None = None,
+    ) -> None:
         self.spec = spec
         self.description = spec.describe()
         self.max_unacked = spec.batch * (queue_max_batches + 4)
@@ -130,8 +172,18 @@ class NatsSource:
         self.max_ack_pending = spec.max_ack_pending or self.max_unacked * REPLICAS_ROOM
         self.shutdown_timeout_s = shutdown_timeout_s
         self.progress = AckProgress()
+        # Where a stop records which listed messages it saw confirmed (None: nowhere).
+        self._output_dir = output_dir
         self._restored: NatsOrigin | None = None
         self._ledger = Ledger(())
+        # Whether the restored entries' states come from the last stop's record, not from the
+        # checkpoint alone.
+        self._restored_from_stop = False
+        # When the restored entries not delivered again leave the ledger (loop time; never
+        # before the consumer is bound).
+        self._restored_until = math.inf
+        # The reader has said that it waits for room (see _stall).
+        self._stall_said = False
         self._created = ""
         self._consumer_created = ""
         self._nc: Client | None = None
@@ -178,16 +230,39 @@ class NatsSource:
                     f"stream {self.spec.stream} consumer {self.spec.consumer}: refusing to mix "
                     "them (use a new --output-dir)"
                 )
+            on_disk = Listing(origin.stored, origin.acked)
             try:
-                self._ledger = Ledger(decode_ranges(origin.stored))
+                unconfirmed, confirmed = decode_ranges(origin.stored), decode_ranges(origin.acked)
             except DescriptorError as e:
                 raise SourceMismatch(f"the checkpoint's list of stored messages: {e}") from e
+            record = self._stop_record(on_disk)
+            if record is not None:
+                # What the last stop saw confirmed after its last checkpoint.
+                still = set(decode_ranges(record.not_confirmed))
+                listed = [*unconfirmed, *confirmed]
+                unconfirmed = [seq for seq in listed if seq in still]
+                confirmed = [seq for seq in listed if seq not in still]
+                self._restored_from_stop = True
+            self._ledger = Ledger(unconfirmed, confirmed, self.max_unacked, on_disk)
         self._restored = origin
         self._offset = committed_offset
-        listed = len(self._ledger.entries)
-        return f"consuming after stream sequence {committed_offset}" + (
-            f"; {listed} stored messages await acknowledgement" if listed else ""
-        )
+        return f"consuming after stream sequence {committed_offset}"
+
+    def _stop_record(self, on_disk: Listing) -> StopRecord | None:
+        """The last stop's record, if it was written about the checkpoint on disk."""
+        if self._output_dir is None:
+            return None
+        try:
+            record = read_stop_record(self._output_dir)
+        except (DescriptorError, OSError) as e:
+            log.warning(
+                "ignoring %s: %s (the stored messages the checkpoint lists as not confirmed "
+                "are counted as such)",
+                self._output_dir / STOP_RECORD_FILE,
+                e,
+            )
+            return None
+        return record if record is not None and record.listing == on_disk else None
 
     async def open(self) -> str:
         """Connects and binds the consumer, waiting while no server answers; raises
@@ -227,10 +302,26 @@ class NatsSource:
         await nc.subscribe(self._ack_inbox + ".*", cb=self._on_ack_confirmed)
         self.progress.consumer_pending = info.num_pending or 0
         self.progress.consumer_ack_pending = info.num_ack_pending or 0
+        if info.ack_floor is not None:
+            self._ledger.below_floor(info.ack_floor.stream_seq)
+        # The longest a message may wait for its next delivery (a backoff overrides ack_wait).
+        redelivery_s = max([info.config.ack_wait or 30.0, *(info.config.backoff or [])])
+        self._restored_until = asyncio.get_running_loop().time() + redelivery_s + RESTORED_MARGIN_S
+        restored = self._ledger.restored()
         return (
             f"consumer {spec.consumer}: ack_wait {info.config.ack_wait or 0:g}s, "
             f"max_ack_pending {info.config.max_ack_pending}, {info.num_pending or 0} messages "
             "pending"
+        ) + (f"; {self._restored_phrase(restored)}" if restored else "")
+
+    def _restored_phrase(self, restored: int) -> str:
+        if self._restored_from_stop:
+            return (
+                f"{restored} stored messages await acknowledgement (not confirmed at the last stop)"
+            )
+        return (
+            f"{restored} stored messages may await acknowledgement (not confirmed when the last "
+            "checkpoint was written, and no stop recorded their acknowledgement since)"
         )
 
     async def _look_up(self, js: JetStreamContext) -> ConsumerInfo:
@@ -388,6 +479,10 @@ class NatsSource:
         # The acknowledgements not confirmed go out again now, and the reader pulls again.
         self._durable_progress.set()
         self._room.set()
+        # No pull reached the server meanwhile: what it would have delivered again comes now.
+        self._restored_until = max(
+            self._restored_until, asyncio.get_running_loop().time() + RESTORED_MARGIN_S
+        )
 
     async def _on_delivery(self, msg: Msg) -> None:
         self._arrived.append((msg, time.monotonic()))
@@ -404,10 +499,15 @@ class NatsSource:
         entry = self._ledger.confirmed(int(tail))
         if entry is None:
             return
+        self._acknowledged(entry)
+        self._room.set()
+
+    def _acknowledged(self, entry: Entry) -> None:
+        """The server holds a delivery acknowledged: counted once, whether its confirmation or
+        the acknowledgement floor said so first."""
         self.progress.acked += 1
         if entry.fetched_at is not None:
             self.progress.ack_latency(time.monotonic() - entry.fetched_at)
-        self._room.set()
 
     # --- reading ----------------------------------------------------------------------
 
@@ -449,7 +549,7 @@ class NatsSource:
         """A batch of the held messages, as many as the checkpoint's listing has room for."""
         held = self._held
         n = len(held)
-        while n and len(self._ledger.ranges_with(s for s, _, _ in held[:n])) > LISTING_MAX_CHARS:
+        while n and not self._ledger.fits((s for s, _, _ in held[:n]), LISTING_MAX_CHARS):
             n //= 2
         if not n:
             return None
@@ -457,14 +557,17 @@ class NatsSource:
         self._held_seqs.difference_update(seq for seq, _, _ in taken)
         taken.sort(key=lambda t: t[0])
         data = b"".join(record_of(seq, msg) for seq, msg, _ in taken)
-        self._ledger.hand_over([(seq, msg.reply, at) for seq, msg, at in taken])
+        listing = self._ledger.hand_over(
+            [(seq, msg.reply, at) for seq, msg, at in taken], LISTING_MAX_CHARS
+        )
         self._offset = max(self._offset, taken[-1][0])
         origin = NatsOrigin(
             self.spec.stream,
             self.spec.consumer,
             self._created,
-            self._ledger.ranges_with(()),
+            listing.unconfirmed,
             self._consumer_created,
+            listing.confirmed,
         )
         return Batch(data, len(taken), self._offset, encode(origin))
 
@@ -481,6 +584,8 @@ class NatsSource:
                 if await self._pull(nc, min(self.spec.batch, room)):
                     requested = min(self.spec.batch, room)
                     lost_at = loop.time() + PULL_EXPIRES_S + PULL_LOST_S
+                    if not self._held:
+                        self._unstalled()
                 else:
                     # No server now: no request piles up in the client's buffer meanwhile.
                     refused_until = loop.time() + PULL_REFUSED_PAUSE_S
@@ -492,6 +597,9 @@ class NatsSource:
                     self._room.clear()
                     waits.add(asyncio.ensure_future(self._room.wait()))
                     timeout = max(refused_until - loop.time(), 0.01) if refused_until else None
+                    if room <= 0:
+                        # Everything this replica may hold is held: waiting for room.
+                        timeout = _sooner(timeout, self._stall(listing_full=False))
                 try:
                     await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 finally:
@@ -524,14 +632,72 @@ class NatsSource:
             batch = self._batch()
             if batch is None:
                 if self._held:
-                    # The listing is full: wait for the acknowledgement floor to pass some of
-                    # it (the acknowledging task looks at the consumer sooner).
+                    # The listing is full of this replica's unconfirmed messages: wait for
+                    # confirmations (the acknowledging task looks at the consumer sooner).
                     self._listing_full = True
                     self._durable_progress.set()
                     self._room.clear()
-                    await self._room.wait()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self._stall(listing_full=True)):
+                            await self._room.wait()
                 continue
+            self._unstalled()
             yield batch
+
+    def _stall(self, listing_full: bool) -> float | None:
+        """The reader waits for room: timed from its first such wait, and said with the cause
+        (a WARNING, counted in progress.stalls) once it has waited STALL_WARN_S. Returns how
+        much longer it may wait before that (None: said already)."""
+        now = time.monotonic()
+        progress = self.progress
+        if not progress.stall_started:
+            progress.stall_started = now
+        waited = now - progress.stall_started
+        if self._stall_said:
+            return None
+        if waited < STALL_WARN_S:
+            return STALL_WARN_S - waited
+        self._stall_said = True
+        progress.stalls += 1
+        log.warning(
+            "NATS: reading has waited %.0fs for room: %s", waited, self._stall_cause(listing_full)
+        )
+        return None
+
+    def _stall_cause(self, listing_full: bool) -> str:
+        counts = self._ledger.counts()
+        nc = self._nc
+        parts = []
+        if counts.pending:
+            parts.append(f"{counts.pending} fetched and not yet made durable by storage")
+        if counts.durable:
+            parts.append(
+                f"{counts.durable} stored, their acknowledgement not confirmed by the server"
+                + ("" if nc is not None and nc.is_connected else " (no server connected)")
+            )
+        if counts.restored:
+            parts.append(
+                f"{counts.restored} stored before this start, listed until the server delivers "
+                "them again or ack_wait has passed"
+            )
+        what = (
+            "the checkpoint's listing of the stored messages not confirmed acknowledged is full"
+            if listing_full
+            else f"this replica holds the most messages it may ({self.max_unacked}) fetched "
+            "and not confirmed acknowledged"
+        )
+        return f"{what}: {', '.join(parts)}"
+
+    def _unstalled(self) -> None:
+        """The reader pulled or handed a batch over: whatever wait for room it had is over."""
+        progress = self.progress
+        if progress.stall_started and self._stall_said:
+            log.info(
+                "NATS: reading again after waiting %.1fs for room",
+                time.monotonic() - progress.stall_started,
+            )
+        progress.stall_started = 0.0
+        self._stall_said = False
 
     async def _pull(self, nc: Client, n: int) -> bool:
         """Asks the consumer for `n` messages; False when no server is connected."""
@@ -610,8 +776,33 @@ class NatsSource:
         self._consumer_missing = 0
         self.progress.consumer_pending = info.num_pending or 0
         self.progress.consumer_ack_pending = info.num_ack_pending or 0
-        if info.ack_floor is not None and self._ledger.below_floor(info.ack_floor.stream_seq):
+        if info.ack_floor is None:
+            return
+        dropped, acknowledged = self._ledger.below_floor(info.ack_floor.stream_seq)
+        for entry in acknowledged:
+            self._acknowledged(entry)
+        if dropped:
             self._room.set()
+
+    def _drop_restored(self) -> None:
+        """Once ack_wait has passed since the consumer was bound (connected all along, see
+        RESTORED_MARGIN_S): the restored entries not delivered again leave the ledger."""
+        nc = self._nc
+        if (
+            not self._ledger.restored()
+            or nc is None
+            or not nc.is_connected
+            or asyncio.get_running_loop().time() < self._restored_until
+        ):
+            return
+        gone = self._ledger.drop_restored()
+        log.info(
+            "NATS: %d messages stored before this start were not delivered again within "
+            "ack_wait: no longer listed (the server holds them acknowledged, or another "
+            "replica stored them)",
+            gone,
+        )
+        self._room.set()
 
     async def run_acks(self, records_durable: Callable[[], int]) -> None:
         """Acknowledges what storage made durable, until cancelled (see the module docstring)."""
@@ -625,6 +816,7 @@ class NatsSource:
                 last_look = loop.time()
                 self._listing_full = False
                 await self._look_at_consumer()
+                self._drop_restored()
             # Not asyncio.wait_for: on 3.11 it swallows a cancellation that comes as the event
             # is set (at every stop, just after the queue drain), and the stop would hang.
             with contextlib.suppress(TimeoutError):
@@ -673,30 +865,61 @@ class NatsSource:
                     self._all_confirmed.wait(),
                     min(CONFIRM_WAIT_S, max(deadline - loop.time(), 0)),
                 )
-        # Every durable message with a subject to acknowledge with and no confirmation, whether
-        # its acknowledgement went out or could not.
-        unconfirmed = len(self._ledger.unconfirmed(math.inf))
         self._closing = True
         await self._disconnect(nc, deadline)
+        # Taken once the connection is closed, with every confirmation that came: the stored
+        # messages (of this run or listed by the checkpoint) whose acknowledgement is not
+        # confirmed, whether it went out or could not. The next start counts the same ones.
+        not_confirmed = self._ledger.not_confirmed()
+        await self._record_stop(not_confirmed, deadline)
         if not connected:
             log.warning(
                 "NATS: no server connected at the stop: %d stored messages stay "
                 "unacknowledged and %d not stored are not given back; the server delivers "
                 "them again after ack_wait (a restart here acknowledges the stored ones)",
-                unconfirmed,
+                len(not_confirmed),
                 due_back - given_back,
             )
             return
         log.log(
             logging.WARNING if due_back > given_back else logging.INFO,
-            "NATS: %d messages acknowledged (%d not confirmed), %d given back for redelivery, "
-            "%d left to ack_wait; connection closed in %.3fs",
+            "NATS: %d messages acknowledged, %d stored messages await acknowledgement (not "
+            "confirmed), %d given back for redelivery, %d left to ack_wait; connection closed "
+            "in %.3fs",
             self.progress.acked,
-            unconfirmed,
+            len(not_confirmed),
             given_back,
             due_back - given_back,
             time.monotonic() - started,
         )
+
+    async def _record_stop(self, not_confirmed: list[int], deadline: float) -> None:
+        """Writes the stop record beside the checkpoint (natsledger.StopRecord), bounded in
+        time. A failure is said, not raised: the next start then goes by the checkpoint alone,
+        which lists as unconfirmed what this stop saw confirmed."""
+        out = self._output_dir
+        if out is None:
+            return
+        record = StopRecord(self._ledger.durable_listing, encode_ranges(not_confirmed))
+        loop = asyncio.get_running_loop()
+        job = loop.run_in_executor(_THREADS, write_stop_record, out, record)
+        limit_s = min(STOP_RECORD_S, max(deadline - loop.time(), LAST_WORD_S))
+        try:
+            await asyncio.wait_for(job, limit_s)
+        except TimeoutError:
+            log.warning(
+                "NATS: writing %s took over %gs: going on without it (the next start counts "
+                "the stored messages awaiting acknowledgement from the checkpoint alone)",
+                out / STOP_RECORD_FILE,
+                limit_s,
+            )
+        except OSError as e:
+            log.warning(
+                "NATS: cannot write %s: %s (the next start counts the stored messages awaiting "
+                "acknowledgement from the checkpoint alone)",
+                out / STOP_RECORD_FILE,
+                e,
+            )
 
     async def _settle(self, records_durable: int) -> int:
         """At a stop: acknowledges what is durable and gives back the rest (negative

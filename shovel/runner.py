@@ -307,6 +307,7 @@ def source_for(settings: Settings) -> Source:
         settings.follow_config,
         queue_max_batches=settings.queue_max_batches,
         shutdown_timeout_s=settings.shutdown_timeout_s,
+        output_dir=settings.output_dir,
     )
 
 

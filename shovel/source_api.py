@@ -51,8 +51,10 @@ class Source(Protocol):
 class AckProgress:
     """What a source that is acknowledged has done, for metrics (read at scrape time)."""
 
-    # Messages delivered (redeliveries included), acknowledged (as the server confirmed),
-    # delivered more than once, skipped as already stored here, given back at a stop.
+    # Messages delivered (redeliveries included); deliveries acknowledged (once durable, or
+    # at once for a message already stored here: counted once the server confirms it, or once
+    # its acknowledgement floor passes it, whichever comes first); delivered more than once;
+    # skipped as already stored here; given back at a stop.
     fetched: int = 0
     acked: int = 0
     redelivered: int = 0
@@ -61,6 +63,10 @@ class AckProgress:
     # From the server: messages not yet delivered, and delivered but not acknowledged.
     consumer_pending: int = 0
     consumer_ack_pending: int = 0
+    # When the reader began to wait for room (time.monotonic(); 0: it is not waiting), and
+    # how many of its waits lasted long enough to be logged as a stall.
+    stall_started: float = 0.0
+    stalls: int = 0
     # Called with each message's fetch-to-acknowledged time (the runner sets it).
     ack_latency: Callable[[float], None] = field(default=lambda _s: None)
 

@@ -276,17 +276,18 @@ def open_source(
     *,
     queue_max_batches: int = 8,
     shutdown_timeout_s: float = 20.0,
+    output_dir: Path | None = None,
 ) -> Source:
     """The source for `spec`; raises SourceError when a file cannot be used. `follow` applies
     to a file (the caller checks that it is one); the queue size and the shutdown timeout size
-    a NATS consumer (natssource.py)."""
+    a NATS consumer (natssource.py), which records its stops in `output_dir`."""
     if isinstance(spec, NatsSpec):
         # Imported here: the NATS client is needed only by this source.
         from shovel.natssource import NatsSource  # noqa: PLC0415
 
         if spec.creds is not None and not os.access(spec.creds, os.R_OK):
             raise SourceError(f"cannot read the NATS credentials file {spec.creds}")
-        return NatsSource(spec, queue_max_batches, shutdown_timeout_s)
+        return NatsSource(spec, queue_max_batches, shutdown_timeout_s, output_dir)
     if isinstance(spec, GeneratorSpec):
         return GeneratorSource(spec.count, generate_rate)
     if isinstance(spec, StdinSpec):

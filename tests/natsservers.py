@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -31,6 +33,9 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerInfo, StreamConfig
 
 from shovel.demo.natsserver import find_binary, stop_server
+from shovel.natssource import NatsSource
+from shovel.natsurl import parse_nats
+from shovel.settings import Settings
 from tests.helpers import WAIT_S, free_port, wait_until
 
 T = TypeVar("T")
@@ -219,6 +224,95 @@ def running_cluster(tmp_path: Path, size: int, secured: bool = False) -> Iterato
     finally:
         for s in cluster.servers:
             s.stop()
+
+
+class ConfirmationDropper:
+    """A TCP proxy in front of one server that passes everything but the confirmations of
+    acknowledgements (empty messages to a `_INBOX.ID.SEQ` subject of the client's), which it
+    drops on their way to the client: the server holds the acknowledgements, and the client
+    never hears of it (as when its server fails between applying an acknowledgement and
+    confirming it). Runs on a thread of its own."""
+
+    _CONFIRMATION = re.compile(rb"^_INBOX\.[^.]+\.\d+$")
+
+    def __init__(self, server: Server) -> None:
+        self.port = free_port()
+        self.dropped = 0
+        self._server = server
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dropper", daemon=True)
+        self._thread.start()
+        assert self._ready.wait(WAIT_S), "the proxy did not start"
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _run(self) -> None:
+        self._loop.run_until_complete(self._main())
+        self._loop.close()
+
+    async def _main(self) -> None:
+        self._stopping = asyncio.Event()
+        listening = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        self._ready.set()
+        async with listening:
+            await self._stopping.wait()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._stopping.set)
+        self._thread.join(WAIT_S)
+        assert not self._thread.is_alive(), "the proxy did not stop"
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        server_r, server_w = await asyncio.open_connection("127.0.0.1", self._server.port)
+        up = asyncio.ensure_future(self._copy(client_r, server_w))
+        try:
+            await self._filter(server_r, client_w)
+        finally:
+            up.cancel()
+            await asyncio.wait({up})
+            client_w.close()
+            server_w.close()
+            self._tasks.discard(task)
+
+    @staticmethod
+    async def _copy(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while data := await r.read(65536):
+            w.write(data)
+            await w.drain()
+
+    async def _filter(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        """Copies the server's protocol lines and messages, but the confirmations."""
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                line = await r.readuntil(b"\r\n")
+                words = line.split()
+                body = b""
+                if words and words[0] in (b"MSG", b"HMSG"):
+                    # MSG SUBJECT SID [REPLY] BYTES; HMSG ... HEADER_BYTES TOTAL_BYTES.
+                    body = await r.readexactly(int(words[-1]) + 2)
+                    confirmation = words[0] == b"MSG" and len(words) == 4 and words[-1] == b"0"
+                    if confirmation and self._CONFIRMATION.match(words[1]):
+                        self.dropped += 1
+                        continue
+                w.write(line + body)
+                await w.drain()
+
+
+def replica_holds(batch: int) -> int:
+    """What one replica may hold fetched and not confirmed acknowledged, with pull requests of
+    `batch` and the default queue size."""
+    spec = parse_nats(f"nats://h/S?consumer=c&batch={batch}")
+    return NatsSource(spec, Settings.model_fields["queue_max_batches"].default, 20.0).max_unacked
 
 
 def payload(i: int) -> bytes:

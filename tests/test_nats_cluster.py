@@ -29,9 +29,6 @@ import nats
 import nats.errors
 import pytest
 
-from shovel.natssource import NatsSource
-from shovel.natsurl import parse_nats
-from shovel.settings import Settings
 from tests.helpers import Shovel, assert_clean_stderr, handles_sigterm, wait_until
 from tests.natsservers import (
     Cluster,
@@ -41,6 +38,7 @@ from tests.natsservers import (
     msg_id,
     on_servers,
     payload,
+    replica_holds,
     running_cluster,
     stored_messages,
 )
@@ -54,12 +52,7 @@ BATCH = 50
 # so that a replica stalled on a loaded machine still acknowledges in time.
 ACK_WAIT_S = 10
 SHUTDOWN_S = 3
-# What one replica may hold fetched and unacknowledged, with the default queue size.
-HELD = NatsSource(
-    parse_nats(f"nats://h/ORDERS?consumer=shovel&batch={BATCH}"),
-    Settings.model_fields["queue_max_batches"].default,
-    SHUTDOWN_S,
-).max_unacked
+HELD = replica_holds(BATCH)
 
 
 class Replica:

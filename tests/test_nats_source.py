@@ -20,8 +20,18 @@ from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo
 
 from shovel.identity import DescriptorError, NatsOrigin, decode, encode
 from shovel.laststop import read_report
-from shovel.natsledger import Ledger, decode_ranges, encode_ranges
-from shovel.natssource import NatsSource, _NotNow, record_of
+from shovel.natsledger import (
+    STOP_RECORD_FILE,
+    Counts,
+    Ledger,
+    Listing,
+    StopRecord,
+    decode_ranges,
+    encode_ranges,
+    read_stop_record,
+    write_stop_record,
+)
+from shovel.natssource import LISTING_MAX_CHARS, NatsSource, _NotNow, record_of
 from shovel.natsurl import NatsSpec, parse_nats, subjects_overlap
 from shovel.source_api import SourceError
 from tests.helpers import (
@@ -203,17 +213,18 @@ def test_nats_origin_round_trip() -> None:
 
 
 def test_ledger_acknowledges_batches_in_order_once_durable() -> None:
-    ledger = Ledger([5])
-    ledger.hand_over([(10, "r10", 1.0), (11, "r11", 1.0)])
-    ledger.hand_over([(12, "r12", 2.0)])
-    assert ledger.ranges_with([13]) == "5,10-13"
+    ledger = Ledger([5], kept_max=10)
+    ledger.hand_over([(10, "r10", 1.0), (11, "r11", 1.0)], LISTING_MAX_CHARS)
+    assert ledger.hand_over([(12, "r12", 2.0)], LISTING_MAX_CHARS) == Listing("5,10-12", "")
     assert ledger.in_flight() == 3
+    assert ledger.restored() == 1
     # Nothing is durable: nothing to acknowledge, and a confirmation cannot come early.
     ledger.made_durable(1)
     assert ledger.unconfirmed(sent_before=10.0) == []
     assert ledger.confirmed(10) is None
-    # The first batch's two records are durable.
+    # The first batch's two records are durable: its listing is the checkpoint's.
     ledger.made_durable(2)
+    assert ledger.durable_listing == Listing("5,10-11", "")
     assert ledger.unconfirmed(sent_before=10.0) == [(10, "r10"), (11, "r11")]
     # (Taken to be given back at a stop, it would leave the ledger.)
     assert [(s, e.reply) for s, e in ledger.entries.items() if not e.durable] == [(12, "r12")]
@@ -228,17 +239,83 @@ def test_ledger_acknowledges_batches_in_order_once_durable() -> None:
     assert ledger.confirmed(10) is None
     assert ledger.unconfirmed(sent_before=10.0) == [(11, "r11-again")]
     assert ledger.in_flight() == 2
-    # Confirmed, 10 is still listed: only the consumer's acknowledgement floor passing it
-    # (or 5 and 11) takes it off the listing.
-    assert ledger.ranges_with([]) == "5,10-12"
-    assert ledger.below_floor(11) == 3
-    assert ledger.ranges_with([]) == "12"
+    # Confirmed, 10 is listed apart; 5 (restored) and 11 are stored and not confirmed.
+    assert ledger.listing(LISTING_MAX_CHARS) == Listing("5,11-12", "10")
+    assert ledger.not_confirmed() == [5, 11]
+    # The acknowledgement floor passes 5, 10 and 11: they leave; 11's acknowledgement was sent
+    # and not confirmed, so the floor is the news that it is acknowledged.
+    ledger.entries[11].ack_sent_at = 3.0
+    dropped, acknowledged = ledger.below_floor(11)
+    assert dropped == 3
+    assert [e.reply for e in acknowledged] == ["r11-again"]
+    assert ledger.listing(LISTING_MAX_CHARS) == Listing("12", "")
+    assert (ledger.in_flight(), ledger.restored()) == (1, 0)
     # A message delivered again after its confirmation is acknowledged again.
     ledger.made_durable(3)
     assert ledger.confirmed(12) is not None
     assert ledger.unconfirmed(sent_before=10.0) == []
     assert ledger.known(12, "r12-again") is not None
     assert ledger.unconfirmed(sent_before=10.0) == [(12, "r12-again")]
+    assert ledger.listing(LISTING_MAX_CHARS) == Listing("12", "")
+
+
+def test_confirmed_entries_make_room_the_longest_confirmed_first() -> None:
+    """Confirmed entries are listed only as room allows: however many there are above an
+    acknowledgement floor that does not move (scattered, as replicas interleave), they never
+    keep a batch out; those confirmed last stay listed, and no more than kept_max of them."""
+    ledger = Ledger([], kept_max=1000)
+    seqs = range(1000, 2200, 2)
+    for i, seq in enumerate(seqs):
+        ledger.hand_over([(seq, f"r{seq}", 0.0)], LISTING_MAX_CHARS)
+        ledger.made_durable(i + 1)
+        assert ledger.confirmed(seq) is not None
+    # 600 scattered sequences: 3000 characters to list them all.
+    assert ledger.in_flight() == 0
+    assert ledger.fits(range(5000, 5100, 2), 300)
+    listing = ledger.listing(200)
+    assert listing.unconfirmed == ""
+    assert 180 < len(listing) <= 200
+    kept = decode_ranges(listing.confirmed)
+    assert kept == list(seqs)[-len(kept) :]
+    assert list(ledger.entries) == kept
+    few = Ledger([], kept_max=3)
+    for i, seq in enumerate(range(1, 11)):
+        few.hand_over([(seq, f"r{seq}", 0.0)], LISTING_MAX_CHARS)
+        few.made_durable(i + 1)
+        few.confirmed(seq)
+    assert few.listing(LISTING_MAX_CHARS) == Listing("", "8-10")
+
+
+def test_restored_entries_leave_when_delivered_or_dropped() -> None:
+    """Entries the checkpoint lists: the unconfirmed ones stay until delivered again (then
+    acknowledged like the others) or dropped, the confirmed ones are kept as room allows."""
+    ledger = Ledger([1, 2, 3], [7], kept_max=5, on_disk=Listing("1-3", "7"))
+    assert ledger.durable_listing == Listing("1-3", "7")
+    assert (ledger.restored(), ledger.in_flight()) == (3, 0)
+    assert ledger.known(2, "r2") is not None
+    assert (ledger.restored(), ledger.in_flight()) == (2, 1)
+    assert ledger.unconfirmed(sent_before=10.0) == [(2, "r2")]
+    assert ledger.not_confirmed() == [1, 2, 3]
+    assert ledger.drop_restored() == 2
+    assert ledger.listing(LISTING_MAX_CHARS) == Listing("2", "7")
+    assert ledger.counts() == Counts(pending=0, durable=1, restored=0)
+
+
+def test_stop_record_round_trip(tmp_path: Path) -> None:
+    record = StopRecord(Listing("1-3,9", "5-7"), "3,9")
+    write_stop_record(tmp_path, record)
+    assert read_stop_record(tmp_path) == record
+    assert read_stop_record(tmp_path / "nowhere") is None
+    for damaged in (
+        "{",
+        "[]",
+        '{"v":2}',
+        '{"v":1,"unconfirmed":1}',
+        '{"v":1,"unconfirmed":"","confirmed":"","not_confirmed":"x"}',
+    ):
+        (tmp_path / STOP_RECORD_FILE).write_text(damaged)
+        with pytest.raises(DescriptorError):
+            read_stop_record(tmp_path)
 
 
 # --- against a real server ----------------------------------------------------------------------
@@ -436,7 +513,7 @@ def test_batches_stay_within_what_the_checkpoint_can_list() -> None:
     source._take_arrived()
     assert source._batch() is None
     # The floor passes half of them: a batch fits, and its descriptor too.
-    assert source._ledger.below_floor(1_000_599) == 300
+    assert source._ledger.below_floor(1_000_599) == (300, [])
     batch = source._batch()
     assert batch is not None
     assert 0 < batch.records < 200
