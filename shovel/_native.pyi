@@ -244,6 +244,9 @@ class ReadFile:
         """Moves the read position to byte `pos`."""
     def read(self, max_bytes: int) -> Chunk:
         """Reads up to `max_bytes` with the GIL released (blocking); empty at the end."""
+    def pseudo_filesystem(self) -> str | None:
+        """The name of the pseudo filesystem the file lives on ("proc", "sysfs", ...), or
+        None for a filesystem that holds files."""
     def close(self) -> None:
         """Closes the file (a read in progress finishes first, on its own thread)."""
     @property
@@ -260,6 +263,9 @@ class Splitter:
         """Adds a chunk (a Chunk is taken over, bytes are copied); its first `skip` bytes are
         consumed without being fed (only between lines, else ValueError). Returns the pieces
         it completes, in source order."""
+    def set_aside_line(self) -> None:
+        """Sets the next line (up to and including its newline) apart as a rejected line,
+        whatever its length (ValueError in the middle of a line)."""
     def finish(self) -> list[_RawPiece]:
         """At the end of the input: an unterminated last line becomes a record, or ends the
         oversized line being streamed."""

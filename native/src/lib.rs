@@ -5,6 +5,7 @@
 //! PyO3 boundary exposed as `shovel._native`.
 
 pub mod buffers;
+pub mod fskind;
 pub mod runtime;
 pub mod split;
 pub mod store;

@@ -181,6 +181,13 @@ impl ReadFile {
         })
     }
 
+    /// The name of the pseudo filesystem (procfs, sysfs and their kin) the file lives on, or
+    /// None for a filesystem that holds files (see fskind.rs).
+    fn pseudo_filesystem(&self) -> PyResult<Option<&'static str>> {
+        let file = self.file()?;
+        crate::fskind::pseudo_filesystem(&file).map_err(|e| os_error(&e, &self.path))
+    }
+
     /// Closes the file; a read in progress finishes first, on its own thread. Idempotent.
     fn close(&self) {
         lock(&self.file).take();
@@ -266,6 +273,18 @@ impl Splitter {
             inner.feed(part.skip(skip))
         };
         all_to_python(py, pieces)
+    }
+
+    /// Sets the next line (up to and including its newline) apart as a rejected line,
+    /// whatever its length; ValueError in the middle of a line.
+    fn set_aside_line(&self) -> PyResult<()> {
+        if lock(&self.inner).set_aside_line() {
+            Ok(())
+        } else {
+            Err(PyValueError::new_err(
+                "a line can be set aside only from its start, not from its middle",
+            ))
+        }
     }
 
     /// At the end of the input: an unterminated last line becomes a record, or ends the

@@ -96,9 +96,13 @@ pub struct Splitter {
     limit: u64,
     /// The incomplete last line.
     carry: Vec<u8>,
-    /// Source offset where the oversized line being streamed began.
+    /// Source offset where the line being set apart (oversized, or asked for by
+    /// [`Splitter::set_aside_line`]) began.
     rejecting: Option<u64>,
     rejected_len: u64,
+    /// The line set apart by [`Splitter::set_aside_line`] has had no piece out yet: its first
+    /// piece says `first`.
+    first_pending: bool,
 }
 
 impl Splitter {
@@ -110,6 +114,7 @@ impl Splitter {
             carry: Vec::new(),
             rejecting: None,
             rejected_len: 0,
+            first_pending: false,
         }
     }
 
@@ -125,6 +130,19 @@ impl Splitter {
             return false;
         }
         self.offset += n;
+        true
+    }
+
+    /// Sets the next line (from the current offset up to and including its newline) apart as
+    /// a rejected line, whatever its length: it is not a record of its own (the end of a line
+    /// stored before without it). False, and nothing changes, in the middle of a line.
+    pub fn set_aside_line(&mut self) -> bool {
+        if !self.carry.is_empty() || self.rejecting.is_some() {
+            return false;
+        }
+        self.rejecting = Some(self.offset);
+        self.rejected_len = 0;
+        self.first_pending = true;
         true
     }
 
@@ -148,7 +166,7 @@ impl Splitter {
                 pieces.push(Piece::Rejected {
                     offset: line_start,
                     data: chunk.as_slice().to_vec(),
-                    first: false,
+                    first: std::mem::take(&mut self.first_pending),
                     last: false,
                 });
                 chunk.recycle();
@@ -157,7 +175,7 @@ impl Splitter {
             pieces.push(Piece::Rejected {
                 offset: line_start,
                 data: chunk.as_slice()[..=nl].to_vec(),
-                first: false,
+                first: std::mem::take(&mut self.first_pending),
                 last: true,
             });
             self.offset = line_start + self.rejected_len + nl as u64 + 1;
@@ -252,7 +270,7 @@ impl Splitter {
                 Piece::Rejected {
                     offset: line_start,
                     data: Vec::new(),
-                    first: false,
+                    first: std::mem::take(&mut self.first_pending),
                     last: true,
                 },
                 empty_batch(self.offset),
@@ -298,7 +316,11 @@ mod tests {
 
     /// Feeds `data` in chunks of `size` and finishes.
     fn run(data: &[u8], size: usize, limit: u64, start: u64) -> Outcome {
-        let mut s = Splitter::new(start, limit);
+        run_from(Splitter::new(start, limit), data, size)
+    }
+
+    /// The same with a splitter set up by the caller.
+    fn run_from(mut s: Splitter, data: &[u8], size: usize) -> Outcome {
         let mut pieces = Vec::new();
         for chunk in data.chunks(size.max(1)) {
             pieces.extend(s.feed(Part::copy_of(chunk)));
@@ -381,6 +403,38 @@ mod tests {
         assert_eq!(stored, b"a\n");
         assert_eq!(rejected, vec![(2, b"bbbbbbbbbb".to_vec())]);
         assert_eq!(ends.last().copied(), Some(12));
+    }
+
+    #[test]
+    fn a_line_set_aside_is_rejected_whatever_its_length_and_the_rest_stored() {
+        let data = b"the end of a line\nnext\nlast\n";
+        for size in 1..data.len() + 2 {
+            let mut s = Splitter::new(100, 1000);
+            assert!(s.set_aside_line());
+            let (stored, records, rejected, ends) = run_from(s, data, size);
+            assert_eq!(rejected, vec![(100, b"the end of a line\n".to_vec())], "size {size}");
+            assert_eq!(stored, b"next\nlast\n", "size {size}");
+            assert_eq!(records, 2);
+            assert_eq!(ends.last().copied(), Some(100 + data.len() as u64));
+        }
+    }
+
+    #[test]
+    fn a_line_set_aside_without_its_newline_is_rejected_at_the_end() {
+        let mut s = Splitter::new(7, 1000);
+        assert!(s.set_aside_line());
+        let (stored, _, rejected, ends) = run_from(s, b"no newline", 3);
+        assert!(stored.is_empty());
+        assert_eq!(rejected, vec![(7, b"no newline".to_vec())]);
+        assert_eq!(ends.last().copied(), Some(17));
+    }
+
+    #[test]
+    fn a_line_cannot_be_set_aside_from_its_middle() {
+        let mut s = Splitter::new(0, 1000);
+        s.feed(Part::copy_of(b"partial"));
+        assert!(!s.set_aside_line());
+        assert_eq!(s.carried(), 7);
     }
 
     #[test]
