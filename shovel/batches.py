@@ -29,7 +29,8 @@ class Batch:
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
-    """(Part of) a line longer than the record limit, which is set apart instead of stored.
+    """(Part of) a line set apart instead of stored: longer than the record limit, or the
+    continuation of a line stored before without its end (`continues`).
 
     A line that fits in memory comes as one piece (`first` and `last`); a longer one is
     streamed in parts. `offset` is where the line starts in the source.
@@ -39,6 +40,7 @@ class Rejected:
     data: bytes
     first: bool
     last: bool
+    continues: bool = False
 
 
 Piece = Batch | Rejected

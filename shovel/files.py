@@ -1,28 +1,42 @@
 """A regular file as a source: resumed only when it is the same file, and, with --follow, read
 as it grows, through rotations, indefinitely.
 
+A followed file is the path the user names and the files rotated away from it: a run following
+another path on the same output directory is refused, whatever its content. (Without --follow,
+the file itself is the source: the same inode with the same first bytes, under any name.)
+
 Identity: every batch carries the file's device, inode and a fingerprint of its first bytes
 (see identity.py); the checkpoint keeps that of the last durable batch. At start the file must
 be the same one, at least as long as what was stored from it; otherwise shovel refuses, or,
-when following, looks for the old file in the same directory (a rename rotation leaves it
-there, e.g. `app.log.1`), reads its unread tail first and then the new file from its start.
+when following, looks for the old file among the rotations of the followed file (see
+rotations.py: where its links lead, named as its rotations), reads its unread tail first, then
+every rotation made after it, oldest first, then the new file from its start.
 
 Following (like `tail -F`), checked every poll interval at the end of the file:
 - the file grew: read on;
-- the name now points to another file, or to none (rename + create, replacement, deletion):
-  the old file, still open, is read until it has been quiet for `rotated_quiet_s` (a writer
-  may still hold it), then finished and the new file is read from its start;
+- the name now leads to another file, or to none (rename + create, replacement, deletion, a
+  link pointed elsewhere): the old file, still open, is read until it has been quiet for
+  `rotated_quiet_s` (a writer may still hold it), then finished; the rotations made after it,
+  if any, are read in order, then the new file from its start;
 - the file shrank below the read position, or its first bytes changed (copy + truncate; the
   first bytes are also checked after every read, so that new content written past the old
   position between two looks is not taken for the old file's rest): the rest of the old
-  content is read from the copy if one is found in the directory, then the new content from
+  content is read from the copy if one is found among its rotations, then the new content from
   the start. Lines written between the copy and the truncate are lost: that
   is how copytruncate works, and it is logged.
+A rotation that cannot be read (compressed, unreadable) and a file stored from that is gone
+are each a WARNING naming it, and counted (`skipped` in FileProgress).
+
 When a file is finished (the end of a finite run, or a rotated file) an unterminated last line
 is stored as a record with a newline, and the checkpoint says so (`open_line`): if that file
-later continues that line, shovel refuses rather than store the rest as a record of its own
-(a continuation that starts with the newline is simply skipped). While following, an
-unterminated line is not a record yet.
+later continues that line, the continuation, up to its newline, is set apart in rejected/
+(with a WARNING) rather than stored as a record of its own, and reading goes on (a
+continuation that starts with the newline is simply skipped). While following, an unterminated
+line is not a record yet.
+
+Pseudo filesystems (procfs, sysfs, ...) report sizes that are not their files' and make their
+content up at each read: `open_source` refuses to follow a file there, and reads one without
+--follow as a stream.
 """
 
 from __future__ import annotations
@@ -37,7 +51,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from shovel._native import Chunk, ReadFile
+from shovel._native import MAX_SOURCE_BYTES, Chunk, ReadFile
 from shovel.batches import Batch, Piece
 from shovel.identity import (
     FINGERPRINT_MAX_BYTES,
@@ -50,6 +64,7 @@ from shovel.identity import (
     read_head,
 )
 from shovel.records import RecordSplitter
+from shovel.rotations import Rotated, is_rotation_name, newer_than, resolved, rotations_of_all
 from shovel.source_api import DaemonThreads, SourceError, SourceMismatch
 
 log = logging.getLogger(__name__)
@@ -58,6 +73,8 @@ _T = TypeVar("_T")
 _DAEMON = DaemonThreads()
 
 _NEW_DIR_HINT = "to store this file from its start, use a new --output-dir"
+# How many files finished in this run are remembered, so that none is read twice as a rotation.
+_FINISHED_KEPT = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,21 +93,29 @@ class FileProgress:
     size: int
     position: int
     rotations: int
+    # Files whose unread lines could not be read (compressed, unreadable, gone).
+    skipped: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class _Step:
-    """A file to read, from `pos`, whose byte 0 is at stream position `base`."""
+    """A file to read, from `pos`, whose byte 0 is at stream position `base` (None: wherever
+    the stream is when it is opened)."""
 
     path: str
     pos: int
-    base: int
-    # An old file (rotated away): finish it once quiet, then go on with the followed path.
+    base: int | None
+    # An old file (rotated away): finish it at its end, then go on with the next one.
     retired: bool
     # (dev, ino) expected when it is opened; None to take whatever the name holds then.
     expect: tuple[int, int] | None
     # The stored stream ends with this file's unterminated last line, completed by shovel.
     open_line: bool = False
+    # A rotated file with a newer rotation after it: its writer has moved on, so it is finished
+    # at its end without waiting for it to be quiet.
+    settled: bool = False
+    # For a rotated file: the resolved path of the live file it was rotated from.
+    live: str = ""
 
 
 @dataclass(slots=True)
@@ -105,23 +130,35 @@ class _Open:
     """One open file being read."""
 
     def __init__(
-        self, number: int, step: _Step, file: ReadFile, st: os.stat_result, head: bytes
+        self,
+        number: int,
+        step: _Step,
+        *,
+        real: str,
+        base: int,
+        file: ReadFile,
+        st: os.stat_result,
+        head: bytes,
     ) -> None:
         self.number = number
-        self.path = step.path
+        # Its path as found (links resolved), and that of the live file it is or was.
+        self.path = real
+        self.live = step.live or real
         self.file = file
         self.dev, self.ino = st.st_dev, st.st_ino
-        self.base = step.base
+        self.mtime_ns = st.st_mtime_ns
+        self.base = base
         self.read_pos = step.pos
         self.size = st.st_size
         self.head = head
         self.retired = step.retired
+        self.settled = step.settled
         self.open_line = step.open_line
         # Loop time when the name was first seen to point elsewhere, and of the last growth.
         self.rotated_at: float | None = None
         self.grew_at = 0.0
 
-    def origin(self, end_offset: int, open_line: bool) -> FileOrigin:
+    def origin(self, name: str, end_offset: int, open_line: bool) -> FileOrigin:
         fp_len = min(FINGERPRINT_MAX_BYTES, end_offset - self.base)
         return FileOrigin(
             path=self.path,
@@ -131,6 +168,9 @@ class _Open:
             fp=fingerprint(self.head[:fp_len]),
             base=self.base,
             open_line=open_line,
+            name=name,
+            target=self.live,
+            mtime_ns=self.mtime_ns,
         )
 
 
@@ -141,34 +181,45 @@ def _stat_or_none(path: str) -> os.stat_result | None:
         return None
 
 
-def _find_old_file(
-    directory: Path, origin: FileOrigin, min_size: int, exclude: str
-) -> tuple[str, os.stat_result] | None:
-    """A regular file in `directory` (other than `exclude`) that is `origin`'s file: at least
-    `min_size` bytes with its fingerprint; the same inode first (a rename), else the newest
-    (a copy)."""
-    found: list[tuple[bool, float, str, os.stat_result]] = []
-    try:
-        entries = list(os.scandir(directory))
-    except OSError as e:
-        log.warning("cannot list %s to look for a rotated file: %s", directory, e.strerror)
-        return None
-    for entry in entries:
-        if entry.name == exclude:
+def _find_stored(
+    origin: FileOrigin, min_size: int, lives: list[str], exclude: tuple[int, int] | None
+) -> Rotated | None:
+    """`origin`'s file, at least `min_size` bytes with its fingerprint: where it was read, if it
+    is still there, else among the rotations of the live files `lives` (the same inode first:
+    a rename; else the newest: a copy). Never the file `exclude` (the live one). Blocking."""
+    candidates: list[Rotated] = []
+    st = _stat_or_none(origin.path)
+    if st is not None and stat.S_ISREG(st.st_mode) and origin.same_inode(st):
+        candidates.append(Rotated(origin.path, st, compressed=False))
+    candidates += rotations_of_all(lives)
+    found: list[tuple[bool, int, Rotated]] = []
+    for r in candidates:
+        if r.compressed or r.inode == exclude or r.st.st_size < min_size:
             continue
         try:
-            st = entry.stat(follow_symlinks=False)
-            if not stat.S_ISREG(st.st_mode) or st.st_size < min_size:
-                continue
-            head = read_head(entry.path)
+            head = read_head(r.path)
         except OSError:
             continue
         if origin.matches_head(head):
-            found.append((origin.same_inode(st), st.st_mtime, entry.path, st))
+            found.append((origin.same_inode(r.st), r.st.st_mtime_ns, r))
     if not found:
         return None
-    _, _, path, st = max(found, key=lambda f: (f[0], f[1]))
-    return path, st
+    return max(found, key=lambda f: (f[0], f[1]))[2]
+
+
+def _unread_rotations(
+    lives: list[str], after_ns: int, exclude: set[tuple[int, int]]
+) -> list[Rotated]:
+    """The rotations of the live files `lives` modified after `after_ns`, other than the files
+    `exclude`, oldest first. Blocking."""
+    return newer_than(rotations_of_all(lives), after_ns, exclude)
+
+
+def _open_file(path: str, resolve: bool) -> tuple[str, ReadFile]:
+    """Opens `path` (its links resolved first when `resolve`: the followed name); returns the
+    path opened and the file."""
+    real = resolved(path) if resolve else path
+    return real, ReadFile(real)
 
 
 def _read_then_head(file: ReadFile, max_bytes: int, known: int) -> tuple[Chunk, bytes]:
@@ -194,7 +245,8 @@ class FileSource:
         max_record_bytes: int,
         follow: FollowConfig | None = None,
     ) -> None:
-        # Absolute, so that the checkpoint names the file whatever the working directory.
+        # Absolute, so that the checkpoint names the file whatever the working directory;
+        # links are kept: the name is what the user follows, wherever it leads.
         self.path = Path(os.path.abspath(path))
         self.chunk_bytes = chunk_bytes
         self.max_record_bytes = max_record_bytes
@@ -202,9 +254,15 @@ class FileSource:
         self.description = f"file {path}" + (" (following)" if follow else "")
         self.progress: FileProgress | None = None
         self.rotations = 0
+        self.skipped = 0
         self._plan: _Plan | None = None
         self._generation = 0
         self._stamped: tuple[int, int, bool] | None = None
+        # The files finished in this run, latest last; never read again as rotations.
+        self._finished: deque[tuple[int, int]] = deque(maxlen=_FINISHED_KEPT)
+        # The file finished last, when the rotations made after it are still to be looked for:
+        # (its inode, its modification time, the live file it is or was).
+        self._look_after: tuple[tuple[int, int], int, str] | None = None
 
     # -- resuming ---------------------------------------------------------------------------
 
@@ -214,6 +272,7 @@ class FileSource:
             origin = decode(descriptor)
         except DescriptorError as e:
             raise SourceMismatch(f"the checkpoint's record of its source is unreadable: {e}") from e
+        self._check_checkpointable()
         if origin is None:
             return self._resume_unnamed(committed_offset)
         if not isinstance(origin, FileOrigin):
@@ -221,6 +280,7 @@ class FileSource:
                 f"this output directory holds records from {kind_of(origin)}, and the source "
                 f"now is the file {path}: refusing to mix them ({_NEW_DIR_HINT})"
             )
+        self._check_name(origin)
         pos = committed_offset - origin.base
         if pos < 0:
             raise SourceMismatch(
@@ -241,34 +301,132 @@ class FileSource:
                 f"{path} is not the file this output directory was storing: {problem}; "
                 f"{_NEW_DIR_HINT}, or use --follow to read a rotated file"
             )
-        found = _find_old_file(self.path.parent, origin, pos, self.path.name)
-        if found is not None:
-            old_path, old_st = found
-            self.rotations += 1
-            self._plan = _Plan(
-                committed_offset,
-                deque(
-                    [
-                        _Step(old_path, pos, origin.base, True, _inode(old_st), origin.open_line),
-                        _Step(path, 0, -1, False, None),
-                    ]
-                ),
+        return self._resume_rotated(committed_offset, origin, pos, problem, st)
+
+    def _check_name(self, origin: FileOrigin) -> None:
+        """Following, refuses a source named otherwise than the one the directory stores.
+        (Without --follow the file itself is compared: the same inode with the same first
+        bytes is the same file under any name, and anything else is refused.)"""
+        if self.follow is None:
+            return
+        path = str(self.path)
+        if origin.name:
+            if origin.name == path:
+                return
+            stored = origin.name
+        else:
+            # Written before shovel kept the name: `path` is the file read, the followed name
+            # itself or (following) one of its rotations beside it, or where its links led.
+            if origin.path in (path, resolved(path)):
+                return
+            same_dir = os.path.dirname(origin.path) == os.path.dirname(path)
+            if same_dir and is_rotation_name(os.path.basename(origin.path), self.path.name):
+                return
+            stored = origin.path
+        raise SourceMismatch(
+            f"this output directory stores the followed file {stored}, and the source now is "
+            f"{path}: a followed file is the path it was named by and the files rotated away "
+            f"from it, so another path is never taken for it; name {stored} again to go on, or "
+            f"use a new --output-dir for {path}"
+        )
+
+    def _check_checkpointable(self) -> None:
+        """Refuses a path the checkpoint could not keep (one line of at most MAX_SOURCE_BYTES:
+        a path escaped in JSON takes up to six bytes a byte, and is kept up to three times)."""
+        path = str(self.path)
+        probe = FileOrigin(path, 0, 0, 0, "0" * 32, 0, True, path, path + "x", 1)
+        if len(encode(probe)) > MAX_SOURCE_BYTES:
+            raise SourceMismatch(
+                f"the source path is too long to be kept in the checkpoint "
+                f"({len(os.fsencode(path))} bytes; {MAX_SOURCE_BYTES} is the limit of the "
+                f"checkpoint's record of its source, escaped): use a shorter path or a link"
             )
+
+    def _resume_rotated(
+        self,
+        committed_offset: int,
+        origin: FileOrigin,
+        pos: int,
+        problem: str,
+        st: os.stat_result | None,
+    ) -> str:
+        """Following, and the name holds another file than the one stored last: its tail, the
+        rotations made after it, then the file at the name from its start."""
+        path = str(self.path)
+        lives = [origin.live, resolved(path)]
+        live_inode = _inode(st) if st is not None else None
+        found = _find_stored(origin, pos, lives, live_inode)
+        steps: deque[_Step] = deque()
+        if found is not None:
+            self.rotations += 1
+            after_ns = found.st.st_mtime_ns
+        else:
+            self._skip(
+                f"the file stored last, {origin.describe()}, is no longer where it was read nor "
+                f"among the rotations beside {origin.live} (deleted, or compressed): lines "
+                f"written to it after byte {pos}, if any, were not stored"
+            )
+            after_ns = origin.mtime_ns
+        exclude = {i for i in (live_inode, found.inode if found else None) if i is not None}
+        unread = self._readable(_unread_rotations(lives, after_ns, exclude)) if after_ns else []
+        if found is not None:
+            steps.append(
+                _Step(
+                    found.path,
+                    pos,
+                    origin.base,
+                    True,
+                    found.inode,
+                    origin.open_line,
+                    settled=bool(unread),
+                    live=origin.live,
+                )
+            )
+        steps += self._rotation_steps(unread, origin.live)
+        # The file at the name from its start: where the stream is then, or, with nothing of
+        # the stored file left to read, right after what was stored.
+        steps.append(_Step(path, 0, None if steps else committed_offset, False, None))
+        self._plan = _Plan(committed_offset, steps)
+        then = "".join(f"{r.path}, " for r in unread)
+        if found is not None:
             return (
                 f"{path} was rotated while shovel was stopped ({problem}): reading the rest of "
-                f"{old_path} from byte {pos}, then {path} from its start"
+                f"{found.path} from byte {pos}, then {then}{path} from its start"
             )
-        log.warning(
-            "%s: %s, and the file stored last, %s, is not in %s any more: lines written to it "
-            "after byte %d, if any, were not stored",
-            path,
-            problem,
-            origin.describe(),
-            self.path.parent,
-            pos,
-        )
-        self._plan = _Plan(committed_offset, deque([_Step(path, 0, committed_offset, False, None)]))
-        return f"reading {path} from its start"
+        return f"reading {then}{path} from its start"
+
+    def _readable(self, found: list[Rotated]) -> list[Rotated]:
+        """The rotations of `found` shovel can read; each other one is skipped, with a WARNING."""
+        readable = []
+        for r in found:
+            if r.compressed:
+                self._skip(
+                    f"{r.path} is named as a compressed rotation of {self.path}: shovel cannot "
+                    "read it, and the lines in it were not stored"
+                )
+            elif not os.access(r.path, os.R_OK):
+                self._skip(
+                    f"{r.path}, a rotation of {self.path}, cannot be read (permission denied): "
+                    "the lines in it were not stored"
+                )
+            else:
+                readable.append(r)
+        return readable
+
+    def _skip(self, why: str) -> None:
+        self.skipped += 1
+        log.warning("%s", why)
+        if self.progress is not None:
+            self.progress = replace(self.progress, skipped=self.skipped)
+
+    @staticmethod
+    def _rotation_steps(unread: list[Rotated], live: str) -> list[_Step]:
+        """Steps reading each of `unread` whole; each but the last has a newer rotation after
+        it, so it is finished at its end without waiting."""
+        return [
+            _Step(r.path, 0, None, True, r.inode, settled=i < len(unread) - 1, live=live)
+            for i, r in enumerate(unread)
+        ]
 
     def _resume_unnamed(self, committed_offset: int) -> str:
         """A new output directory, or one whose checkpoint does not name its source."""
@@ -325,11 +483,19 @@ class FileSource:
             while True:
                 if cur is None:
                     step = plan.steps.popleft() if plan.steps else None
-                    if step is None or step.base < 0:
+                    if step is None:
                         # The followed name, from its start (after a rotation, or once it
                         # appears).
-                        step = _Step(str(self.path), 0, splitter.offset, False, None)
-                    cur = await self._open(step)
+                        step = _Step(str(self.path), 0, None, False, None)
+                    if not step.retired and self._look_after is not None:
+                        # Rotations made since the file finished last come before the new one.
+                        unread = await self._run(self._rotations_since, self._look_after)
+                        self._look_after = None
+                        if unread:
+                            plan.steps.appendleft(step)
+                            plan.steps.extendleft(reversed(unread))
+                            continue
+                    cur = await self._open(step, splitter.offset)
                     if cur is None:
                         plan.steps.appendleft(step)
                         await self._idle()
@@ -340,7 +506,7 @@ class FileSource:
                     for piece in pieces:
                         yield piece
                     if done:
-                        cur.file.close()
+                        await self._close(cur)
                         cur = None
                     continue
                 # At the end of what the file holds now.
@@ -352,11 +518,41 @@ class FileSource:
                 for piece in pieces:
                     yield piece
                 if done:
-                    cur.file.close()
+                    await self._close(cur)
                     cur = None
         finally:
             if cur is not None:
                 cur.file.close()
+
+    async def _close(self, cur: _Open) -> None:
+        """Done with `cur`: the rotations made after it are looked for before the next file at
+        the name is read."""
+        try:
+            mtime_ns = (await self._run(os.fstat, cur.file.fileno())).st_mtime_ns
+        except OSError:
+            mtime_ns = cur.mtime_ns
+        self._finished.append((cur.dev, cur.ino))
+        self._look_after = ((cur.dev, cur.ino), mtime_ns, cur.live)
+        cur.file.close()
+
+    def _rotations_since(self, after: tuple[tuple[int, int], int, str]) -> list[_Step]:
+        """Steps for the rotations made after the file finished last (blocking)."""
+        inode, mtime_ns, live = after
+        lives = [live, resolved(self.path)]
+        named = _stat_or_none(str(self.path))
+        exclude = {inode, *self._finished}
+        if named is not None:
+            exclude.add(_inode(named))
+        unread = self._readable(_unread_rotations(lives, mtime_ns, exclude))
+        if unread:
+            self.rotations += len(unread)
+            log.warning(
+                "%s was rotated more than once since %s was read: reading %s first",
+                self.path,
+                live,
+                ", ".join(r.path for r in unread),
+            )
+        return self._rotation_steps(unread, live)
 
     async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
         return await asyncio.get_running_loop().run_in_executor(_DAEMON, fn, *args)
@@ -367,16 +563,17 @@ class FileSource:
         # filesystem (inotify misses NFS and some overlays), so look again shortly.
         await asyncio.sleep(self.follow.poll_s)
 
-    async def _open(self, step: _Step) -> _Open | None:
+    async def _open(self, step: _Step, stream_offset: int) -> _Open | None:
         """Opens `step`'s file at its position; None when following and it is not there."""
+        live = not step.retired
         try:
-            file = await self._run(ReadFile, step.path)
+            real, file = await self._run(_open_file, step.path, live)
         except FileNotFoundError:
             if self.follow is None or step.retired:
                 raise SourceError(f"{step.path} disappeared before it could be read") from None
             if self.progress is None or self.progress.path != step.path:
                 log.info("waiting for %s to appear", step.path)
-                self.progress = FileProgress(step.path, 0, 0, self.rotations)
+                self.progress = FileProgress(step.path, 0, 0, self.rotations, self.skipped)
             return None
         except OSError as e:
             raise SourceError(f"cannot open {step.path}: {e.strerror}") from e
@@ -394,14 +591,15 @@ class FileSource:
             file.close()
             raise
         self._generation += 1
-        cur = _Open(self._generation, step, file, st, head)
+        base = stream_offset if step.base is None else step.base
+        cur = _Open(self._generation, step, real=real, base=base, file=file, st=st, head=head)
         cur.grew_at = asyncio.get_running_loop().time()
         self._show(cur)
         return cur
 
     def _show(self, cur: _Open) -> None:
         self.progress = FileProgress(
-            cur.path, max(cur.size, cur.read_pos), cur.read_pos, self.rotations
+            cur.path, max(cur.size, cur.read_pos), cur.read_pos, self.rotations, self.skipped
         )
 
     async def _read(self, cur: _Open, splitter: RecordSplitter) -> tuple[bool, list[Piece]] | None:
@@ -432,17 +630,23 @@ class FileSource:
             cur.head += chunk.bytes_at(len(cur.head) - start, FINGERPRINT_MAX_BYTES - start)
         skip = 0
         if cur.open_line:
-            # The stored stream ends with this file's last line, which had no newline then.
+            # The stored stream ends with this file's last line, which had no newline then and
+            # was stored whole, as a record.
             cur.open_line = False
             if chunk.bytes_at(0, 1) == b"\n":
                 skip = 1
             else:
-                raise SourceMismatch(
-                    f"{cur.path} grew from the middle of a line: its last line (ending at byte "
-                    f"{start}) had no newline and was stored as a whole record, so storing the "
-                    "rest would split that line in two; use a new --output-dir to store the "
-                    "file from its start (with --follow an unfinished line waits for its newline)"
+                # Its writer wrote the rest of that line later. Storing the rest as a record
+                # would split one line in two, and refusing would stop shovel for good: the
+                # rest is set apart in rejected/, and reading goes on after it.
+                log.warning(
+                    "%s continued its last line after shovel had finished the file and stored "
+                    "that line (ending at byte %d) as a record: the continuation, up to its "
+                    "newline, is set apart in rejected/ instead of stored",
+                    cur.path,
+                    start,
                 )
+                splitter.set_aside_line()
         cur.size = max(cur.size, cur.read_pos)
         self._show(cur)
         return False, [self._stamp(cur, p) for p in splitter.feed(chunk, skip)]
@@ -456,7 +660,9 @@ class FileSource:
         if key == self._stamped:
             return piece
         self._stamped = key
-        return replace(piece, source=encode(cur.origin(piece.end_offset, open_line)))
+        return replace(
+            piece, source=encode(cur.origin(str(self.path), piece.end_offset, open_line))
+        )
 
     def _finish(self, cur: _Open, splitter: RecordSplitter) -> list[Piece]:
         """The end of a file: an unterminated last line becomes a record."""
@@ -466,7 +672,7 @@ class FileSource:
 
     async def _at_end(self, cur: _Open, splitter: RecordSplitter) -> tuple[bool, list[Piece]]:
         """Following, at the end of `cur`: waits or decides. Returns whether `cur` is done
-        (go on with the followed name) and the pieces to yield."""
+        (go on with the next file) and the pieces to yield."""
         assert self.follow is not None
         loop = asyncio.get_running_loop()
         size, named, head = await self._run(_look, cur.file.fileno(), str(self.path))
@@ -488,48 +694,46 @@ class FileSource:
             cur.rotated_at = loop.time()
             if not cur.retired:
                 self.rotations += 1
-            log.info(
-                "%s now %s: finishing %s once it has been quiet for %.1fs",
-                self.path,
-                "names another file" if named is not None else "is gone",
-                cur.path,
-                self.follow.rotated_quiet_s,
-            )
-        if loop.time() - max(cur.rotated_at, cur.grew_at) < self.follow.rotated_quiet_s:
+            if not cur.settled:
+                log.info(
+                    "%s now %s: finishing %s once it has been quiet for %.1fs",
+                    self.path,
+                    "leads to another file" if named is not None else "is gone",
+                    cur.path,
+                    self.follow.rotated_quiet_s,
+                )
+        quiet_s = 0.0 if cur.settled else self.follow.rotated_quiet_s
+        if loop.time() - max(cur.rotated_at, cur.grew_at) < quiet_s:
             await self._idle()
             return False, []
         pieces = self._finish(cur, splitter)
-        log.info(
-            "rotation: finished %s at byte %d; reading %s from its start",
-            cur.path,
-            cur.read_pos,
-            self.path,
-        )
+        log.info("rotation: finished %s at byte %d", cur.path, cur.read_pos)
         return True, pieces
 
     async def _truncated(self, cur: _Open, splitter: RecordSplitter, what: str) -> list[Piece]:
-        """Copy + truncate. With a copy of the old content in the directory, its rest is read
-        from there (the partial line in hand continues in it), then the new content from the
-        start; without one, the old content ends here. Returns the pieces that end it."""
+        """Copy + truncate. With a copy of the old content among the rotations, its rest is
+        read from there (the partial line in hand continues in it), then the new content from
+        the start; without one, the old content ends here. Returns the pieces that end it."""
         self.rotations += 1
-        origin = cur.origin(cur.read_pos + cur.base, False)
-        found = await self._run(
-            _find_old_file, self.path.parent, origin, cur.read_pos, self.path.name
-        )
+        origin = cur.origin(str(self.path), cur.read_pos + cur.base, False)
+        lives = [cur.live, resolved(self.path)]
+        found = await self._run(_find_stored, origin, cur.read_pos, lives, (cur.dev, cur.ino))
         log.warning(
             "%s %s (copytruncate): %s; lines written between the copy and the truncate cannot "
             "be read by anyone and may be lost",
             cur.path,
             what,
-            f"reading the rest of the old content from {found[0]}"
+            f"reading the rest of the old content from {found.path}"
             if found
-            else "no copy of the old content was found in the directory",
+            else "no copy of the old content was found among its rotations",
         )
         assert self._plan is not None
         if found is None:
             return self._finish(cur, splitter)
-        self._plan.steps.appendleft(_Step(str(self.path), 0, -1, False, None))
-        self._plan.steps.appendleft(_Step(found[0], cur.read_pos, cur.base, True, _inode(found[1])))
+        self._plan.steps.appendleft(_Step(str(self.path), 0, None, False, None))
+        self._plan.steps.appendleft(
+            _Step(found.path, cur.read_pos, cur.base, True, found.inode, live=cur.live)
+        )
         return []
 
     def stop_tail(self) -> list[Piece]:

@@ -4,12 +4,13 @@ reading.
 Every batch may carry a descriptor (one line of JSON) that the native client stores in the
 checkpoint together with the committed offset, atomically. For a file it names the file by
 device, inode and a fingerprint of its first bytes (inode numbers are reused, content is not),
-and `base`, the stream position where the file's byte 0 lies: offsets are positions in the
-stream of everything read into this output directory, so they only grow, across rotations too,
-and a file position is `offset - base`. `open_line` says that the last stored record was a final
-line without a newline, completed by shovel. For a NATS stream it names the stream and the consumer
-(and when each was created), and lists the stream sequences stored here whose acknowledgement
-the server has not confirmed (see natssource.py).
+the path the user named and where that path led (see rotations.py), and `base`, the stream
+position where the file's byte 0 lies: offsets are positions in the stream of everything read
+into this output directory, so they only grow, across rotations too, and a file position is
+`offset - base`. `open_line` says that the last stored record was a final line without a
+newline, completed by shovel. For a NATS stream it names the stream and the consumer (and when
+each was created), and lists the stream sequences stored here whose acknowledgement the server
+has not confirmed, and apart some it has (see natsledger.py).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def fingerprint(head: bytes) -> str:
 class FileOrigin:
     """A file, and where its byte 0 lies in the stored stream."""
 
+    # The file read, as found (its links resolved).
     path: str
     dev: int
     ino: int
@@ -45,6 +47,21 @@ class FileOrigin:
     fp: str
     base: int
     open_line: bool = False
+    # The source as the user named it (absolute, links kept): a run naming another path is
+    # refused. "" in checkpoints written before shovel kept it.
+    name: str = ""
+    # Where the followed name led when this file was taken: the live file whose rotations it
+    # and its successors are (the same as `path` unless `path` is one of those rotations).
+    target: str = ""
+    # The file's modification time when shovel opened it (nanoseconds): a rotation made after
+    # it was modified later, so this tells the rotations not read from those read, even once
+    # the file itself is gone. 0 in checkpoints written before shovel kept it.
+    mtime_ns: int = 0
+
+    @property
+    def live(self) -> str:
+        """The resolved path of the live file this one is, or was rotated from."""
+        return self.target or self.path
 
     def same_inode(self, st: os.stat_result) -> bool:
         """Whether `st` is the same inode on the same device."""
@@ -120,6 +137,12 @@ def encode(origin: Origin) -> str:
         }
         if origin.open_line:
             body["open_line"] = True
+        if origin.name:
+            body["name"] = origin.name
+        if origin.target and origin.target != origin.path:
+            body["target"] = origin.target
+        if origin.mtime_ns:
+            body["mtime_ns"] = origin.mtime_ns
     elif isinstance(origin, GeneratorOrigin):
         body = {"kind": "generate"}
     elif isinstance(origin, NatsOrigin):
@@ -196,6 +219,9 @@ def decode(text: str) -> Origin | None:
             fp=_str(body, "fp"),
             base=_int(body, "base"),
             open_line=open_line,
+            name=_str(body, "name") if "name" in body else "",
+            target=_str(body, "target") if "target" in body else "",
+            mtime_ns=_int(body, "mtime_ns") if "mtime_ns" in body else 0,
         )
     raise DescriptorError(f"unknown source kind {kind!r}")
 

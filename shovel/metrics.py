@@ -54,6 +54,7 @@ class LiveState:
     source_size: int = 0
     source_position: int = 0
     source_rotations: int = 0
+    source_files_skipped: int = 0
     # A NATS source: its acknowledgement counters, as a copy taken with the rest.
     nats: AckProgress | None = None
 
@@ -179,6 +180,12 @@ class _LiveCollector(Collector):
                 "shovel_source_rotations",
                 "Rotations of the followed file seen (rename + create, or copy + truncate)",
                 value("source_rotations"),
+            )
+            yield CounterMetricFamily(
+                "shovel_source_files_skipped",
+                "Files of the followed file whose unread lines could not be read (a compressed "
+                "or unreadable rotation, a file stored from that is gone), each logged",
+                value("source_files_skipped"),
             )
         if self.nats:
             yield from _nats_families(

@@ -29,6 +29,8 @@ class RecordSplitter:
 
     def __init__(self, start_offset: int, max_record_bytes: int) -> None:
         self._native = Splitter(start_offset, max_record_bytes)
+        # Where the line set apart by set_aside_line starts (None: none was).
+        self._set_aside_at: int | None = None
 
     @property
     def offset(self) -> int:
@@ -49,19 +51,28 @@ class RecordSplitter:
         """Adds a chunk (a `Chunk` is taken over; bytes are copied); its first `skip` bytes are
         consumed without being fed, which is allowed only between lines (ValueError inside
         one). Returns the pieces it completes, in source order."""
-        return _pieces(self._native.feed(chunk, skip))
+        return self._pieces(self._native.feed(chunk, skip))
+
+    def set_aside_line(self) -> None:
+        """The next line, up to and including its newline, is set apart (`Rejected` pieces with
+        `continues`) instead of stored, whatever its length: it continues a line stored before
+        without its end. ValueError in the middle of a line."""
+        self._native.set_aside_line()
+        self._set_aside_at = self._native.offset
 
     def finish(self) -> list[Piece]:
         """At the end of the input: an unterminated last line becomes a record (a newline is
         added), or ends the oversized line being streamed."""
-        return _pieces(self._native.finish())
+        return self._pieces(self._native.finish())
 
-
-def _pieces(raw: list[_RawPiece]) -> list[Piece]:
-    pieces: list[Piece] = []
-    for item in raw:
-        if len(item) == 3:
-            pieces.append(Batch(*item))
-        else:
-            pieces.append(Rejected(*item))
-    return pieces
+    def _pieces(self, raw: list[_RawPiece]) -> list[Piece]:
+        pieces: list[Piece] = []
+        for item in raw:
+            if len(item) == 3:
+                pieces.append(Batch(*item))
+            else:
+                offset, data, first, last = item
+                pieces.append(
+                    Rejected(offset, data, first, last, continues=offset == self._set_aside_at)
+                )
+        return pieces

@@ -162,6 +162,8 @@ class _Line:
     offset: int
     # Its `.rec` name; it is written under the `.partial` name next to it until whole.
     path: Path
+    # The continuation of a line stored before without its end, not a line over the limit.
+    continues: bool = False
     # Opened, written, sealed and closed by file operations only (one at a time, in order).
     file: BinaryIO | None = None
     # Bytes written so far; counted on the loop once a piece is written.
@@ -291,7 +293,9 @@ class RejectWriter:
         of the line is written."""
         if piece.first:
             self.close()
-            self._line = _Line(piece.offset, rejected_path(self.output_dir, piece.offset))
+            self._line = _Line(
+                piece.offset, rejected_path(self.output_dir, piece.offset), piece.continues
+            )
         line = self._line
         if line is None or line.offset != piece.offset:
             raise RuntimeError("rejected line continued without its first piece")
@@ -324,7 +328,7 @@ class RejectWriter:
             self._line = None
             self.records += 1
             self.bytes += line.size
-            self._report(line.offset, line.size)
+            self._report(line)
 
     def give_up(self) -> int | None:
         """Gives up the line being written, if any, without waiting: it is not finished, and its
@@ -337,7 +341,18 @@ class RejectWriter:
         _THREADS.submit(self._in_turn(functools.partial(_discard, line)))
         return None if line.reported else line.offset
 
-    def _report(self, offset: int, size: int) -> None:
+    def _report(self, line: _Line) -> None:
+        if line.continues:
+            # Rare, and the operator must hear of each one: never folded into a count.
+            log.warning(
+                "the continuation of a line stored before without its end (%d bytes at source "
+                "offset %d) is kept in %s, not stored as a record",
+                line.size,
+                line.offset,
+                line.path,
+            )
+            return
+        offset, size = line.offset, line.size
         now = time.monotonic()
         if now - self._window_start > LOG_WINDOW_S:
             if self._unlogged:

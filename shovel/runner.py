@@ -129,6 +129,7 @@ def _file_progress(source: Source | None) -> dict[str, Any]:
         "source_size": progress.size,
         "source_position": progress.position,
         "source_rotations": progress.rotations,
+        "source_files_skipped": progress.skipped,
     }
 
 

@@ -77,7 +77,10 @@ class Settings(BaseSettings):
         False,
         description="keep reading a file as it grows, like tail -F, through rotation by "
         "rename + create and by copy + truncate, until stopped; an unfinished last line waits "
-        "for its newline",
+        "for its newline. What is followed is the path named (links followed to where they "
+        "lead) and the files rotated from it (NAME.1, NAME-20261202, STEM-2026-12-02.EXT...), "
+        "read in order; another path on the same output directory is refused, and so are "
+        "files of /proc, /sys, devices and named pipes",
     )
     follow_poll_ms: int = Field(
         200,

@@ -21,6 +21,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from shovel._native import ReadFile
 from shovel.batches import Batch, Piece
 from shovel.files import FileSource, FollowConfig
 from shovel.identity import (
@@ -292,27 +293,68 @@ def open_source(
         return GeneratorSource(spec.count, generate_rate)
     if isinstance(spec, StdinSpec):
         return StreamSource(0, "stdin", chunk_bytes, max_record_bytes, owns_fd=False)
+    return _open_path(spec.path, chunk_bytes, max_record_bytes, follow)
+
+
+def _open_path(
+    path: Path, chunk_bytes: int, max_record_bytes: int, follow: FollowConfig | None
+) -> Source:
+    """A path as a source: a file (followed or not), or a stream."""
     try:
-        mode = spec.path.stat().st_mode
+        mode = path.stat().st_mode
     except FileNotFoundError:
-        if follow is not None and spec.path.parent.is_dir():
+        if follow is not None and path.parent.is_dir():
             # Like tail -F: wait for it to appear.
-            return FileSource(spec.path, chunk_bytes, max_record_bytes, follow)
-        raise SourceError(f"cannot read source {spec.path}: No such file or directory") from None
+            return FileSource(path, chunk_bytes, max_record_bytes, follow)
+        raise SourceError(f"cannot read source {path}: No such file or directory") from None
     except OSError as e:
-        raise SourceError(f"cannot read source {spec.path}: {e.strerror}") from e
-    if stat.S_ISREG(mode):
-        if not os.access(spec.path, os.R_OK):
-            raise SourceError(f"cannot read source {spec.path}: permission denied")
-        return FileSource(spec.path, chunk_bytes, max_record_bytes, follow)
+        raise SourceError(f"cannot read source {path}: {e.strerror}") from e
     if stat.S_ISDIR(mode):
-        raise SourceError(f"source {spec.path} is a directory, not a file")
+        raise SourceError(f"source {path} is a directory, not a file")
+    if not stat.S_ISREG(mode):
+        if follow is not None:
+            kind = "a named pipe" if stat.S_ISFIFO(mode) else "a device or a socket"
+            raise SourceError(
+                f"--follow reads a regular file, and {path} is {kind}: without --follow it "
+                "is read as a stream"
+            )
+        return _stream_of(path, chunk_bytes, max_record_bytes)
+    if not os.access(path, os.R_OK):
+        raise SourceError(f"cannot read source {path}: permission denied")
+    pseudo = _pseudo_filesystem(path)
+    if pseudo is None:
+        return FileSource(path, chunk_bytes, max_record_bytes, follow)
     if follow is not None:
-        raise SourceError(f"--follow reads a regular file, and {spec.path} is not one")
+        raise SourceError(
+            f"--follow cannot follow {path}: it is on {pseudo}, a pseudo filesystem whose files "
+            "report no true size and make their content up at each read; without --follow it "
+            "is read once, as a stream"
+        )
+    # Read once to its end, as a stream: its size and first bytes say nothing a restart could
+    # resume from.
+    return _stream_of(path, chunk_bytes, max_record_bytes)
+
+
+def _pseudo_filesystem(path: Path) -> str | None:
+    """The pseudo filesystem `path` is on (procfs, sysfs, ...), or None."""
+    try:
+        file = ReadFile(path)
+    except OSError as e:
+        raise SourceError(f"cannot open source {path}: {e.strerror}") from e
+    try:
+        return file.pseudo_filesystem()
+    except OSError as e:
+        raise SourceError(f"cannot tell which filesystem {path} is on: {e.strerror}") from e
+    finally:
+        file.close()
+
+
+def _stream_of(path: Path, chunk_bytes: int, max_record_bytes: int) -> StreamSource:
+    """`path` read as a stream, once, to its end."""
     # A FIFO opened non-blocking reads as ended while no writer has it open: start the
     # writer first (this is documented in --help).
     try:
-        fd = os.open(spec.path, os.O_RDONLY | os.O_NONBLOCK)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as e:
-        raise SourceError(f"cannot open source {spec.path}: {e.strerror}") from e
-    return StreamSource(fd, f"stream {spec.path}", chunk_bytes, max_record_bytes, owns_fd=True)
+        raise SourceError(f"cannot open source {path}: {e.strerror}") from e
+    return StreamSource(fd, f"stream {path}", chunk_bytes, max_record_bytes, owns_fd=True)

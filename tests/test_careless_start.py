@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import committed, stored_bytes
+from tests.helpers import Shovel, committed, stored_bytes, wait_until
+from tests.test_follow import stop
 
 QUIET = ["--metrics-port", "0", "--status-interval-s", "0"]
 
@@ -91,3 +92,38 @@ def test_closed_standard_streams_never_take_the_place_of_shovel_files(
     assert committed(out) == len(data)
     for name in ("checkpoint", "last-stop.json"):
         assert b" INFO " not in (out / name).read_bytes()
+
+
+@pytest.mark.parametrize("kind", ["long and non-ASCII", "not valid UTF-8"])
+@pytest.mark.parametrize("follow", [False, True])
+def test_a_long_or_odd_source_path_is_stored_and_resumed(
+    tmp_path: Path, kind: str, follow: bool
+) -> None:
+    # Over 4 KiB once escaped in the checkpoint (six bytes a character): such a path could
+    # never be checkpointed before.
+    part = {"long and non-ASCII": "é" * 120, "not valid UTF-8": os.fsdecode(b"\xff\xfe" * 60)}
+    src_dir = tmp_path.joinpath(*[part[kind]] * 6)
+    src_dir.mkdir(parents=True)
+    src = src_dir / "app.log"
+    src.write_bytes(b"one\ntwo\n")
+    flags = [*QUIET, "--follow", "--follow-poll-ms", "20"] if follow else QUIET
+    out = tmp_path / "out"
+    args = ["--source", os.fsdecode(src), "--output-dir", str(out), *flags]
+    if follow:
+        s = Shovel(args, tmp_path / "1.log")
+        wait_until(lambda: stored_bytes(out) == b"one\ntwo\n" and committed(out) == 8)
+        stop(s)
+        with src.open("ab") as f:
+            f.write(b"three\n")
+        s = Shovel(args, tmp_path / "2.log")
+        wait_until(lambda: stored_bytes(out) == b"one\ntwo\nthree\n" and committed(out) == 14)
+        stop(s)
+    else:
+        first = _run(args, tmp_path)
+        assert first.returncode == 0, first.stderr.decode()
+        with src.open("ab") as f:
+            f.write(b"three\n")
+        again = _run(args, tmp_path)
+        assert again.returncode == 0, again.stderr.decode()
+        assert b"resuming at offset 8" in again.stderr, again.stderr.decode()
+    assert stored_bytes(out) == b"one\ntwo\nthree\n"

@@ -9,6 +9,7 @@ import subprocess
 import zlib
 from pathlib import Path
 
+from shovel.rejects import rejected_path
 from tests.helpers import assert_clean_stderr, read_checkpoint, run_shovel, stored_bytes
 
 QUIET = ["--metrics-port", "0", "--status-interval-s", "0"]
@@ -71,15 +72,19 @@ def test_a_file_rewritten_in_place_is_refused(tmp_path: Path) -> None:
 
 def test_a_growing_unfinished_line_is_never_split(tmp_path: Path) -> None:
     src, out = tmp_path / "in.txt", tmp_path / "out"
-    src.write_bytes(b"line-1\nline-2-par")
+    first = b"line-1\nline-2-par"
+    src.write_bytes(first)
     assert store(src, out, tmp_path / "1.log")[0] == 0
     assert stored_bytes(out) == b"line-1\nline-2-par\n"
     with src.open("ab") as f:
         f.write(b"tial\nline-3\n")
     code, text = store(src, out, tmp_path / "2.log")
-    assert code == 1, text
-    assert "grew from the middle of a line" in text, text
-    assert stored_bytes(out) == b"line-1\nline-2-par\n"
+    # The rest of the line is not a record of its own: it is kept apart, and the run goes on.
+    assert code == 0, text
+    assert "WARNING" in text, text
+    assert "continued its last line" in text, text
+    assert stored_bytes(out) == b"line-1\nline-2-par\nline-3\n"
+    assert rejected_path(out, len(first)).read_bytes() == b"tial\n"
 
 
 def test_a_continuation_that_starts_with_the_newline_is_joined(tmp_path: Path) -> None:
@@ -176,4 +181,4 @@ def test_follow_needs_a_file(tmp_path: Path) -> None:
         writer.kill()
         writer.wait()
     assert code == 2, text
-    assert "is not one" in text
+    assert "is a named pipe" in text
