@@ -1,6 +1,7 @@
 """`python -m shovel demo` in its short form: the naive patterns lose what the demonstration
 says they lose, shovel's runner loses nothing in any cell (over a NATS JetStream stream too),
-and every count is checked against the files the runs left behind."""
+and every count is checked against the files the runs left behind. A count that cannot be
+completed is shown as unknown, never as a loss."""
 
 from __future__ import annotations
 
@@ -8,20 +9,21 @@ import base64
 import json
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from shovel.demo import cli
-from shovel.demo.accounting import Tally
-from shovel.demo.natsfeed import msg_id, payload
+from shovel.demo import cli, natstally, picture
+from shovel.demo.accounting import Tally, tally
+from shovel.demo.natsfeed import Deliverable, ServerView, msg_id, payload
 from shovel.demo.natsserver import HOW_TO_GET
+from shovel.demo.natstally import nats_tally
 from shovel.demo.progress import PROGRESS_FILE, read_progress
 from shovel.demo.pyclient import RECORDS_FILE, STORE_DIR
-from shovel.demo.report import summarize
+from shovel.demo.report import summarize, table
 from shovel.demo.runs import RUNS_DIR, Cell, DemoConfig, RunResult, Runs
 from shovel.sources import generated_record
 from tests.helpers import committed, generated, read_checkpoint, stored_bytes
@@ -187,6 +189,8 @@ def _recount(directory: Path, client: str, read: int) -> dict[str, int]:
         "duplicated": len(records) - len(seqs),
         "unread": len({s for s in seqs if s >= read}),
         "invalid": len(lines) - len(records),
+        # Every run of the short demo is counted to its end.
+        "uncounted": 0,
     }
 
 
@@ -247,6 +251,11 @@ def test_help_explains_the_flags_and_bad_flags_exit_2(tmp_path: Path) -> None:
     for flag in (*flags, "--nats-messages"):
         assert flag in done.stdout
     assert "shovel[demo]" in done.stdout
+    # What it does when it cannot count.
+    text = " ".join(done.stdout.split())
+    assert "When it cannot count, it says so." in text
+    assert "show what it could not count as not counted, with why, never as lost" in text
+    assert "3 nothing of shovel's runner failed, but the count of some of its runs" in text
     bad = _demo(["--runs", "0"])
     assert bad.returncode == 2
     assert "--runs" in bad.stderr
@@ -346,10 +355,161 @@ def test_a_run_that_fails_is_reported_and_the_finished_runs_are_kept(
     config = DemoConfig(3, 1000.0, 0.0, 1, tmp_path, 2)
     results = Runs(config).run_all([Cell("shovel", "native")], lambda _r: None)
     runs = results["shovel.native"]
-    assert [(r.run, r.problem) for r in runs] == [
+    # The demo's own measuring failed: the run is not counted, which is not a failure of the
+    # pattern's either.
+    assert [(r.run, r.count_incomplete) for r in runs] == [
         (0, None),
-        (1, "the run failed: RuntimeError('no such thing')"),
+        (1, "the run could not be measured: RuntimeError('no such thing')"),
         (2, None),
     ]
     assert summarize([runs[0], runs[2]]).clean
     assert not summarize(runs).clean
+    assert summarize(runs).unknown
+
+
+def _python_store(directory: Path, seqs: Iterator[int] | range | list[int]) -> None:
+    """A Python client's store holding the generator's records `seqs`."""
+    store = directory / STORE_DIR
+    store.mkdir(parents=True)
+    (store / RECORDS_FILE).write_bytes(b"".join(generated_record(seq) for seq in seqs))
+
+
+def test_a_count_cut_short_by_a_killed_restart_is_uncounted_past_the_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """Records a later restart would read again (from the checkpoint on) are not lost; those
+    before it, never stored, are."""
+    _python_store(tmp_path, [*range(50), *range(60, 70)])
+    assert tally(tmp_path, "python", 100) == Tally(100, 60, 60, 40, 0, 0, 0)
+    cut_short = tally(tmp_path, "python", 100, resume_at=55)
+    assert (cut_short.lost, cut_short.uncounted) == (5, 35)
+    assert cut_short.read == cut_short.distinct + cut_short.lost + cut_short.uncounted
+
+
+PUBLISHED = 100
+
+
+def _stored_messages(seqs: range | list[int]) -> bytes:
+    """What shovel stores for stream messages `seqs` (one publisher: sequence n is the n-th
+    message published)."""
+    return b"".join(
+        json.dumps(
+            {
+                "seq": n,
+                "subject": "S.orders",
+                "id": msg_id(n),
+                "data": base64.b64encode(payload(n)).decode(),
+            },
+            separators=(",", ":"),
+        ).encode()
+        + b"\n"
+        for n in seqs
+    )
+
+
+def _count_against(
+    monkeypatch: pytest.MonkeyPatch,
+    stored: range | list[int],
+    view: ServerView,
+    deliverable: Deliverable,
+) -> tuple[Tally, natstally.NatsFigures]:
+    """nats_tally over a store holding messages `stored` (the child read as many)."""
+    monkeypatch.setattr(natstally, "stored_bytes", lambda _d, _c: _stored_messages(stored))
+    return nats_tally(Path("unused"), len(stored), view, deliverable)
+
+
+def _nats_count(
+    monkeypatch: pytest.MonkeyPatch,
+    stored: range | list[int],
+    view: ServerView,
+    drained: range,
+    *,
+    complete: bool,
+) -> tuple[Tally, natstally.NatsFigures]:
+    """nats_tally over a store holding `stored` and a drain that pulled `drained`."""
+    deliverable = Deliverable(
+        seqs=set(drained), complete=complete, stalled=None if complete else "it stalled"
+    )
+    return _count_against(monkeypatch, stored, view, deliverable)
+
+
+def _view(acked: int, ack_floor: int | None = None) -> ServerView:
+    """The server's figures after a child that acknowledged `acked` of PUBLISHED messages
+    (up to `ack_floor` in order) and holds none unacknowledged."""
+    floor = acked if ack_floor is None else ack_floor
+    return ServerView(PUBLISHED, floor, 0, 0, PUBLISHED - acked)
+
+
+def test_a_nats_drain_that_did_not_finish_counts_what_it_missed_as_unknown_not_lost(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 1..40 stored and acknowledged; the drain reached 41..70 of the 60 still deliverable.
+    t, n = _nats_count(monkeypatch, range(1, 41), _view(40), range(41, 71), complete=False)
+    assert (n.lost, n.uncounted, t.lost, t.uncounted) == (0, 30, 0, 30)
+    assert n.consistent is None
+    assert n.drain_stalled == "it stalled"
+    # The same drain, finished: the 30 it did not get are gone for good.
+    t, n = _nats_count(monkeypatch, range(1, 41), _view(40), range(41, 71), complete=True)
+    assert (n.lost, n.uncounted, t.lost, t.uncounted) == (30, 0, 30, 0)
+
+
+@pytest.mark.parametrize(
+    ("view", "lost"),
+    [(_view(40), 5), (_view(40, ack_floor=30), 5), (_view(38, ack_floor=38), 3)],
+    ids=["below-the-ack-floor", "acked-above-the-floor", "fewer-acked"],
+)
+def test_a_nats_drain_that_did_not_finish_still_reports_a_certain_loss(
+    monkeypatch: pytest.MonkeyPatch, view: ServerView, lost: int
+) -> None:
+    """Acknowledged (by the server's figures) and stored nowhere is lost, drained or not."""
+    t, n = _nats_count(monkeypatch, range(1, 36), view, range(41, 71), complete=False)
+    assert (n.lost, t.lost) == (lost, lost)
+    assert n.uncounted == PUBLISHED - 35 - 30 - lost
+
+
+def _incomplete_run(cell: Cell, lost: int = 0) -> RunResult:
+    """A run that stored what it counted and exited 0, whose count was cut short."""
+    return replace(
+        _clean_run(cell),
+        tally=Tally(10, 10 - lost - 4, 10 - lost - 4, lost, 0, 0, 0, uncounted=4),
+        count_incomplete="the drain got nothing new for 10 s",
+    )
+
+
+def test_an_incomplete_count_of_shovels_runner_is_unknown_and_exits_3(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    incomplete = _incomplete_run(Cell("shovel", "python"))
+    summary = summarize([incomplete])
+    assert (summary.failed, summary.unknown, summary.clean) == (False, True, False)
+    out = tmp_path / "shovel-demo"
+    assert _demo_with_runs(monkeypatch, out, incomplete) == cli.EXIT_COUNT_INCOMPLETE
+    printed = capsys.readouterr()
+    assert "did not keep every record" not in printed.err
+    assert "the count could not be completed in shovel.python" in printed.err
+    assert "the drain got nothing new for 10 s" in printed.err
+    assert "That is not a loss" in printed.err
+    row = next(line for line in printed.out.splitlines() if line.startswith("| shovel's runner"))
+    assert "| 0/1, 1 unknown | 0 (0); not counted: up to 4 |" in row
+    assert "count incomplete in 1/1, not counted is not lost" in row
+    run = _cells(json.loads((out / cli.RESULTS_FILE).read_text()))["shovel.python"]["runs"][0]
+    assert run["count_incomplete"] == "the drain got nothing new for 10 s"
+    assert (run["tally"]["lost"], run["tally"]["uncounted"]) == (0, 4)
+    # The picture's panel for this run.
+    assert (out / cli.PICTURE_FILE).read_bytes().startswith(PNG_SIGNATURE)
+    assert "not lost" in picture._lost_label(0, 4)
+    assert picture._lost_label(0, 4).startswith("lost 0, not counted 4")
+
+
+def test_a_loss_in_an_incomplete_count_is_still_a_loss(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lossy = _incomplete_run(SHOVEL_NATIVE, lost=1)
+    assert summarize([lossy]).failed
+    assert _demo_with_runs(monkeypatch, tmp_path / "shovel-demo", lossy) == 1
+    err = capsys.readouterr().err
+    assert "did not keep every record in: shovel.native\n" in err
+    assert "the count could not be completed in shovel.native" in err
+    assert "| 1/1, 1 unknown | 1 (1); not counted: up to 4 |" in table(
+        DemoConfig(1, 1000.0, 10.0, 1, tmp_path, 1), [SHOVEL_NATIVE], {SHOVEL_NATIVE.key: [lossy]}
+    )

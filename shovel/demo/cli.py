@@ -7,6 +7,7 @@ import importlib.util
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shovel.cli import EXIT_USAGE
 from shovel.demo.child import CLIENTS, PATTERNS
@@ -30,10 +31,16 @@ from shovel.demo.runs import (
     Runs,
 )
 
+if TYPE_CHECKING:
+    from shovel.demo.report import CellSummary
+
 RESULTS_FILE = "results.json"
 PICTURE_FILE = "timeline.png"
 # shovel's pattern lost or doubled records, hung, or did not exit 0: the demonstration failed.
 EXIT_SHOVEL_FAILED = 1
+# Nothing of shovel's failed, but some of its runs could not be counted to the end: the
+# demonstration did not conclude (which is not a loss).
+EXIT_COUNT_INCOMPLETE = 3
 # Ctrl-C, as a shell reports it.
 EXIT_INTERRUPTED = 130
 
@@ -56,13 +63,21 @@ the server says what was acknowledged and the consumer is drained of what it sti
 lost is what was acknowledged and never stored. Without a nats-server those cells are left out
 ({HOW_TO_GET}).
 
+When it cannot count, it says so. A count cut short (the drain of a NATS consumer that ran out
+of time, a restart that did not finish, a run the demo could not measure) is incomplete: the
+table, {RESULTS_FILE} ("uncounted", "count_incomplete") and the picture show what it could not
+count as not counted, with why, never as lost; only what is certainly lost is counted lost
+(over NATS: acknowledged, by the server's figures, and stored nowhere).
+
 Prints a table (Markdown, on stdout), writes OUTPUT_DIR/{RESULTS_FILE} (every figure, the timelines
 included) and OUTPUT_DIR/{PICTURE_FILE} (needs matplotlib: pip install 'shovel[demo]');
 each run's files and logs stay in OUTPUT_DIR/{RUNS_DIR}/. The aiorun pattern needs aiorun
 (the same extra). With the defaults it takes about a minute on two cores.
 
-Exit codes: 0 done; 1 shovel's runner lost or doubled a record, hung, or exited non-zero in
-some run; 2 bad usage; 130 interrupted (Ctrl-C)."""
+Exit codes: 0 done, every count complete; 1 shovel's runner lost or doubled a record, hung, or
+exited non-zero in some run; 2 bad usage; 3 nothing of shovel's runner failed, but the count of
+some of its runs could not be completed (stderr says which and why: run it again, with fewer
+--jobs or on a quieter machine); 130 interrupted (Ctrl-C)."""
 
 
 def _positive_int(text: str) -> int:
@@ -280,12 +295,30 @@ def _run(
             "no picture: matplotlib is not installed; pip install 'shovel[demo]' "
             "(or: make demo) to get it\n"
         )
-    failed = [
-        cell.key
-        for cell in cells
-        if cell.pattern == "shovel" and not summarize(results[cell.key]).clean
-    ]
+    return _verdict(cells, {cell.key: summarize(results[cell.key]) for cell in cells})
+
+
+def _verdict(cells: list[Cell], summaries: dict[str, CellSummary]) -> int:
+    """Says on stderr what could not be counted and whether shovel's runner failed; returns
+    the exit code."""
+    for cell in cells:
+        why = summaries[cell.key].incomplete_why
+        if why:
+            sys.stderr.write(
+                f"the count could not be completed in {cell.key} ({'; '.join(why)}): what it "
+                "could not count is shown as not counted, not as lost\n"
+            )
+    shovels = [cell.key for cell in cells if cell.pattern == "shovel"]
+    failed = [key for key in shovels if summaries[key].failed]
     if failed:
         sys.stderr.write(f"shovel's runner did not keep every record in: {', '.join(failed)}\n")
         return EXIT_SHOVEL_FAILED
+    unknown = [key for key in shovels if summaries[key].unknown]
+    if unknown:
+        sys.stderr.write(
+            f"shovel's runner lost and doubled nothing that was counted, but not everything "
+            f"could be counted in: {', '.join(unknown)}. That is not a loss, and not a result "
+            "either: run the demo again, with fewer --jobs or on a quieter machine\n"
+        )
+        return EXIT_COUNT_INCOMPLETE
     return 0

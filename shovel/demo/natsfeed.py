@@ -84,8 +84,11 @@ class Deliverable:
     # the last of those (None: none came).
     again: set[int] = field(default_factory=set)
     last_after_exit_s: float | None = None
-    # The check ran out of time before the server had nothing else pending.
+    # The drain went on until the server had nothing left. When not: why it stopped.
     complete: bool = True
+    stalled: str | None = None
+    # Seconds the drain took.
+    drain_s: float = 0.0
 
 
 class NatsFeed:
@@ -195,6 +198,7 @@ class NatsFeed:
         found = Deliverable()
         sub = await js.pull_subscribe_bind(CONSUMER, self.stream)
         deadline = exited_at + ACK_WAIT_S + SETTLE_MARGIN_S
+        started = time.monotonic()
         try:
             while True:
                 info = await js.consumer_info(self.stream, CONSUMER)
@@ -202,6 +206,10 @@ class NatsFeed:
                     return found
                 if time.monotonic() > deadline:
                     found.complete = False
+                    found.stalled = (
+                        f"the drain of what the consumer still delivers ran out of time, "
+                        f"{ACK_WAIT_S + SETTLE_MARGIN_S:g} s after the exit"
+                    )
                     return found
                 try:
                     msgs = await sub.fetch(1000, timeout=0.5)
@@ -217,6 +225,7 @@ class NatsFeed:
                         found.again.add(seq)
                         found.last_after_exit_s = round(time.monotonic() - exited_at, 3)
         finally:
+            found.drain_s = round(time.monotonic() - started, 3)
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
 

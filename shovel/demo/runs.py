@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from shovel.demo.accounting import LiveCount, Tally, tally
+from shovel.demo.accounting import LiveCount, Tally, resume_offset, tally
 from shovel.demo.natsfeed import NatsFeed
 from shovel.demo.natstally import NatsFigures, nats_tally
 from shovel.demo.progress import PROGRESS_FILE, read_progress
@@ -122,6 +122,9 @@ class RunResult:
     # Records read when the SIGKILL came (SIGKILL cells).
     read_at_kill: int | None = None
     tally: Tally | None = None
+    # Why the run's count is incomplete (its tally's `uncounted` records are then neither lost
+    # nor kept as far as the demo knows; no tally: it could not count at all). None: complete.
+    count_incomplete: str | None = None
     # (seconds from the signal, records read, records stored), sampled from outside.
     timeline: list[tuple[float, int, int]] = field(default_factory=list)
     # NATS cells: the server's figures, and (seconds from the signal, messages acknowledged).
@@ -260,7 +263,9 @@ class Runs:
             else:
                 self._one_generator(cell, directory, result)
         except Exception as e:
-            result.problem = f"the run failed: {e!r}"
+            # The demo's own measuring failed (the child's failures are problems of their
+            # own): whatever was not counted is unknown.
+            result.count_incomplete = f"the run could not be measured: {e!r}"
         return result
 
     def _one_generator(self, cell: Cell, directory: Path, result: RunResult) -> None:
@@ -268,16 +273,28 @@ class Runs:
         with self._running(cell, directory, result) as child:
             self._stop(cell, child, directory, result)
         read = _read_end(directory)
+        resume_at = None
         if cell.kill_restart and result.problem is None:
             result.read_at_kill = read
+            finished = True
             with self._running(cell, directory, result, restart=True) as restart:
                 try:
                     restart.proc.wait(RESTART_WAIT_S)
                 except subprocess.TimeoutExpired:
                     result.problem = f"the restart did not finish in {RESTART_WAIT_S:g}s"
+                    finished = False
+            if not finished:
+                # Killed before it read the source to its end: what it had not stored, a later
+                # restart would read again.
+                resume_at = resume_offset(directory, cell.client)
             # A restart that failed early may have read less than the first run had.
             read = max(read, _read_end(directory))
-        result.tally = tally(directory, cell.client, read)
+        result.tally = tally(directory, cell.client, read, resume_at)
+        if result.tally.uncounted:
+            result.count_incomplete = (
+                f"the restart was killed before it finished: {result.tally.uncounted:,} "
+                "records it read and had not stored would be read again by a later restart"
+            )
 
     def _one_nats(self, cell: Cell, directory: Path, result: RunResult) -> None:
         """A run over its own NATS stream (see the module docstring)."""
@@ -294,6 +311,7 @@ class Runs:
             deliverable = feed.deliverable(exited_at)
             read = _read_end(directory)
             result.tally, result.nats = nats_tally(directory, read, view, deliverable)
+            result.count_incomplete = deliverable.stalled
             if moments is not None:
                 signalled = moments[0]
                 result.acked_timeline = [
