@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from shovel.cli import EXIT_USAGE
 from shovel.demo.child import CLIENTS, PATTERNS
+from shovel.demo.natsfeed import STALL_S
 from shovel.demo.natsserver import (
     ACK_WAIT_S,
     HOW_TO_GET,
@@ -20,11 +21,12 @@ from shovel.demo.natsserver import (
     find_binary,
 )
 from shovel.demo.runs import (
-    EXIT_WAIT_S,
     INFLIGHT_WAIT_S,
     NATS_MESSAGES,
+    RESTART_STALL_S,
     RUNS_DIR,
     STOP_AFTER_S,
+    STOP_STALL_S,
     Cell,
     DemoConfig,
     RunResult,
@@ -59,15 +61,19 @@ seeded moments for every cell (with the Python client, once a write is in flight
 {INFLIGHT_WAIT_S:g} s past the moment for one). Read, stored, lost and doubled records are
 counted from the files each run leaves. A NATS run reads a stream of its own holding
 --nats-messages messages, through a durable consumer with ack_wait {ACK_WAIT_S:g} s; afterwards
-the server says what was acknowledged and the consumer is drained of what it still delivers:
-lost is what was acknowledged and never stored. Without a nats-server those cells are left out
-({HOW_TO_GET}).
+the server says what was acknowledged and the consumer is drained of what it still delivers,
+until the server has nothing left: lost is what was acknowledged and never stored. Without a
+nats-server those cells are left out ({HOW_TO_GET}).
 
-When it cannot count, it says so. A count cut short (the drain of a NATS consumer that ran out
-of time, a restart that did not finish, a run the demo could not measure) is incomplete: the
-table, {RESULTS_FILE} ("uncounted", "count_incomplete") and the picture show what it could not
-count as not counted, with why, never as lost; only what is certainly lost is counted lost
-(over NATS: acknowledged, by the server's figures, and stored nowhere).
+When it cannot count, it says so. No wait of the demo's has a fixed end, since a busy machine
+makes everything slower and loses nothing: a run is killed and reported as hung only when,
+after its signal, it has stored nothing more for {STOP_STALL_S:g} s (a restart: read and stored
+nothing for {RESTART_STALL_S:g} s), and the drain of a NATS consumer is given up only when it has
+got nothing new for {STALL_S:g} s (longer than ack_wait). A count cut short so, or a run the
+demo could not measure, is incomplete: the table, {RESULTS_FILE} ("uncounted",
+"count_incomplete") and the picture show what it could not count as not counted, with why,
+never as lost; only what is certainly lost is counted lost (over NATS: acknowledged, by the
+server's figures, and stored nowhere).
 
 Prints a table (Markdown, on stdout), writes OUTPUT_DIR/{RESULTS_FILE} (every figure, the timelines
 included) and OUTPUT_DIR/{PICTURE_FILE} (needs matplotlib: pip install 'shovel[demo]');
@@ -249,7 +255,8 @@ def _run(
     total = len(cells) * config.runs
     sys.stderr.write(
         f"measuring {len(cells)} cells x {config.runs} runs, {config.jobs} at a time "
-        f"(a run that does not exit {EXIT_WAIT_S:g} s after its signal is killed and reported)\n"
+        f"(a run that stores nothing more for {STOP_STALL_S:g} s after its signal and does not "
+        "exit is killed and reported as hung)\n"
     )
     finished = 0
     counting = sys.stderr.isatty()
