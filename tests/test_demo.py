@@ -606,8 +606,7 @@ def test_an_incomplete_count_of_shovels_runner_is_unknown_and_exits_3(
     assert (run["tally"]["lost"], run["tally"]["uncounted"]) == (0, 4)
     # The picture's panel for this run.
     assert (out / cli.PICTURE_FILE).read_bytes().startswith(PNG_SIGNATURE)
-    assert "not lost" in picture._lost_label(0, 4)
-    assert picture._lost_label(0, 4).startswith("lost 0, not counted 4")
+    assert picture._lost_label(0, 4) == "lost 0\nnot counted 4\n(unknown, not lost)"
 
 
 def test_a_loss_in_an_incomplete_count_is_still_a_loss(

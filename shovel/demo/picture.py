@@ -107,8 +107,8 @@ def _panel(ax: Any, title: str, run: RunResult) -> None:
             )  # fmt: skip
         ax.annotate(
             _lost_label(tally.lost, tally.uncounted),
-            (1, 1), xycoords="axes fraction", xytext=(-4, -12), textcoords="offset points",
-            ha="right", fontsize=9, color=_lost_colour(tally.lost, tally.uncounted),
+            (1, 1), xycoords="axes fraction", xytext=(-4, -3), textcoords="offset points",
+            ha="right", va="top", fontsize=9, color=_lost_colour(tally.lost, tally.uncounted),
         )  # fmt: skip
         low = min((p[2] for p in shown), default=0)
         span = max(tally.read - low, 1)
@@ -124,7 +124,7 @@ def _lost_label(lost: int, uncounted: int) -> str:
     """A panel's verdict: what was lost, and what could not be counted."""
     if not uncounted:
         return f"lost {lost}"
-    return f"lost {lost}, not counted {uncounted}\n(count incomplete: unknown, not lost)"
+    return f"lost {lost}\nnot counted {uncounted}\n(unknown, not lost)"
 
 
 def _lost_colour(lost: int, uncounted: int) -> str:
