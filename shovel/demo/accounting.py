@@ -5,6 +5,10 @@ concatenation of OUTPUT/segments/*.seg up to the length its checkpoint makes dur
 restart keeps). Every stored line must be, byte for byte, the generator's record for its
 sequence number; lost and duplicated records follow from those numbers and how far the reader
 read.
+
+A count is only as final as the run it counts: when the run's last process was stopped before
+it finished (a restart that was killed), a record it had not stored yet is not lost, since a
+later restart would read it again from the client's checkpoint: such records are uncounted.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from shovel.demo.pyclient import RECORDS_FILE, STORE_DIR
+from shovel.demo.pyclient import RECORDS_FILE, STORE_DIR, read_committed
 from shovel.sources import generated_record
 
 CHECKPOINT_FILE = "checkpoint"
@@ -72,10 +76,18 @@ class LiveCount:
         return self._lines
 
 
+def resume_offset(directory: Path, client: str) -> int:
+    """Where a restart over `directory` would resume reading: the client's checkpoint."""
+    if client == "python":
+        return read_committed(directory)
+    return checkpoint_numbers(directory).get("committed_offset", 0)
+
+
 @dataclass(frozen=True, slots=True)
 class Tally:
-    """A run's accounting. read = stored + lost - duplicated holds when nothing stored was
-    never read (`unread` == 0) and every stored line is a true record (`invalid` == 0)."""
+    """A run's accounting. read = stored + lost + uncounted - duplicated holds when nothing
+    stored was never read (`unread` == 0) and every stored line is a true record (`invalid` ==
+    0). A count with `uncounted` > 0 is incomplete: `lost` is then what is certainly lost."""
 
     # Records 0..read-1 were read (by the last run or, after a restart, an earlier one).
     read: int
@@ -91,6 +103,9 @@ class Tally:
     unread: int
     # Stored lines that are not a generator record (must be 0).
     invalid: int
+    # Records read and not stored that are not known to be lost either: the count could not
+    # be completed (the run's figures say why). 0: the count is complete.
+    uncounted: int = 0
 
 
 def count_lines(data: bytes, parse: Callable[[bytes], int | None]) -> tuple[Counter[int], int]:
@@ -109,19 +124,26 @@ def count_lines(data: bytes, parse: Callable[[bytes], int | None]) -> tuple[Coun
     return numbers, invalid
 
 
-def tally(directory: Path, client: str, read: int) -> Tally:
-    """Counts `directory`'s store against `read`."""
+def tally(directory: Path, client: str, read: int, resume_at: int | None = None) -> Tally:
+    """Counts `directory`'s store against `read`. With `resume_at` (the run's last process did
+    not finish: a restart would read on from there), the records from it on that were not
+    stored are uncounted, not lost."""
     seqs, invalid = count_lines(stored_bytes(directory, client), _seq_of)
     distinct = len(seqs)
     unread = sum(1 for seq in seqs if seq >= read)
+    missing = read - (distinct - unread)
+    uncounted = 0
+    if resume_at is not None:
+        uncounted = sum(1 for seq in range(resume_at, read) if seq not in seqs)
     return Tally(
         read=read,
         stored=sum(seqs.values()),
         distinct=distinct,
-        lost=read - (distinct - unread),
+        lost=missing - uncounted,
         duplicated=sum(seqs.values()) - distinct,
         unread=unread,
         invalid=invalid,
+        uncounted=uncounted,
     )
 
 

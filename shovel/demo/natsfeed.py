@@ -7,8 +7,15 @@ comes back within the demo), and N messages published into it, each with a Nats-
 backlog, which the child reads as fast as it can. While it runs, the consumer's acknowledged
 count is sampled for the timeline. After the child
 has exited: the server's view (acknowledgement floor, pending acknowledgements, redeliveries),
-then every message the consumer still delivers, pulled (never acknowledged) until the server
-has nothing pending that this check does not hold: that set is what is still deliverable.
+then the drain: every message the consumer still delivers is pulled, noted and acknowledged (so
+that it is not delivered again while the drain goes on: the server's view was taken before),
+until the server has nothing left, neither undelivered nor awaiting an acknowledgement. What
+the drain pulled is what was still deliverable.
+
+No wait here has a fixed end: a loaded machine only makes them longer. Each ends when it has
+made no progress for STALL_S, longer than ack_wait since what the child left unacknowledged
+comes back only ack_wait after it was delivered. A drain that ends so is incomplete, and the
+accounting then calls what it did not reach unknown, not lost (natstally.py).
 Everything runs on an event loop of its own, on a thread of its own.
 """
 
@@ -18,7 +25,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -29,19 +36,35 @@ from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
 from shovel.demo.natsserver import ACK_WAIT_S
+from shovel.demo.stall import StallClock
 
 CONSUMER = "demo"
 MAX_ACK_PENDING = 50_000
 PUBLISH_FLUSH_EVERY = 1000
-STORED_WAIT_S = 30.0
 SAMPLE_ACKED_S = 0.05
-# How long the check waits past ack_wait for what is still deliverable.
-SETTLE_MARGIN_S = 6.0
+# A wait on the server (the stream taking the backlog, the drain) is given up when it has made
+# no progress for this long (see the module docstring).
+STALL_S = ACK_WAIT_S + 6.0
+# The drain's pulls: up to this many messages, each pull waiting up to this long for them.
+DRAIN_BATCH = 1000
+DRAIN_PULL_S = 0.5
+# The feed's requests to the JetStream API (nats-py's default is 5 s): a request that is not
+# answered in time is asked again while the wait it belongs to still makes progress.
+API_TIMEOUT_S = 10.0
 _T = TypeVar("_T")
 
 
 async def _quiet(_e: Exception) -> None:
     """The feed's connection errors surface as failed calls; nothing to log besides."""
+
+
+async def _answered(request: Awaitable[_T]) -> _T | None:
+    """A JetStream API request's answer, or None when none came in time (the wait it belongs
+    to counts that as no progress, and asks again)."""
+    try:
+        return await request
+    except (nats.errors.TimeoutError, TimeoutError):
+        return None
 
 
 def msg_id(n: int) -> str:
@@ -84,8 +107,11 @@ class Deliverable:
     # the last of those (None: none came).
     again: set[int] = field(default_factory=set)
     last_after_exit_s: float | None = None
-    # The check ran out of time before the server had nothing else pending.
+    # The drain went on until the server had nothing left. When not: why it stopped.
     complete: bool = True
+    stalled: str | None = None
+    # Seconds the drain took.
+    drain_s: float = 0.0
 
 
 class NatsFeed:
@@ -110,7 +136,9 @@ class NatsFeed:
         """The child's --source."""
         return f"nats://{self.url}/{self.stream}?consumer={CONSUMER}"
 
-    def _call(self, coro: Coroutine[Any, Any, _T], timeout: float = 60.0) -> _T:
+    def _call(self, coro: Coroutine[Any, Any, _T], timeout: float | None = None) -> _T:
+        # No timeout but for the clean-up: each wait in `coro` ends when it stops making
+        # progress, however slow the machine.
         future: Future[_T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
         return future.result(timeout)
 
@@ -126,7 +154,7 @@ class NatsFeed:
             allow_reconnect=False,
             error_cb=_quiet,
         )
-        js = self._nc.jetstream()
+        js = self._nc.jetstream(timeout=API_TIMEOUT_S)
         await js.add_stream(
             StreamConfig(name=self.stream, subjects=[self.subject], storage=StorageType.MEMORY)
         )
@@ -145,10 +173,17 @@ class NatsFeed:
             if n % PUBLISH_FLUSH_EVERY == 0:
                 await self._nc.flush()
         await self._nc.flush()
-        deadline = time.monotonic() + STORED_WAIT_S
-        while (await js.stream_info(self.stream)).state.last_seq < self.messages:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"stream {self.stream} did not take {self.messages} messages")
+        stored = StallClock(STALL_S)
+        while True:
+            info = await _answered(js.stream_info(self.stream))
+            last_seq = info.state.last_seq if info is not None else None
+            if last_seq is not None and last_seq >= self.messages:
+                break
+            if not stored.moving(last_seq):
+                raise TimeoutError(
+                    f"stream {self.stream} took no more messages for {STALL_S:g} s "
+                    f"(it holds {last_seq} of {self.messages})"
+                )
             await asyncio.sleep(0.01)
         self._sampler = asyncio.create_task(self._sample())
 
@@ -174,7 +209,7 @@ class NatsFeed:
 
     async def _server_view(self) -> ServerView:
         assert self._nc is not None
-        js = self._nc.jetstream()
+        js = self._nc.jetstream(timeout=API_TIMEOUT_S)
         stream = await js.stream_info(self.stream)
         info = await js.consumer_info(self.stream, CONSUMER)
         return ServerView(
@@ -186,37 +221,55 @@ class NatsFeed:
         )
 
     def deliverable(self, exited_at: float) -> Deliverable:
-        """Every message the consumer still delivers (see the module docstring)."""
-        return self._call(self._deliverable(exited_at), ACK_WAIT_S + SETTLE_MARGIN_S + 30)
+        """Every message the consumer still delivers (the drain: see the module docstring)."""
+        return self._call(self._deliverable(exited_at))
 
     async def _deliverable(self, exited_at: float) -> Deliverable:
         assert self._nc is not None
-        js = self._nc.jetstream()
+        js = self._nc.jetstream(timeout=API_TIMEOUT_S)
         found = Deliverable()
         sub = await js.pull_subscribe_bind(CONSUMER, self.stream)
-        deadline = exited_at + ACK_WAIT_S + SETTLE_MARGIN_S
+        # Progress: a message not pulled before, or fewer messages left on the server than
+        # ever before (both are bounded, so the drain ends).
+        progress = StallClock(STALL_S)
+        started = time.monotonic()
         try:
             while True:
-                info = await js.consumer_info(self.stream, CONSUMER)
-                if not info.num_pending and (info.num_ack_pending or 0) == len(found.seqs):
+                # 1. What the server has left (None: it did not answer in time): never
+                # delivered, or delivered and awaiting an acknowledgement (from the child, back
+                # after ack_wait; or from the drain, its acknowledgements not applied yet).
+                info = await _answered(js.consumer_info(self.stream, CONSUMER))
+                left = (
+                    None if info is None else (info.num_pending or 0) + (info.num_ack_pending or 0)
+                )
+                if left == 0:
                     return found
-                if time.monotonic() > deadline:
+                if not progress.moving(None if left is None else -left, len(found.seqs)):
                     found.complete = False
+                    found.stalled = (
+                        f"the drain of what the consumer still delivers got nothing new for "
+                        f"{progress.stall_s:g} s with "
+                        + ("an unknown number of" if left is None else f"{left:,}")
+                        + " messages still pending on the server"
+                    )
                     return found
+                # 2. Pull what comes, note it, acknowledge it.
                 try:
-                    msgs = await sub.fetch(1000, timeout=0.5)
+                    msgs = await sub.fetch(DRAIN_BATCH, timeout=DRAIN_PULL_S)
                 except (nats.errors.TimeoutError, TimeoutError):
                     continue
                 for msg in msgs:
                     meta = msg.metadata
                     seq = meta.sequence.stream
-                    if seq in found.seqs:
-                        continue
-                    found.seqs.add(seq)
-                    if meta.num_delivered > 1:
-                        found.again.add(seq)
-                        found.last_after_exit_s = round(time.monotonic() - exited_at, 3)
+                    if seq not in found.seqs:
+                        found.seqs.add(seq)
+                        if meta.num_delivered > 1:
+                            found.again.add(seq)
+                            found.last_after_exit_s = round(time.monotonic() - exited_at, 3)
+                    with contextlib.suppress(nats.errors.Error):
+                        await msg.ack()
         finally:
+            found.drain_s = round(time.monotonic() - started, 3)
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
 

@@ -12,6 +12,12 @@ delivers after the run (natsfeed.py):
                   the stream in order, so the first `read` sequences are the ones read;
   doubled         stored lines that repeat a stream sequence.
 The server's own count of acknowledged messages must be P minus D.
+
+When the drain did not finish (natsfeed.py), D is only part of what is still deliverable, and P
+minus S minus D is not lost but uncounted: the demo does not know. Only what is certainly lost
+is counted lost then: stored nowhere yet acknowledged, by the server's acknowledgement floor
+(every message up to it) and by its count of acknowledged messages (more acknowledged than
+stored: the difference at least).
 """
 
 from __future__ import annotations
@@ -42,20 +48,29 @@ class NatsFigures:
     deliverable: int
     # Of those, delivered to the child before (and left unacknowledged by it).
     delivered_again: int
-    # Whether the check of what is still deliverable finished (the server had nothing pending
-    # that it did not hold).
+    # Whether the drain of what is still deliverable finished (the server had nothing left),
+    # and the seconds it took.
     deliverable_complete: bool
+    drain_s: float
     # Seconds from the exit to the last of those delivered again (None: none came).
     last_redelivery_s: float | None
     stored_unacked: int
     read_returned: int
+    # Certainly lost; and, when the drain did not finish, those of which the demo does not
+    # know whether they are lost or still deliverable (see the module docstring).
     lost: int
     doubled: int
+    uncounted: int = 0
+    # Why the drain did not finish (None: it did).
+    drain_stalled: str | None = None
 
     @property
-    def consistent(self) -> bool:
-        """The server's acknowledged count is what is no longer deliverable."""
-        return self.deliverable_complete and self.acked == self.published - self.deliverable
+    def consistent(self) -> bool | None:
+        """The server's acknowledged count is what is no longer deliverable (None: unknown,
+        the drain did not finish)."""
+        if not self.deliverable_complete:
+            return None
+        return self.acked == self.published - self.deliverable
 
 
 def _published_number(line: bytes, published: int) -> int | None:
@@ -83,6 +98,10 @@ def nats_tally(
     stored = set(seqs)
     gone = set(range(1, view.published + 1)) - stored - deliverable.seqs
     doubled = sum(seqs.values()) - len(stored)
+    lost = len(gone)
+    if not deliverable.complete:
+        below_floor = sum(1 for seq in gone if seq <= view.ack_floor)
+        lost = min(lost, max(below_floor, view.acked - len(stored)))
     figures = NatsFigures(
         published=view.published,
         read=read,
@@ -95,11 +114,14 @@ def nats_tally(
         deliverable=len(deliverable.seqs),
         delivered_again=len(deliverable.again),
         deliverable_complete=deliverable.complete,
+        drain_s=deliverable.drain_s,
         last_redelivery_s=deliverable.last_after_exit_s,
         stored_unacked=len(stored & deliverable.seqs),
         read_returned=len(set(range(1, read + 1)) & deliverable.seqs - stored),
-        lost=len(gone),
+        lost=lost,
         doubled=doubled,
+        uncounted=len(gone) - lost,
+        drain_stalled=deliverable.stalled,
     )
     tally = Tally(
         read=read,
@@ -110,5 +132,6 @@ def nats_tally(
         # The first `read` sequences are the ones read (see the module docstring).
         unread=sum(1 for seq in stored if seq > read),
         invalid=invalid,
+        uncounted=figures.uncounted,
     )
     return tally, figures

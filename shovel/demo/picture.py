@@ -1,7 +1,8 @@
 """The timeline picture: one panel per stop pattern, records read and records stored over
 time around the stop signal, for the first run of each pattern with the Python client; the
-gap left at exit (read but never stored) shaded; a second row for the NATS cells, with what the
-server counts as acknowledged. Needs matplotlib (the 'demo' extra)."""
+gap left at exit (read but never stored) shaded, and apart from it, hatched grey, what a count
+that could not be completed did not count (unknown, not lost); a second row for the NATS cells,
+with what the server counts as acknowledged. Needs matplotlib (the 'demo' extra)."""
 
 from __future__ import annotations
 
@@ -63,6 +64,8 @@ def draw(
             "\nBelow: a NATS JetStream source (native client, first run of each); orange: "
             "acknowledged (the server's count); red: acknowledged, never stored"
         )
+    if any(run.tally is not None and run.tally.uncounted for _, run in panels + nats_panels):
+        title += "\nHatched grey: not counted (the count could not be completed): unknown, not lost"
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -90,15 +93,22 @@ def _panel(ax: Any, title: str, run: RunResult) -> None:
     ax.axvline(exit_s, color="grey", linestyle="--", linewidth=1)
     tally = run.tally
     if tally is not None:
-        stored_distinct = tally.read - tally.lost
+        stored_distinct = tally.read - tally.lost - tally.uncounted
         if tally.lost:
             ax.fill_between(
-                [exit_s, right], stored_distinct, tally.read, color="tab:red", alpha=0.25
-            )
+                [exit_s, right], stored_distinct, stored_distinct + tally.lost, color="tab:red",
+                alpha=0.25,
+            )  # fmt: skip
+        if tally.uncounted:
+            # Not counted is not lost: shown apart, in grey, with its own label.
+            ax.fill_between(
+                [exit_s, right], stored_distinct + tally.lost, tally.read, color="tab:gray",
+                alpha=0.25, hatch="//",
+            )  # fmt: skip
         ax.annotate(
-            f"lost {tally.lost}",
-            (1, 1), xycoords="axes fraction", xytext=(-4, -12), textcoords="offset points",
-            ha="right", fontsize=9, color="tab:red" if tally.lost else "tab:green",
+            _lost_label(tally.lost, tally.uncounted),
+            (1, 1), xycoords="axes fraction", xytext=(-4, -3), textcoords="offset points",
+            ha="right", va="top", fontsize=9, color=_lost_colour(tally.lost, tally.uncounted),
         )  # fmt: skip
         low = min((p[2] for p in shown), default=0)
         span = max(tally.read - low, 1)
@@ -108,3 +118,16 @@ def _panel(ax: Any, title: str, run: RunResult) -> None:
     ax.set_xlim(-BEFORE_S, right)
     ax.set_xlabel("seconds from the signal (dashed: exit)", fontsize=8)
     ax.tick_params(labelsize=8)
+
+
+def _lost_label(lost: int, uncounted: int) -> str:
+    """A panel's verdict: what was lost, and what could not be counted."""
+    if not uncounted:
+        return f"lost {lost}"
+    return f"lost {lost}\nnot counted {uncounted}\n(unknown, not lost)"
+
+
+def _lost_colour(lost: int, uncounted: int) -> str:
+    if lost:
+        return "tab:red"
+    return "tab:gray" if uncounted else "tab:green"

@@ -1,5 +1,11 @@
 """The demonstration's results: the table (Markdown, for the terminal and the README),
-results.json with every figure, and the timeline picture (with matplotlib, the 'demo' extra)."""
+results.json with every figure, and the timeline picture (with matplotlib, the 'demo' extra).
+
+A cell's verdict is one of three: clean; failed (a record lost or doubled, a hang, a non-zero
+exit, counts that do not add up, a problem of the child's); or, when nothing failed but some
+run's count could not be completed, unknown: what was not counted is not known to be lost, and
+is shown as not counted, never as lost.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ import signal
 import statistics
 import sys
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from shovel.demo.natsserver import ACK_WAIT_S
@@ -57,11 +63,17 @@ class CellSummary:
     # is not a record or was never read): must be 0.
     accounting_errors: int
     problems: list[str]
+    # Runs whose count could not be completed, the records they could not count (mean, max),
+    # and why.
+    incomplete: int = 0
+    uncounted_mean: float = 0.0
+    uncounted_max: int = 0
+    incomplete_why: list[str] = field(default_factory=list)
 
     @property
-    def clean(self) -> bool:
-        """Nothing lost or doubled, every exit 0, nothing hung, the counts add up."""
-        return (
+    def failed(self) -> bool:
+        """Something lost or doubled, an exit not 0, a hang, counts that do not add up."""
+        return not (
             self.losing == 0
             and self.duplicated_max == 0
             and self.hung == 0
@@ -70,16 +82,30 @@ class CellSummary:
             and all(code == 0 for codes in self.exit_codes for code in codes[-1:])
         )
 
+    @property
+    def unknown(self) -> bool:
+        """Nothing failed, but not everything could be counted."""
+        return not self.failed and self.incomplete > 0
+
+    @property
+    def clean(self) -> bool:
+        """Nothing lost or doubled, every exit 0, nothing hung, every count complete and
+        adding up."""
+        return not self.failed and self.incomplete == 0
+
 
 def accounting_holds(result: RunResult) -> bool:
-    """Every stored line is a true record that was read (then read = stored + lost -
-    duplicated, by how the tally counts). Over NATS (where what was read and not stored is
-    delivered again, not lost), also: the server's count of acknowledged messages equal to
-    those it no longer delivers."""
+    """Every stored line is a true record that was read (then read = stored + lost +
+    uncounted - duplicated, by how the tally counts). Over NATS (where what was read and not
+    stored is delivered again, not lost), also: the server's count of acknowledged messages
+    equal to those it no longer delivers, when the drain got to the end of them. A run the
+    demo could not count at all breaks nothing here: it is incomplete."""
     t = result.tally
-    if t is None or t.unread != 0 or t.invalid != 0:
+    if t is None:
+        return result.count_incomplete is not None
+    if t.unread != 0 or t.invalid != 0:
         return False
-    return result.nats is None or result.nats.consistent
+    return result.nats is None or result.nats.consistent is not False
 
 
 def summarize(results: list[RunResult]) -> CellSummary:
@@ -87,6 +113,7 @@ def summarize(results: list[RunResult]) -> CellSummary:
     tallies = [r.tally for r in results if r.tally is not None]
     lost = [t.lost for t in tallies] or [0]
     duplicated = [t.duplicated for t in tallies] or [0]
+    uncounted = [t.uncounted for t in tallies] or [0]
     waits = [r.stop_to_exit_s for r in results if r.stop_to_exit_s is not None]
     return CellSummary(
         runs=len(results),
@@ -103,6 +130,12 @@ def summarize(results: list[RunResult]) -> CellSummary:
         tracebacks=sum(r.traceback for r in results),
         accounting_errors=sum(not accounting_holds(r) for r in results),
         problems=sorted({r.problem for r in results if r.problem}),
+        incomplete=sum(r.count_incomplete is not None for r in results),
+        uncounted_mean=statistics.fmean(uncounted),
+        uncounted_max=max(uncounted),
+        incomplete_why=[
+            f"run {r.run}: {r.count_incomplete}" for r in results if r.count_incomplete
+        ],
     )
 
 
@@ -125,7 +158,17 @@ def _notes(summary: CellSummary) -> str:
     if summary.accounting_errors:
         notes.append(f"COUNTS DO NOT ADD UP in {summary.accounting_errors}")
     notes += summary.problems
+    if summary.incomplete:
+        notes.append(
+            f"count incomplete in {summary.incomplete}/{summary.runs}, "
+            "not counted is not lost: " + "; ".join(summary.incomplete_why)
+        )
     return "; ".join(notes)
+
+
+def _with_uncounted(text: str, uncounted: int) -> str:
+    """A figure of lost records, and beside it those not counted (if any)."""
+    return f"{text}; not counted: up to {uncounted:,}" if uncounted else text
 
 
 def settings_line(config: DemoConfig) -> str:
@@ -152,10 +195,14 @@ def table(config: DemoConfig, cells: list[Cell], results: dict[str, list[RunResu
         s = summarize(results[cell.key])
         pattern, client = cell_title(cell)
         wait = "" if s.stop_to_exit_median_s is None else f"{s.stop_to_exit_median_s:.2f} s"
+        losing = f"{s.losing}/{s.runs}"
+        if s.incomplete:
+            losing += f", {s.incomplete} unknown"
+        lost = _with_uncounted(f"{s.lost_mean:.0f} ({s.lost_max})", s.uncounted_max)
         lines.append(
             f"| {pattern} | {client} | {cell.signal.name} "
-            f"| {s.read_mean:,.0f}, {s.stored_mean:,.0f} | {s.losing}/{s.runs} "
-            f"| {s.lost_mean:.0f} ({s.lost_max}) | {s.duplicated_mean:.0f} ({s.duplicated_max}) "
+            f"| {s.read_mean:,.0f}, {s.stored_mean:,.0f} | {losing} "
+            f"| {lost} | {s.duplicated_mean:.0f} ({s.duplicated_max}) "
             f"| {_exit_codes(s)} | {wait} | {_notes(s)} |"
         )
     return "\n".join(lines)
@@ -186,6 +233,7 @@ def nats_table(cells: list[Cell], results: dict[str, list[RunResult]]) -> str:
         if cell.source != "nats":
             continue
         figures = [r.nats for r in results[cell.key] if r.nats is not None]
+        uncounted = [f.uncounted for f in figures]
         waits = [f.last_redelivery_s for f in figures if f.last_redelivery_s is not None]
         wait = f"{len(waits)}: {statistics.median(waits):.2f} s" if waits else "0"
         lines.append(
@@ -193,7 +241,8 @@ def nats_table(cells: list[Cell], results: dict[str, list[RunResult]]) -> str:
             f"| {_mean([f.stored for f in figures])} | {_mean([f.acked for f in figures])} "
             f"| {_mean([f.stored_unacked for f in figures])} "
             f"| {_mean([f.read_returned for f in figures])} "
-            f"| {_mean([f.lost for f in figures])} | {_mean([f.doubled for f in figures])} "
+            f"| {_with_uncounted(_mean([f.lost for f in figures]), max(uncounted, default=0))} "
+            f"| {_mean([f.doubled for f in figures])} "
             f"| {_mean([f.delivered_again for f in figures])} | {wait} |"
         )
     return "\n".join(lines)

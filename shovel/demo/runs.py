@@ -10,6 +10,12 @@ SIGKILL cell then starts the same child again, which resumes from its checkpoint
 A NATS cell's run reads a stream of its own on the demo's NATS server (natsfeed.py), filled
 with a backlog before the child starts; after the exit the server is asked what was
 acknowledged and what it still delivers (natstally.py).
+
+No wait on a run that has started has a fixed end (stall.py): a child is killed as hung only
+when, after its signal, it has stored nothing more for STOP_STALL_S, and a restart only when it
+has read and stored nothing for RESTART_STALL_S. A count that could not be completed (a killed
+restart, a drain of the NATS consumer that stalled, a run the demo could not measure) says so
+in `count_incomplete`, and what it could not count is uncounted, never lost.
 """
 
 from __future__ import annotations
@@ -26,10 +32,11 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from shovel.demo.accounting import LiveCount, Tally, tally
+from shovel.demo.accounting import LiveCount, Tally, resume_offset, tally
 from shovel.demo.natsfeed import NatsFeed
 from shovel.demo.natstally import NatsFigures, nats_tally
 from shovel.demo.progress import PROGRESS_FILE, read_progress
+from shovel.demo.stall import StallClock
 
 # Under the output directory: a directory per cell, in it one per run (its files and logs).
 RUNS_DIR = "runs"
@@ -40,14 +47,17 @@ STOP_AFTER_S = (0.5, 1.5)
 SAMPLE_S = 0.01
 # Timeline samples kept from before the signal (all after it are kept).
 KEEP_BEFORE_S = 0.5
-# Bounds: a child that does not start reading, or does not exit after its signal, is killed
-# and reported; a restart that does not finish is too.
+# Bounds: a child that does not start reading is killed and reported.
 START_WAIT_S = 30.0
 # With the Python client, how long past its stop moment a run waits for a write in flight (with
 # no latency there may seldom be one) before it is stopped anyway.
 INFLIGHT_WAIT_S = 2.0
-EXIT_WAIT_S = 15.0
-RESTART_WAIT_S = 60.0
+# A child that after its signal neither exits nor stores more of what it read for this long is
+# hung: killed and reported. A restart that reads and stores nothing for this long is too.
+STOP_STALL_S = 15.0
+RESTART_STALL_S = 15.0
+# How often a restart's progress is looked at.
+RESTART_LOOK_S = 0.1
 # A SIGKILL cell's source: enough records that the kill comes before its end.
 KILL_SOURCE_S = STOP_AFTER_S[1] + 2.0
 
@@ -111,7 +121,8 @@ class RunResult:
     exit_codes: list[int] = field(default_factory=list)
     # From the signal to the process's exit (None: no signal was sent).
     stop_to_exit_s: float | None = None
-    # The process did not exit within EXIT_WAIT_S of its signal and was killed.
+    # After its signal the process stored nothing more for STOP_STALL_S, did not exit, and was
+    # killed.
     hung: bool = False
     # A Python traceback in the child's stderr.
     traceback: bool = False
@@ -122,6 +133,9 @@ class RunResult:
     # Records read when the SIGKILL came (SIGKILL cells).
     read_at_kill: int | None = None
     tally: Tally | None = None
+    # Why the run's count is incomplete (its tally's `uncounted` records are then neither lost
+    # nor kept as far as the demo knows; no tally: it could not count at all). None: complete.
+    count_incomplete: str | None = None
     # (seconds from the signal, records read, records stored), sampled from outside.
     timeline: list[tuple[float, int, int]] = field(default_factory=list)
     # NATS cells: the server's figures, and (seconds from the signal, messages acknowledged).
@@ -260,7 +274,9 @@ class Runs:
             else:
                 self._one_generator(cell, directory, result)
         except Exception as e:
-            result.problem = f"the run failed: {e!r}"
+            # The demo's own measuring failed (the child's failures are problems of their
+            # own): whatever was not counted is unknown.
+            result.count_incomplete = f"the run could not be measured: {e!r}"
         return result
 
     def _one_generator(self, cell: Cell, directory: Path, result: RunResult) -> None:
@@ -268,16 +284,26 @@ class Runs:
         with self._running(cell, directory, result) as child:
             self._stop(cell, child, directory, result)
         read = _read_end(directory)
+        resume_at = None
         if cell.kill_restart and result.problem is None:
             result.read_at_kill = read
             with self._running(cell, directory, result, restart=True) as restart:
-                try:
-                    restart.proc.wait(RESTART_WAIT_S)
-                except subprocess.TimeoutExpired:
-                    result.problem = f"the restart did not finish in {RESTART_WAIT_S:g}s"
+                finished = wait_restart(restart.proc, directory, cell.client)
+            if not finished:
+                result.problem = (
+                    f"the restart read and stored nothing for {RESTART_STALL_S:g} s, and was killed"
+                )
+                # Ended before it read the source to its end: what it had not stored, a later
+                # restart would read again.
+                resume_at = resume_offset(directory, cell.client)
             # A restart that failed early may have read less than the first run had.
             read = max(read, _read_end(directory))
-        result.tally = tally(directory, cell.client, read)
+        result.tally = tally(directory, cell.client, read, resume_at)
+        if result.tally.uncounted:
+            result.count_incomplete = (
+                f"the restart was killed before it finished: {result.tally.uncounted:,} "
+                "records it read and had not stored would be read again by a later restart"
+            )
 
     def _one_nats(self, cell: Cell, directory: Path, result: RunResult) -> None:
         """A run over its own NATS stream (see the module docstring)."""
@@ -294,6 +320,7 @@ class Runs:
             deliverable = feed.deliverable(exited_at)
             read = _read_end(directory)
             result.tally, result.nats = nats_tally(directory, read, view, deliverable)
+            result.count_incomplete = deliverable.stalled
             if moments is not None:
                 signalled = moments[0]
                 result.acked_timeline = [
@@ -351,8 +378,12 @@ class Runs:
             result.inflight_at_stop = inflight > 0
         signalled = time.monotonic()
         child.proc.send_signal(cell.signal)
+        # The stop gets somewhere while what was read and not stored yet shrinks (a child that
+        # reads on as fast as it stores is not stopping).
+        stopping = StallClock(STOP_STALL_S)
         while child.proc.poll() is None:
-            if time.monotonic() - signalled > EXIT_WAIT_S:
+            _, read_now, stored_now = samples[-1]
+            if not stopping.moving(stored_now - read_now):
                 result.hung = True
                 child.proc.kill()
                 child.proc.wait()
@@ -366,3 +397,16 @@ class Runs:
             (t - signalled, r, s) for t, r, s in samples if t >= signalled - KEEP_BEFORE_S
         ]
         return signalled, exited
+
+
+def wait_restart(proc: subprocess.Popen[bytes], directory: Path, client: str) -> bool:
+    """Waits for a restart to exit while it reads or stores (False: it stalled, and runs)."""
+    stored = LiveCount(directory, client)
+    going = StallClock(RESTART_STALL_S)
+    while going.moving(_read_end(directory), stored.now()):
+        try:
+            proc.wait(RESTART_LOOK_S)
+        except subprocess.TimeoutExpired:
+            continue
+        return True
+    return False
