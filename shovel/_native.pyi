@@ -31,6 +31,7 @@ __all__ = [
     "StorageClient",
     "StorageError",
     "StorageIOError",
+    "birth_time_ns",
     "retry_wait_s",
     "retryable_errno",
 ]
@@ -47,6 +48,10 @@ MAX_SOURCE_BYTES: int
 """The longest source descriptor a checkpoint keeps (bytes)."""
 RETRIES: int
 """How many times a failed write is retried after its first attempt (an fsync never is)."""
+
+def birth_time_ns(path: str | PathLike[str]) -> int | None:
+    """When the file at `path` was born (nanoseconds since the epoch; a link itself, not what
+    it leads to), or None where the filesystem does not say. Raises OSError naming `path`."""
 
 def retryable_errno(errno: int) -> bool:
     """Whether a failed file operation with this errno is retried, as the store retries its
@@ -244,6 +249,9 @@ class ReadFile:
         """Moves the read position to byte `pos`."""
     def read(self, max_bytes: int) -> Chunk:
         """Reads up to `max_bytes` with the GIL released (blocking); empty at the end."""
+    def birth_time_ns(self) -> int | None:
+        """When the file was born (nanoseconds since the epoch), or None where the filesystem
+        does not say."""
     def pseudo_filesystem(self) -> str | None:
         """The name of the pseudo filesystem the file lives on ("proc", "sysfs", ...), or
         None for a filesystem that holds files."""

@@ -51,7 +51,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from shovel._native import MAX_SOURCE_BYTES, Chunk, ReadFile
+from shovel._native import MAX_SOURCE_BYTES, Chunk, ReadFile, birth_time_ns
 from shovel.batches import Batch, Piece
 from shovel.identity import (
     FINGERPRINT_MAX_BYTES,
@@ -64,7 +64,16 @@ from shovel.identity import (
     read_head,
 )
 from shovel.records import RecordSplitter
-from shovel.rotations import Rotated, is_rotation_name, newer_than, resolved, rotations_of_all
+from shovel.rotations import (
+    Mark,
+    Rotated,
+    between,
+    candidates,
+    is_rotation_name,
+    resolved,
+    rotation_tag,
+    unread,
+)
 from shovel.source_api import DaemonThreads, SourceError, SourceMismatch
 
 log = logging.getLogger(__name__)
@@ -75,6 +84,9 @@ _DAEMON = DaemonThreads()
 _NEW_DIR_HINT = "to store this file from its start, use a new --output-dir"
 # How many files finished in this run are remembered, so that none is read twice as a rotation.
 _FINISHED_KEPT = 64
+# How many times a planned file renamed under shovel (a numbered rotation's turn) is looked for
+# again before giving up.
+_RELOCATE_TRIES = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +130,23 @@ class _Step:
     live: str = ""
 
 
+class _Gone:
+    """A file planned was gone when its turn came (skipped, with a WARNING)."""
+
+
+_GONE = _Gone()
+
+
+@dataclass(frozen=True, slots=True)
+class _Finished:
+    """The file finished last: what tells the files made after it."""
+
+    inode: tuple[int, int]
+    mark: Mark
+    # The resolved path of the live file it is or was.
+    live: str
+
+
 @dataclass(slots=True)
 class _Plan:
     """Where reading starts, decided by `resume`."""
@@ -139,6 +168,7 @@ class _Open:
         file: ReadFile,
         st: os.stat_result,
         head: bytes,
+        born_ns: int | None,
     ) -> None:
         self.number = number
         # Its path as found (links resolved), and that of the live file it is or was.
@@ -147,6 +177,7 @@ class _Open:
         self.file = file
         self.dev, self.ino = st.st_dev, st.st_ino
         self.mtime_ns = st.st_mtime_ns
+        self.born_ns = born_ns
         self.base = base
         self.read_pos = step.pos
         self.size = st.st_size
@@ -171,6 +202,7 @@ class _Open:
             name=name,
             target=self.live,
             mtime_ns=self.mtime_ns,
+            born_ns=self.born_ns or 0,
         )
 
 
@@ -185,15 +217,11 @@ def _find_stored(
     origin: FileOrigin, min_size: int, lives: list[str], exclude: tuple[int, int] | None
 ) -> Rotated | None:
     """`origin`'s file, at least `min_size` bytes with its fingerprint: where it was read, if it
-    is still there, else among the rotations of the live files `lives` (the same inode first:
-    a rename; else the newest: a copy). Never the file `exclude` (the live one). Blocking."""
-    candidates: list[Rotated] = []
-    st = _stat_or_none(origin.path)
-    if st is not None and stat.S_ISREG(st.st_mode) and origin.same_inode(st):
-        candidates.append(Rotated(origin.path, st, compressed=False))
-    candidates += rotations_of_all(lives)
+    is still there, else among the files that may hold the followed file's lines (`lives`: see
+    rotations.candidates); the same inode first (a rename), else the newest (a copy). Never the
+    file `exclude` (the live one). Blocking."""
     found: list[tuple[bool, int, Rotated]] = []
-    for r in candidates:
+    for r in [*_exactly(origin.path), *candidates(lives)]:
         if r.compressed or r.inode == exclude or r.st.st_size < min_size:
             continue
         try:
@@ -207,19 +235,60 @@ def _find_stored(
     return max(found, key=lambda f: (f[0], f[1]))[2]
 
 
-def _unread_rotations(
-    lives: list[str], after_ns: int, exclude: set[tuple[int, int]]
-) -> list[Rotated]:
-    """The rotations of the live files `lives` modified after `after_ns`, other than the files
-    `exclude`, oldest first. Blocking."""
-    return newer_than(rotations_of_all(lives), after_ns, exclude)
+def _exactly(path: str) -> list[Rotated]:
+    """The regular file at `path`, if there is one."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+        born = birth_time_ns(path)
+    except OSError:
+        return []
+    return [Rotated(path, st, compressed=False, born_ns=born)] if stat.S_ISREG(st.st_mode) else []
 
 
-def _open_file(path: str, resolve: bool) -> tuple[str, ReadFile]:
-    """Opens `path` (its links resolved first when `resolve`: the followed name); returns the
-    path opened and the file."""
-    real = resolved(path) if resolve else path
-    return real, ReadFile(real)
+def _tag_of(path: str, live: str) -> str:
+    """The rotation tag of the file at `path`, a rotation of `live` ("" when it is not one)."""
+    tagged = rotation_tag(os.path.basename(path), os.path.basename(live))
+    return tagged[0] if tagged is not None else ""
+
+
+def _locate(inode: tuple[int, int], lives: list[str]) -> Rotated | None:
+    """Where the file `inode` is now among the files that may hold the followed file's lines
+    (a numbered rotation renames every rotated file at each turn). Blocking."""
+    return next((r for r in candidates(lives) if r.inode == inode), None)
+
+
+@dataclass(frozen=True, slots=True)
+class _Opened:
+    """A file just opened, with what `_open` checks of it."""
+
+    real: str
+    file: ReadFile
+    st: os.stat_result
+    born_ns: int | None
+    head: bytes
+    # The pseudo filesystem it lives on, if any (asked while following only).
+    pseudo: str | None
+
+
+def _open_file(path: str, live: bool, follow: bool) -> _Opened:
+    """Opens `path` (the followed name, `live`: its links resolved first, and, following,
+    refused unless it leads to a regular file: a named pipe would block the open). Blocking."""
+    real = resolved(path) if live else path
+    if live and follow:
+        st = os.stat(real)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a named pipe" if stat.S_ISFIFO(st.st_mode) else "not a regular file"
+            raise SourceError(f"{path} now leads to {real}, {kind}: --follow reads regular files")
+    file = ReadFile(real)
+    try:
+        st = os.fstat(file.fileno())
+        born = file.birth_time_ns()
+        head = os.pread(file.fileno(), FINGERPRINT_MAX_BYTES, 0)
+        pseudo = file.pseudo_filesystem() if follow else None
+    except BaseException:
+        file.close()
+        raise
+    return _Opened(real, file, st, born, head, pseudo)
 
 
 def _read_then_head(file: ReadFile, max_bytes: int, known: int) -> tuple[Chunk, bytes]:
@@ -260,9 +329,10 @@ class FileSource:
         self._stamped: tuple[int, int, bool] | None = None
         # The files finished in this run, latest last; never read again as rotations.
         self._finished: deque[tuple[int, int]] = deque(maxlen=_FINISHED_KEPT)
-        # The file finished last, when the rotations made after it are still to be looked for:
-        # (its inode, its modification time, the live file it is or was).
-        self._look_after: tuple[tuple[int, int], int, str] | None = None
+        # The file finished last, when the files made after it are still to be looked for.
+        self._look_after: _Finished | None = None
+        # Files already skipped with a WARNING in this run (said once each).
+        self._warned: set[tuple[int, int]] = set()
 
     # -- resuming ---------------------------------------------------------------------------
 
@@ -351,24 +421,29 @@ class FileSource:
         st: os.stat_result | None,
     ) -> str:
         """Following, and the name holds another file than the one stored last: its tail, the
-        rotations made after it, then the file at the name from its start."""
+        files made after it (rotations.py), then the file at the name from its start."""
         path = str(self.path)
-        lives = [origin.live, resolved(path)]
+        lives = self._lives(origin.live)
         live_inode = _inode(st) if st is not None else None
         found = _find_stored(origin, pos, lives, live_inode)
-        steps: deque[_Step] = deque()
+        after: Mark | None
         if found is not None:
             self.rotations += 1
-            after_ns = found.st.st_mtime_ns
+            after = replace(found.mark, tag=_tag_of(found.path, origin.live))
         else:
             self._skip(
                 f"the file stored last, {origin.describe()}, is no longer where it was read nor "
                 f"among the rotations beside {origin.live} (deleted, or compressed): lines "
                 f"written to it after byte {pos}, if any, were not stored"
             )
-            after_ns = origin.mtime_ns
+            after = Mark(origin.born_ns or None, origin.mtime_ns) if origin.mtime_ns else None
         exclude = {i for i in (live_inode, found.inode if found else None) if i is not None}
-        unread = self._readable(_unread_rotations(lives, after_ns, exclude)) if after_ns else []
+        if after is not None:
+            later = self._readable(*unread(candidates(lives), after, exclude))
+        else:
+            later = []
+            self._unknown_order(lives, exclude)
+        steps: deque[_Step] = deque()
         if found is not None:
             steps.append(
                 _Step(
@@ -378,16 +453,16 @@ class FileSource:
                     True,
                     found.inode,
                     origin.open_line,
-                    settled=bool(unread),
+                    settled=bool(later),
                     live=origin.live,
                 )
             )
-        steps += self._rotation_steps(unread, origin.live)
+        steps += self._rotation_steps(later, lives[-1])
         # The file at the name from its start: where the stream is then, or, with nothing of
         # the stored file left to read, right after what was stored.
         steps.append(_Step(path, 0, None if steps else committed_offset, False, None))
         self._plan = _Plan(committed_offset, steps)
-        then = "".join(f"{r.path}, " for r in unread)
+        then = "".join(f"{r.path}, " for r in later)
         if found is not None:
             return (
                 f"{path} was rotated while shovel was stopped ({problem}): reading the rest of "
@@ -395,22 +470,52 @@ class FileSource:
             )
         return f"reading {then}{path} from its start"
 
-    def _readable(self, found: list[Rotated]) -> list[Rotated]:
-        """The rotations of `found` shovel can read; each other one is skipped, with a WARNING."""
-        readable = []
-        for r in found:
-            if r.compressed:
+    def _lives(self, before: str) -> list[str]:
+        """Where the followed name led when `before` was taken, and where it leads now; a link
+        moved in between in a way that says nothing of what it led to meanwhile is a WARNING."""
+        now = resolved(self.path)
+        if between(before, now) is None:
+            log.warning(
+                "%s led to %s and leads to %s now: the files it may have led to in between "
+                "cannot be told, and any lines in them were not read",
+                self.path,
+                before,
+                now,
+            )
+        return [before, now]
+
+    def _unknown_order(self, lives: list[str], exclude: set[tuple[int, int]]) -> None:
+        """A checkpoint of an older shovel, whose file is gone: it does not say when that file
+        was made, so which rotations came after it cannot be told. Each is named (WARNING)."""
+        for r in candidates(lives):
+            if r.inode not in exclude:
                 self._skip(
-                    f"{r.path} is named as a compressed rotation of {self.path}: shovel cannot "
-                    "read it, and the lines in it were not stored"
+                    f"{r.path} may hold lines written after the file stored last (the checkpoint, "
+                    "written by an older shovel, does not say when that file was made, and it is "
+                    "gone): it was not read"
                 )
-            elif not os.access(r.path, os.R_OK):
+
+    def _readable(self, later: list[Rotated], compressed: list[Rotated]) -> list[Rotated]:
+        """The files of `later` shovel can read; each other one, and each of `compressed`, is
+        skipped with a WARNING (once per file in a run)."""
+        for r in compressed:
+            if r.inode not in self._warned:
+                self._warned.add(r.inode)
+                self._skip(
+                    f"{r.path} is named as a compressed rotation of {self.path} and was written "
+                    "after the file read last was made: shovel cannot read it, and the lines in "
+                    "it were not stored"
+                )
+        readable = []
+        for r in later:
+            if os.access(r.path, os.R_OK):
+                readable.append(r)
+            elif r.inode not in self._warned:
+                self._warned.add(r.inode)
                 self._skip(
                     f"{r.path}, a rotation of {self.path}, cannot be read (permission denied): "
                     "the lines in it were not stored"
                 )
-            else:
-                readable.append(r)
         return readable
 
     def _skip(self, why: str) -> None:
@@ -420,12 +525,12 @@ class FileSource:
             self.progress = replace(self.progress, skipped=self.skipped)
 
     @staticmethod
-    def _rotation_steps(unread: list[Rotated], live: str) -> list[_Step]:
-        """Steps reading each of `unread` whole; each but the last has a newer rotation after
-        it, so it is finished at its end without waiting."""
+    def _rotation_steps(later: list[Rotated], live: str) -> list[_Step]:
+        """Steps reading each of `later` whole; each but the last has a newer file after it, so
+        it is finished at its end without waiting."""
         return [
-            _Step(r.path, 0, None, True, r.inode, settled=i < len(unread) - 1, live=live)
-            for i, r in enumerate(unread)
+            _Step(r.path, 0, None, True, r.inode, settled=i < len(later) - 1, live=live)
+            for i, r in enumerate(later)
         ]
 
     def _resume_unnamed(self, committed_offset: int) -> str:
@@ -488,18 +593,22 @@ class FileSource:
                         # appears).
                         step = _Step(str(self.path), 0, None, False, None)
                     if not step.retired and self._look_after is not None:
-                        # Rotations made since the file finished last come before the new one.
-                        unread = await self._run(self._rotations_since, self._look_after)
+                        # Files made since the one finished last come before the new one.
+                        later = await self._run(self._made_since, self._look_after)
                         self._look_after = None
-                        if unread:
+                        if later:
                             plan.steps.appendleft(step)
-                            plan.steps.extendleft(reversed(unread))
+                            plan.steps.extendleft(reversed(later))
                             continue
-                    cur = await self._open(step, splitter.offset)
-                    if cur is None:
+                    opened = await self._open(step, splitter.offset)
+                    if opened is None:
                         plan.steps.appendleft(step)
                         await self._idle()
                         continue
+                    if opened is _GONE:
+                        continue
+                    assert isinstance(opened, _Open)
+                    cur = opened
                 read = await self._read(cur, splitter)
                 if read is not None:
                     done, pieces = read
@@ -525,34 +634,40 @@ class FileSource:
                 cur.file.close()
 
     async def _close(self, cur: _Open) -> None:
-        """Done with `cur`: the rotations made after it are looked for before the next file at
-        the name is read."""
+        """Done with `cur`: the files made after it are looked for before the next file at the
+        name is read."""
         try:
             mtime_ns = (await self._run(os.fstat, cur.file.fileno())).st_mtime_ns
         except OSError:
             mtime_ns = cur.mtime_ns
         self._finished.append((cur.dev, cur.ino))
-        self._look_after = ((cur.dev, cur.ino), mtime_ns, cur.live)
+        self._look_after = _Finished((cur.dev, cur.ino), Mark(cur.born_ns, mtime_ns), cur.live)
         cur.file.close()
 
-    def _rotations_since(self, after: tuple[tuple[int, int], int, str]) -> list[_Step]:
-        """Steps for the rotations made after the file finished last (blocking)."""
-        inode, mtime_ns, live = after
-        lives = [live, resolved(self.path)]
+    def _made_since(self, finished: _Finished) -> list[_Step]:
+        """Steps for the files made after the one finished last (blocking): none when that is
+        still the file at the name (a copy + truncate without a copy found)."""
         named = _stat_or_none(str(self.path))
-        exclude = {inode, *self._finished}
+        if named is not None and _inode(named) == finished.inode:
+            return []
+        lives = self._lives(finished.live)
+        exclude = {*self._finished}
         if named is not None:
             exclude.add(_inode(named))
-        unread = self._readable(_unread_rotations(lives, mtime_ns, exclude))
-        if unread:
-            self.rotations += len(unread)
+        found = candidates(lives)
+        # Its name now (a rotation's, with its tag), if it is still there.
+        now = next((r for r in found if r.inode == finished.inode), None)
+        mark = replace(finished.mark, tag=now.tag if now is not None else "")
+        later = self._readable(*unread(found, mark, exclude))
+        if later:
+            self.rotations += len(later)
             log.warning(
                 "%s was rotated more than once since %s was read: reading %s first",
                 self.path,
-                live,
-                ", ".join(r.path for r in unread),
+                finished.live,
+                ", ".join(r.path for r in later),
             )
-        return self._rotation_steps(unread, live)
+        return self._rotation_steps(later, lives[-1])
 
     async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
         return await asyncio.get_running_loop().run_in_executor(_DAEMON, fn, *args)
@@ -563,36 +678,87 @@ class FileSource:
         # filesystem (inotify misses NFS and some overlays), so look again shortly.
         await asyncio.sleep(self.follow.poll_s)
 
-    async def _open(self, step: _Step, stream_offset: int) -> _Open | None:
-        """Opens `step`'s file at its position; None when following and it is not there."""
-        live = not step.retired
-        try:
-            real, file = await self._run(_open_file, step.path, live)
-        except FileNotFoundError:
-            if self.follow is None or step.retired:
-                raise SourceError(f"{step.path} disappeared before it could be read") from None
-            if self.progress is None or self.progress.path != step.path:
-                log.info("waiting for %s to appear", step.path)
-                self.progress = FileProgress(step.path, 0, 0, self.rotations, self.skipped)
-            return None
-        except OSError as e:
-            raise SourceError(f"cannot open {step.path}: {e.strerror}") from e
-        try:
-            st = await self._run(os.fstat, file.fileno())
-            if step.expect is not None and _inode(st) != step.expect:
-                raise SourceError(
-                    f"{step.path} was replaced while shovel was starting; start again"
+    async def _open(self, step: _Step, stream_offset: int) -> _Open | _Gone | None:
+        """Opens `step`'s file at its position; None when following and the name leads nowhere
+        (yet); _GONE when a file planned is gone (skipped, with a WARNING)."""
+        for _ in range(_RELOCATE_TRIES):
+            try:
+                opened = await self._run(
+                    _open_file, step.path, not step.retired, self.follow is not None
                 )
-            if not stat.S_ISREG(st.st_mode):
+            except FileNotFoundError:
+                if step.expect is None:
+                    if self.follow is None:
+                        raise SourceError(
+                            f"{step.path} disappeared before it could be read"
+                        ) from None
+                    if self.progress is None or self.progress.path != step.path:
+                        log.info("waiting for %s to appear", step.path)
+                        self.progress = FileProgress(step.path, 0, 0, self.rotations, self.skipped)
+                    return None
+                opened = None
+            except OSError as e:
+                raise SourceError(f"cannot open {step.path}: {e.strerror}") from e
+            if opened is not None and (step.expect is None or _inode(opened.st) == step.expect):
+                return self._opened(step, opened, stream_offset)
+            if opened is not None:
+                opened.file.close()
+            moved = await self._moved(step)
+            if moved is None:
+                return _GONE
+            step = moved
+        raise SourceError(f"{step.path} keeps being renamed under shovel; start again")
+
+    async def _moved(self, step: _Step) -> _Step | None:
+        """The file `step` expects is not at its path any more: where it is now (renamed by a
+        rotation), or None, with a WARNING, when it is gone."""
+        assert step.expect is not None
+        if self.follow is None:
+            raise SourceError(f"{step.path} was replaced while shovel was starting; start again")
+        lives = [step.live or resolved(self.path), resolved(self.path)]
+        found = await self._run(_locate, step.expect, lives)
+        if found is not None:
+            if not step.retired:
+                # Rotated between the start's look and this open: its tail, then the name.
+                assert self._plan is not None
+                self._plan.steps.appendleft(_Step(str(self.path), 0, None, False, None))
+                self.rotations += 1
+            return replace(step, path=found.path, retired=True, live=lives[-1])
+        self._skip(
+            f"{step.path}, a file of {self.path} not read to its end yet, was removed before "
+            f"shovel could read it: its lines from byte {step.pos} were not stored"
+        )
+        if not step.retired:
+            assert self._plan is not None
+            self._plan.steps.appendleft(_Step(str(self.path), 0, None, False, None))
+        return None
+
+    def _opened(self, step: _Step, opened: _Opened, stream_offset: int) -> _Open:
+        """`opened` as the file being read, once checked."""
+        try:
+            if not stat.S_ISREG(opened.st.st_mode):
                 raise SourceError(f"{step.path} is not a regular file")
-            head = await self._run(os.pread, file.fileno(), FINGERPRINT_MAX_BYTES, 0)
-            file.seek(step.pos)
+            if opened.pseudo is not None:
+                raise SourceError(
+                    f"{step.path} now leads to {opened.real}, on {opened.pseudo}, a pseudo "
+                    "filesystem: --follow cannot follow it"
+                )
+            opened.file.seek(step.pos)
         except BaseException:
-            file.close()
+            opened.file.close()
             raise
         self._generation += 1
         base = stream_offset if step.base is None else step.base
-        cur = _Open(self._generation, step, real=real, base=base, file=file, st=st, head=head)
+        cur = _Open(
+            self._generation,
+            step,
+            real=opened.real,
+            base=base,
+            file=opened.file,
+            st=opened.st,
+            head=opened.head,
+            born_ns=opened.born_ns,
+        )
         cur.grew_at = asyncio.get_running_loop().time()
         self._show(cur)
         return cur
@@ -666,7 +832,9 @@ class FileSource:
 
     def _finish(self, cur: _Open, splitter: RecordSplitter) -> list[Piece]:
         """The end of a file: an unterminated last line becomes a record."""
-        open_line = splitter.carried > 0 and not splitter.rejecting_line
+        # The stored stream ends inside a line: its last part stored as a record, or set apart
+        # (an over-long line, the late end of one): a continuation is set apart in turn.
+        open_line = splitter.carried > 0 or splitter.rejecting_line
         pieces = splitter.finish()
         return [self._stamp(cur, p, open_line and p is pieces[-1]) for p in pieces]
 
@@ -732,7 +900,15 @@ class FileSource:
             return self._finish(cur, splitter)
         self._plan.steps.appendleft(_Step(str(self.path), 0, None, False, None))
         self._plan.steps.appendleft(
-            _Step(found.path, cur.read_pos, cur.base, True, found.inode, live=cur.live)
+            _Step(
+                found.path,
+                cur.read_pos,
+                cur.base,
+                True,
+                found.inode,
+                cur.open_line,
+                live=cur.live,
+            )
         )
         return []
 

@@ -53,10 +53,11 @@ class FileOrigin:
     # Where the followed name led when this file was taken: the live file whose rotations it
     # and its successors are (the same as `path` unless `path` is one of those rotations).
     target: str = ""
-    # The file's modification time when shovel opened it (nanoseconds): a rotation made after
-    # it was modified later, so this tells the rotations not read from those read, even once
-    # the file itself is gone. 0 in checkpoints written before shovel kept it.
+    # When the file was born, and its modification time when shovel opened it (nanoseconds
+    # since the epoch; 0: not known): what tells the rotations made after it (rotations.py),
+    # even once the file itself is gone. 0 in checkpoints written before shovel kept them.
     mtime_ns: int = 0
+    born_ns: int = 0
 
     @property
     def live(self) -> str:
@@ -143,6 +144,8 @@ def encode(origin: Origin) -> str:
             body["target"] = origin.target
         if origin.mtime_ns:
             body["mtime_ns"] = origin.mtime_ns
+        if origin.born_ns:
+            body["born_ns"] = origin.born_ns
     elif isinstance(origin, GeneratorOrigin):
         body = {"kind": "generate"}
     elif isinstance(origin, NatsOrigin):
@@ -222,6 +225,7 @@ def decode(text: str) -> Origin | None:
             name=_str(body, "name") if "name" in body else "",
             target=_str(body, "target") if "target" in body else "",
             mtime_ns=_int(body, "mtime_ns") if "mtime_ns" in body else 0,
+            born_ns=_int(body, "born_ns") if "born_ns" in body else 0,
         )
     raise DescriptorError(f"unknown source kind {kind!r}")
 

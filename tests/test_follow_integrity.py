@@ -226,6 +226,68 @@ def test_a_compressed_rotation_and_a_vanished_file_are_warnings_and_counted(
     assert any(str(tmp_path / "app.log.2.gz") in w and "compressed" in w for w in warnings), text
 
 
+def test_a_late_write_to_a_rotated_file_neither_hides_nor_repeats_a_file(tmp_path: Path) -> None:
+    src, out = tmp_path / "app.log", tmp_path / "out"
+    src.write_bytes(lines("a", 0, 100))
+    follow_until(src, out, tmp_path / "1.log", lines("a", 0, 100))
+    # While stopped: rotated, the next file written, then a writer that had not reopened yet
+    # writes to the rotated one late (its modification time is now the newest), and both move
+    # on one number.
+    append(src, lines("a", 100, 150))
+    _numbered(src, 1)
+    src.write_bytes(lines("b", 0, 50))
+    append(tmp_path / "app.log.1", lines("a", 150, 160))
+    _numbered(src, 2)
+    src.write_bytes(lines("c", 0, 50))
+    expected = lines("a", 0, 160) + lines("b", 0, 50) + lines("c", 0, 50)
+    follow_until(src, out, tmp_path / "2.log", expected)
+    # And a restart after one more rotation reads none of them again.
+    _numbered(src, 3)
+    src.write_bytes(lines("d", 0, 10))
+    follow_until(src, out, tmp_path / "3.log", expected + lines("d", 0, 10))
+
+
+def test_a_numbered_rotation_while_an_earlier_file_is_read_renames_nothing_away(
+    tmp_path: Path,
+) -> None:
+    src, out = tmp_path / "app.log", tmp_path / "out"
+    src.write_bytes(lines("a", 0, 10))
+    follow_until(src, out, tmp_path / "1.log", lines("a", 0, 10))
+    big = lines("b", 0, 200_000)
+    for n, data in enumerate((big, lines("c", 0, 10), lines("d", 0, 10)), start=1):
+        _numbered(src, n)
+        src.write_bytes(data)
+    slow = ["--read-chunk-bytes", "4096", "--queue-max-batches", "1", "--fsync-max-bytes", "4096"]
+    s = start(src, out, tmp_path / "2.log", "--metrics-port", "0", *slow)
+    # While the big file is being read, every planned file moves one number on.
+    wait_until(lambda: len(stored_bytes(out)) > len(lines("a", 0, 10)) + 100_000)
+    _numbered(src, 4)
+    src.write_bytes(lines("e", 0, 10))
+    assert len(stored_bytes(out)) < len(lines("a", 0, 10) + big), "the rotation came too late"
+    expected = lines("a", 0, 10) + big + b"".join(lines(p, 0, 10) for p in "cde")
+    wait_stored(s, out, expected)
+    stop(s)
+
+
+def test_a_link_pointed_at_new_files_twice_while_stopped_reads_the_one_between(
+    tmp_path: Path,
+) -> None:
+    # A container restarted twice while shovel was stopped: 0.log, 1.log, then 2.log.
+    name, real = _chain(tmp_path)
+    out = tmp_path / "out"
+    real.write_bytes(lines("l", 0, 100))
+    follow_until(name, out, tmp_path / "1.log", lines("l", 0, 100))
+    append(real, lines("l", 100, 110))
+    link = tmp_path / "links" / "y.log"
+    for n, first in ((1, 110), (2, 140)):
+        new = real.with_name(f"{n}.log")
+        new.write_bytes(lines("l", first, first + 30))
+        tmp_link = link.with_name("y.log.tmp")
+        tmp_link.symlink_to(new)
+        tmp_link.replace(link)
+    follow_until(name, out, tmp_path / "2.log", lines("l", 0, 170))
+
+
 # --- 4. the late end of a line stored whole ---------------------------------------------------
 
 

@@ -87,6 +87,24 @@ def test_a_growing_unfinished_line_is_never_split(tmp_path: Path) -> None:
     assert rejected_path(out, len(first)).read_bytes() == b"tial\n"
 
 
+def test_a_continuation_set_apart_and_continued_again_is_never_a_record(tmp_path: Path) -> None:
+    src, out = tmp_path / "in.txt", tmp_path / "out"
+    src.write_bytes(b"one\ntwo-part1")
+    assert store(src, out, tmp_path / "1.log")[0] == 0
+    with src.open("ab") as f:
+        f.write(b"-part2")
+    assert store(src, out, tmp_path / "2.log")[0] == 0
+    with src.open("ab") as f:
+        f.write(b"-part3\nthree\n")
+    code, text = store(src, out, tmp_path / "3.log")
+    assert code == 0, text
+    # The line's end is kept apart in pieces, each under its offset; no piece is a record.
+    assert stored_bytes(out) == b"one\ntwo-part1\nthree\n"
+    first = len(b"one\ntwo-part1")
+    assert rejected_path(out, first).read_bytes() == b"-part2"
+    assert rejected_path(out, first + len(b"-part2")).read_bytes() == b"-part3\n"
+
+
 def test_a_continuation_that_starts_with_the_newline_is_joined(tmp_path: Path) -> None:
     src, out = tmp_path / "in.txt", tmp_path / "out"
     src.write_bytes(b"line-1\nline-2")

@@ -188,6 +188,14 @@ impl ReadFile {
         crate::fskind::pseudo_filesystem(&file).map_err(|e| os_error(&e, &self.path))
     }
 
+    /// When the file was born (nanoseconds since the epoch), or None where the filesystem does
+    /// not say (see fskind.rs).
+    fn birth_time_ns(&self) -> PyResult<Option<u64>> {
+        let file = self.file()?;
+        let meta = file.metadata().map_err(|e| os_error(&e, &self.path))?;
+        Ok(crate::fskind::birth_time_ns(&meta))
+    }
+
     /// Closes the file; a read in progress finishes first, on its own thread. Idempotent.
     fn close(&self) {
         lock(&self.file).take();
@@ -313,8 +321,16 @@ impl Splitter {
     }
 }
 
+/// When the file at `path` was born (nanoseconds since the epoch; a link itself, not what it
+/// leads to), or None where the filesystem does not say. Raises OSError naming `path`.
+#[pyfunction]
+fn birth_time_ns(path: PathBuf) -> PyResult<Option<u64>> {
+    crate::fskind::birth_time_ns_of(&path).map_err(|e| os_error(&e, &path))
+}
+
 /// Adds the read-path classes to the module.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(birth_time_ns, m)?)?;
     m.add_class::<ReadFile>()?;
     m.add_class::<Chunk>()?;
     m.add_class::<Records>()?;

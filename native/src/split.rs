@@ -412,7 +412,11 @@ mod tests {
             let mut s = Splitter::new(100, 1000);
             assert!(s.set_aside_line());
             let (stored, records, rejected, ends) = run_from(s, data, size);
-            assert_eq!(rejected, vec![(100, b"the end of a line\n".to_vec())], "size {size}");
+            assert_eq!(
+                rejected,
+                vec![(100, b"the end of a line\n".to_vec())],
+                "size {size}"
+            );
             assert_eq!(stored, b"next\nlast\n", "size {size}");
             assert_eq!(records, 2);
             assert_eq!(ends.last().copied(), Some(100 + data.len() as u64));
