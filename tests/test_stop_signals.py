@@ -70,6 +70,18 @@ def test_the_stop_signals_are_caught_before_any_import_but_the_way_to_them() -> 
     ], out
 
 
+@pytest.fixture(autouse=True)
+def hangup_not_ignored() -> Iterator[None]:
+    """Children start with SIGHUP at its default action, whatever the test run inherited: a
+    run under nohup (as CI may be) ignores it, and shovel rightly keeps an ignored SIGHUP
+    ignored. The tests that want it ignored say so through their launcher."""
+    previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
 @pytest.fixture
 def cpu_burners() -> Iterator[None]:
     """Two processes that keep both cores busy while the test runs."""
