@@ -16,7 +16,6 @@ __all__ = [
     "FAULT_INJECTION",
     "FILE_MODE",
     "LOCK_FILE",
-    "MAX_SOURCE_BYTES",
     "RETRIES",
     "Chunk",
     "ClientClosedError",
@@ -44,8 +43,6 @@ FILE_MODE: int
 """The mode of every file shovel creates in the output directory (before the umask)."""
 DIR_MODE: int
 """The mode of every directory shovel creates there (before the umask)."""
-MAX_SOURCE_BYTES: int
-"""The longest source descriptor a checkpoint keeps (bytes)."""
 RETRIES: int
 """How many times a failed write is retried after its first attempt (an fsync never is)."""
 

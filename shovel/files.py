@@ -51,7 +51,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from shovel._native import MAX_SOURCE_BYTES, Chunk, ReadFile, birth_time_ns
+from shovel._native import Chunk, ReadFile
 from shovel.batches import Batch, Piece
 from shovel.identity import (
     FINGERPRINT_MAX_BYTES,
@@ -70,6 +70,7 @@ from shovel.rotations import (
     between,
     candidates,
     is_rotation_name,
+    regular_file,
     resolved,
     rotation_tag,
     unread,
@@ -221,7 +222,8 @@ def _find_stored(
     rotations.candidates); the same inode first (a rename), else the newest (a copy). Never the
     file `exclude` (the live one). Blocking."""
     found: list[tuple[bool, int, Rotated]] = []
-    for r in [*_exactly(origin.path), *candidates(lives)]:
+    at_path = regular_file(origin.path)
+    for r in [*([at_path] if at_path else []), *candidates(lives)]:
         if r.compressed or r.inode == exclude or r.st.st_size < min_size:
             continue
         try:
@@ -233,16 +235,6 @@ def _find_stored(
     if not found:
         return None
     return max(found, key=lambda f: (f[0], f[1]))[2]
-
-
-def _exactly(path: str) -> list[Rotated]:
-    """The regular file at `path`, if there is one."""
-    try:
-        st = os.stat(path, follow_symlinks=False)
-        born = birth_time_ns(path)
-    except OSError:
-        return []
-    return [Rotated(path, st, compressed=False, born_ns=born)] if stat.S_ISREG(st.st_mode) else []
 
 
 def _tag_of(path: str, live: str) -> str:
@@ -342,7 +334,6 @@ class FileSource:
             origin = decode(descriptor)
         except DescriptorError as e:
             raise SourceMismatch(f"the checkpoint's record of its source is unreadable: {e}") from e
-        self._check_checkpointable()
         if origin is None:
             return self._resume_unnamed(committed_offset)
         if not isinstance(origin, FileOrigin):
@@ -399,18 +390,6 @@ class FileSource:
             f"from it, so another path is never taken for it; name {stored} again to go on, or "
             f"use a new --output-dir for {path}"
         )
-
-    def _check_checkpointable(self) -> None:
-        """Refuses a path the checkpoint could not keep (one line of at most MAX_SOURCE_BYTES:
-        a path escaped in JSON takes up to six bytes a byte, and is kept up to three times)."""
-        path = str(self.path)
-        probe = FileOrigin(path, 0, 0, 0, "0" * 32, 0, True, path, path + "x", 1)
-        if len(encode(probe)) > MAX_SOURCE_BYTES:
-            raise SourceMismatch(
-                f"the source path is too long to be kept in the checkpoint "
-                f"({len(os.fsencode(path))} bytes; {MAX_SOURCE_BYTES} is the limit of the "
-                f"checkpoint's record of its source, escaped): use a shorter path or a link"
-            )
 
     def _resume_rotated(
         self,

@@ -53,8 +53,8 @@ from shovel.safefiles import create_file, fsync_dir
 
 # The most sequences a checkpoint may list; a listing past it is not one shovel wrote.
 MAX_LISTED = 10_000_000
-# The longest listing a stop record may hold: a checkpoint keeps its source descriptor in at
-# most 4096 bytes (a native limit).
+# The longest listing a stop record may hold: above what a checkpoint's listing may be
+# (natssource.LISTING_MAX_CHARS).
 MAX_RECORD_CHARS = 4096
 
 

@@ -93,8 +93,8 @@ LOOKUP_RETRY_S = 1.0
 # how often while the reader waits for the floor to shorten the checkpoint's listing.
 CONSUMER_INFO_S = 1.0
 LISTING_FULL_LOOK_S = 0.5
-# The checkpoint keeps its source descriptor in at most 4096 bytes (a native limit); the
-# ledger's listing gets this much of it.
+# The ledger's listing in the checkpoint's source descriptor: at most this long, so that a
+# checkpoint, written at every commit, stays small (the native limit is far higher).
 LISTING_MAX_CHARS = 3000
 # How long finish() waits for the last acknowledgements to be confirmed.
 CONFIRM_WAIT_S = 2.0

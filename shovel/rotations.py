@@ -166,7 +166,8 @@ def is_rotation_name(name: str, base: str) -> bool:
     return rotation_tag(name, base) is not None
 
 
-def _regular(path: str, tag: str, compressed: bool) -> Rotated | None:
+def regular_file(path: str, tag: str = "", compressed: bool = False) -> Rotated | None:
+    """The regular file at `path` (not followed if a link), or None. Blocking."""
     try:
         st = os.stat(path, follow_symlinks=False)
         if not stat.S_ISREG(st.st_mode):
@@ -193,7 +194,7 @@ def rotations(live: str) -> list[Rotated]:
     for name in _listing(directory):
         tagged = rotation_tag(name, base)
         if tagged is not None:
-            r = _regular(os.path.join(directory, name), *tagged)
+            r = regular_file(os.path.join(directory, name), *tagged)
             if r is not None:
                 found.append(r)
     return found
@@ -239,7 +240,7 @@ def candidates(lives: list[str]) -> list[Rotated]:
     seen: set[tuple[int, int]] = set()
     found = []
     for r in [
-        *(r for r in (_regular(p, "", compressed=False) for p in led_to) if r is not None),
+        *(r for r in (regular_file(p, "", compressed=False) for p in led_to) if r is not None),
         *(r for live in [*lives, *led_to] for r in rotations(live)),
     ]:
         if r.inode not in seen:
@@ -289,6 +290,7 @@ __all__ = [
     "candidates",
     "is_rotation_name",
     "newer_by_tag",
+    "regular_file",
     "resolved",
     "rotation_tag",
     "rotations",

@@ -355,7 +355,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("FILE_MODE", crate::store::perm::FILE_MODE)?;
     m.add("DIR_MODE", crate::store::perm::DIR_MODE)?;
     m.add("RETRIES", crate::store::writer::RETRIES)?;
-    m.add("MAX_SOURCE_BYTES", crate::store::MAX_SOURCE_BYTES)?;
     m.add_function(wrap_pyfunction!(retryable_errno, m)?)?;
     m.add_function(wrap_pyfunction!(retry_wait_s, m)?)?;
     crate::reading::register(m)?;

@@ -22,7 +22,6 @@ const MAGIC: &str = "shovel-checkpoint 2";
 const MAGIC_V1: &str = "shovel-checkpoint 1";
 /// The longest source descriptor accepted (bytes): room for three file paths of the longest
 /// that can be opened (4095 bytes) escaped as JSON does (up to six bytes a byte), and more.
-/// Python checks its descriptors against it before a run starts (exported to it).
 pub const MAX_SOURCE_BYTES: usize = 128 * 1024;
 
 /// Checks that `source` can be stored as a descriptor: one line of at most
