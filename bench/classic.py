@@ -23,8 +23,9 @@ into a bytes object once per batch, in its write task, before writing it.
 
 from __future__ import annotations
 
-from shovel import cli, runner
+from shovel import cli
 from shovel.demo.pyclient import PythonStore
+from shovel.service import runner
 from shovel.storage import StorageConfig
 
 LATENCY_S = 0.0

@@ -17,7 +17,7 @@ from types import TracebackType
 from common import BenchError
 from scrape import Scrape, scrape
 
-from shovel.laststop import ReportError, read_report
+from shovel.service.laststop import ReportError, read_report
 
 POLL_S = 0.02  # a scrape costs shovel a little CPU: often enough, not more
 START_TIMEOUT_S = 60.0

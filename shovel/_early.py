@@ -5,9 +5,9 @@ Until a stop signal has a handler, its default action kills the process without 
 imports of the service (asyncio, pydantic, ssl, logging) take 0.1-0.3 s, longer on a loaded
 machine, so the handlers must come first: this module imports only the C module `_signal`
 (the `signal` module would import enum and functools first), and the recorder it installs only
-appends the signal's number to a list. `shovel.signals` takes over from there, replaying what
-was recorded. What remains unguarded is the interpreter's own start-up before the first line of
-shovel runs (about 10 ms here), which no Python program can shorten.
+appends the signal's number to a list. `shovel.service.signals` takes over from there, replaying
+what was recorded. What remains unguarded is the interpreter's own start-up before the first
+line of shovel runs (about 10 ms here), which no Python program can shorten.
 
 A process can also inherit the stop signals blocked (some supervisors and shells block them for
 their children): they are unblocked once the recorder is in place, or no stop would ever arrive.
@@ -27,7 +27,7 @@ handled: tuple[int, ...] = ()
 
 
 def record(signum: int, _frame: object) -> None:
-    """The recorder: notes the signal; shovel.signals acts on it once a loop runs."""
+    """The recorder: notes the signal; shovel.service.signals acts on it once a loop runs."""
     pending.append(signum)
 
 

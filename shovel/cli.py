@@ -18,8 +18,8 @@ import os
 import sys
 from typing import NoReturn
 
-from shovel import signals
 from shovel.redact import redact
+from shovel.service import signals
 
 # Must match runner.ExitCode.USAGE (kept here so that a bad flag needs no heavy import).
 EXIT_USAGE = 2
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(RedactingFormatter(LOG_FORMAT))
     logging.basicConfig(level=settings.log_level, handlers=[handler])
-    from shovel.runner import run_service  # noqa: PLC0415
+    from shovel.service.runner import run_service  # noqa: PLC0415
 
     # What the imports made lives as long as the process: keep the garbage collector from
     # scanning it again in every full collection while records flow.

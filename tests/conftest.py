@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from shovel.metrics import Metrics, MetricsServer
+from shovel.service.metrics import Metrics, MetricsServer
 from tests.helpers import write_input
 
 

@@ -33,9 +33,9 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerInfo, StreamConfig
 
 from shovel.demo.natsserver import find_binary, stop_server
-from shovel.natssource import NatsSource
-from shovel.natsurl import parse_nats
 from shovel.settings import Settings
+from shovel.sources.nats.source import NatsSource
+from shovel.sources.nats.url import parse_nats
 from tests.helpers import WAIT_S, free_port, wait_until
 
 T = TypeVar("T")

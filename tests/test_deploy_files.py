@@ -25,7 +25,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from shovel.metrics import Metrics
+from shovel.service.metrics import Metrics
 from shovel.settings import ENV_PREFIX, GRACE_MARGIN_S, ConfigError, Settings, load_settings
 from tests.helpers import Shovel, free_port, http_get, metric, wait_until, write_input
 

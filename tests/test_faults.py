@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from shovel._native import FAULT_INJECTION
-from shovel.laststop import REPORT_FILE
+from shovel.service.laststop import REPORT_FILE
 from tests.helpers import (
     Checkpoint,
     Shovel,

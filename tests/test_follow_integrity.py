@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from shovel.rejects import rejected_path
+from shovel.storage.rejects import rejected_path
 from tests.helpers import (
     Shovel,
     assert_clean_stderr,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from shovel.laststop import (
+from shovel.service.laststop import (
     REPORT_FILE,
     StopReport,
     read_report,

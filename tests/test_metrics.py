@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shovel.metrics import LiveState, Metrics
+from shovel.service.metrics import LiveState, Metrics
 from tests.helpers import http_get, metric
 
 

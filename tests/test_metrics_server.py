@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from shovel.metrics import MAX_CONNECTIONS, READ_TIMEOUT_S
+from shovel.service.metrics import MAX_CONNECTIONS, READ_TIMEOUT_S
 from tests.helpers import (
     WAIT_S,
     Shovel,

@@ -33,8 +33,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from shovel.identity import NatsOrigin, decode
-from shovel.natssource import STALL_WARN_S
+from shovel.sources.identity import NatsOrigin, decode
+from shovel.sources.nats.source import STALL_WARN_S
 from tests.helpers import (
     WAIT_S,
     Shovel,

@@ -18,9 +18,10 @@ import pytest
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo
 
-from shovel.identity import DescriptorError, NatsOrigin, decode, encode
-from shovel.laststop import read_report
-from shovel.natsledger import (
+from shovel.service.laststop import read_report
+from shovel.sources.api import SourceError
+from shovel.sources.identity import DescriptorError, NatsOrigin, decode, encode
+from shovel.sources.nats.ledger import (
     STOP_RECORD_FILE,
     Counts,
     Ledger,
@@ -31,9 +32,8 @@ from shovel.natsledger import (
     read_stop_record,
     write_stop_record,
 )
-from shovel.natssource import LISTING_MAX_CHARS, NatsSource, _NotNow, record_of
-from shovel.natsurl import NatsSpec, parse_nats, subjects_overlap
-from shovel.source_api import SourceError
+from shovel.sources.nats.source import LISTING_MAX_CHARS, NatsSource, _NotNow, record_of
+from shovel.sources.nats.url import NatsSpec, parse_nats, subjects_overlap
 from tests.helpers import (
     Shovel,
     assert_clean_stderr,

@@ -14,11 +14,11 @@ from typing import Any, BinaryIO
 
 import pytest
 
-from shovel import safefiles
 from shovel.batches import Batch, BatchQueue, Rejected
-from shovel.pipeline import ReadTally, run_reader
-from shovel.rejects import RejectWriter, rejected_path
+from shovel.service.pipeline import ReadTally, run_reader
 from shovel.sources import StreamSource
+from shovel.storage import safefiles
+from shovel.storage.rejects import RejectWriter, rejected_path
 from tests.helpers import WAIT_S, wait_until
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from shovel._native import ReadFile, Records
 from shovel.batches import Batch
-from shovel.records import RecordSplitter
+from shovel.sources.records import RecordSplitter
 from shovel.storage import Storage, StorageConfig
 from tests.helpers import stored_bytes
 

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shovel.batches import Batch, Piece, Rejected
-from shovel.records import RecordSplitter
+from shovel.sources.records import RecordSplitter
 
 
 def split(data: bytes, chunks: list[int], limit: int, start: int = 0) -> list[Piece]:

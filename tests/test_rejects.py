@@ -10,9 +10,9 @@ from typing import Any, BinaryIO
 
 import pytest
 
-from shovel import safefiles
 from shovel.batches import Rejected
-from shovel.rejects import RejectWriter, recover_rejected, rejected_path
+from shovel.storage import safefiles
+from shovel.storage.rejects import RejectWriter, recover_rejected, rejected_path
 from tests.test_pipeline import fail_partial_writes
 
 

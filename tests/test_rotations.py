@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from shovel.rotations import Mark, Rotated, between, candidates, rotation_tag, rotations, unread
+from shovel.sources.rotations import (
+    Mark,
+    Rotated,
+    between,
+    candidates,
+    rotation_tag,
+    rotations,
+    unread,
+)
 
 
 @pytest.mark.parametrize(

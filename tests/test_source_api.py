@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from shovel.source_api import DaemonThreads
+from shovel.sources.api import DaemonThreads
 
 WAIT_S = 10.0
 

@@ -9,7 +9,7 @@ import subprocess
 import zlib
 from pathlib import Path
 
-from shovel.rejects import rejected_path
+from shovel.storage.rejects import rejected_path
 from tests.helpers import assert_clean_stderr, read_checkpoint, run_shovel, stored_bytes
 
 QUIET = ["--metrics-port", "0", "--status-interval-s", "0"]

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from shovel import identity
 from shovel.batches import Batch, Piece
 from shovel.sources import (
     FileSource,
@@ -21,6 +20,7 @@ from shovel.sources import (
     StdinSpec,
     StreamSource,
     generated_record,
+    identity,
     open_source,
     parse_source,
 )

@@ -20,7 +20,6 @@ from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from pathlib import Path
 
-from shovel import signals
 from shovel.batches import Batch, Piece
 from shovel.cli import EXIT_USAGE, LOG_FORMAT
 from shovel.demo.naive import (
@@ -34,10 +33,11 @@ from shovel.demo.naive import (
 from shovel.demo.natsserver import SHOVEL_SHUTDOWN_TIMEOUT_S
 from shovel.demo.progress import PROGRESS_FILE, ProgressWriter
 from shovel.demo.pyclient import PythonStore
-from shovel.runner import source_for
+from shovel.service import signals
+from shovel.service.runner import source_for
 from shovel.settings import Settings, load_settings
-from shovel.source_api import AcknowledgedSource, AckProgress
 from shovel.sources import Source
+from shovel.sources.api import AcknowledgedSource, AckProgress
 from shovel.storage import Storage, StorageConfig, storage_config
 
 PATTERNS = ("no-handler", "asyncio-run", "cancel-all", "aiorun", "shovel")
@@ -154,7 +154,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def _run_shovel(args: argparse.Namespace, settings: Settings, progress: ProgressWriter) -> int:
     """shovel's runner, as `python -m shovel` runs it, over the counting source."""
-    from shovel import runner  # noqa: PLC0415
+    from shovel.service import runner  # noqa: PLC0415
 
     def counting_source_for(settings: Settings) -> Source:
         return _counting(source_for(settings), progress)

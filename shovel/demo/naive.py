@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any, Protocol, cast
 
 from shovel.batches import Batch, BatchQueue
-from shovel.pipeline import ReadTally, run_reader, run_storage
-from shovel.rejects import RejectWriter
-from shovel.source_api import AcknowledgedSource
+from shovel.service.pipeline import ReadTally, run_reader, run_storage
 from shovel.sources import Source
+from shovel.sources.api import AcknowledgedSource
 from shovel.storage import Storage, StorageConfig
+from shovel.storage.rejects import RejectWriter
 
 # How long the `finally` gives the client to finish its writes.
 CLOSE_TIMEOUT_S = 20.0

@@ -14,9 +14,9 @@ from contextlib import aclosing
 from dataclasses import dataclass
 
 from shovel.batches import BatchQueue, Piece, Rejected
-from shovel.rejects import RejectWriter
 from shovel.sources import Source
 from shovel.storage import Storage
+from shovel.storage.rejects import RejectWriter
 
 log = logging.getLogger(__name__)
 

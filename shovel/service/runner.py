@@ -20,7 +20,7 @@ from enum import IntEnum
 from typing import Any
 
 from shovel.batches import BatchQueue
-from shovel.laststop import (
+from shovel.service.laststop import (
     REPORT_FILE,
     ReportError,
     StopReport,
@@ -30,12 +30,10 @@ from shovel.laststop import (
     write_final_report,
     write_report,
 )
-from shovel.metrics import LiveState, Metrics, MetricsServer, host_port
-from shovel.pipeline import ReadTally, run_reader, run_storage
-from shovel.rejects import REJECTED_DIR, RejectWriter, recover_rejected
+from shovel.service.metrics import LiveState, Metrics, MetricsServer, host_port
+from shovel.service.pipeline import ReadTally, run_reader, run_storage
+from shovel.service.signals import StopRequest
 from shovel.settings import ENV_PREFIX, Settings
-from shovel.signals import StopRequest
-from shovel.source_api import AcknowledgedSource
 from shovel.sources import (
     DaemonThreads,
     FileSource,
@@ -44,6 +42,7 @@ from shovel.sources import (
     SourceMismatch,
     open_source,
 )
+from shovel.sources.api import AcknowledgedSource
 from shovel.storage import (
     CloseTimeoutError,
     CorruptStoreError,
@@ -52,6 +51,7 @@ from shovel.storage import (
     StorageError,
     storage_config,
 )
+from shovel.storage.rejects import REJECTED_DIR, RejectWriter, recover_rejected
 
 log = logging.getLogger("shovel")
 

@@ -60,8 +60,9 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 
 from shovel.batches import Batch, Piece
-from shovel.identity import DescriptorError, NatsOrigin, decode, encode, kind_of
-from shovel.natsledger import (
+from shovel.sources.api import AckProgress, DaemonThreads, SourceError, SourceMismatch
+from shovel.sources.identity import DescriptorError, NatsOrigin, decode, encode, kind_of
+from shovel.sources.nats.ledger import (
     STOP_RECORD_FILE,
     Entry,
     Ledger,
@@ -72,8 +73,7 @@ from shovel.natsledger import (
     read_stop_record,
     write_stop_record,
 )
-from shovel.natsurl import NatsSpec, subjects_overlap
-from shovel.source_api import AckProgress, DaemonThreads, SourceError, SourceMismatch
+from shovel.sources.nats.url import NatsSpec, subjects_overlap
 
 log = logging.getLogger(__name__)
 

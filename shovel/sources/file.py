@@ -53,7 +53,8 @@ from typing import Any, TypeVar
 
 from shovel._native import Chunk, ReadFile
 from shovel.batches import Batch, Piece
-from shovel.identity import (
+from shovel.sources.api import DaemonThreads, SourceError, SourceMismatch
+from shovel.sources.identity import (
     FINGERPRINT_MAX_BYTES,
     DescriptorError,
     FileOrigin,
@@ -63,8 +64,8 @@ from shovel.identity import (
     kind_of,
     read_head,
 )
-from shovel.records import RecordSplitter
-from shovel.rotations import (
+from shovel.sources.records import RecordSplitter
+from shovel.sources.rotations import (
     Mark,
     Rotated,
     between,
@@ -75,7 +76,6 @@ from shovel.rotations import (
     rotation_tag,
     unread,
 )
-from shovel.source_api import DaemonThreads, SourceError, SourceMismatch
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from shovel.laststop import NO_REPORT_EXIT_CODE, StopReport
-from shovel.source_api import AckProgress
+from shovel.service.laststop import NO_REPORT_EXIT_CODE, StopReport
+from shovel.sources.api import AckProgress
 
 log = logging.getLogger(__name__)
 

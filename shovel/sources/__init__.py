@@ -23,8 +23,9 @@ from pathlib import Path
 
 from shovel._native import ReadFile
 from shovel.batches import Batch, Piece
-from shovel.files import FileSource, FollowConfig
-from shovel.identity import (
+from shovel.sources.api import DaemonThreads, Source, SourceError, SourceMismatch
+from shovel.sources.file import FileSource, FollowConfig
+from shovel.sources.identity import (
     DescriptorError,
     GeneratorOrigin,
     Origin,
@@ -33,10 +34,9 @@ from shovel.identity import (
     encode,
     kind_of,
 )
-from shovel.natsurl import SCHEME as NATS_SCHEME
-from shovel.natsurl import NatsSpec, parse_nats
-from shovel.records import RecordSplitter
-from shovel.source_api import DaemonThreads, Source, SourceError, SourceMismatch
+from shovel.sources.nats.url import SCHEME as NATS_SCHEME
+from shovel.sources.nats.url import NatsSpec, parse_nats
+from shovel.sources.records import RecordSplitter
 
 __all__ = [
     "DaemonThreads",
@@ -284,7 +284,7 @@ def open_source(
     a NATS consumer (natssource.py), which records its stops in `output_dir`."""
     if isinstance(spec, NatsSpec):
         # Imported here: the NATS client is needed only by this source.
-        from shovel.natssource import NatsSource  # noqa: PLC0415
+        from shovel.sources.nats.source import NatsSource  # noqa: PLC0415
 
         if spec.creds is not None and not os.access(spec.creds, os.R_OK):
             raise SourceError(f"cannot read the NATS credentials file {spec.creds}")
