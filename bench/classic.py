@@ -5,8 +5,8 @@ demo's pure-Python one (shovel/demo/pyclient.py), run in a process of its own:
   python bench/classic.py --source INPUT --output-dir OUTPUT [shovel flags]
 
 It is `python -m shovel` (shovel.cli.run: same flags, settings, logging, exit codes); only the
-storage the runner opens differs, swapped as in the demo (shovel/demo/child.py), and only in
-this process (the benchmark sends it no signal).
+storage the runner opens differs, passed to it as the demo passes its own
+(shovel/demo/child.py).
 
 The client runs with a latency of 0: every batch is a write task of its own that appends to
 OUTPUT/python-store/records.ndjson with os.write, and close() awaits the pending ones.
@@ -25,28 +25,21 @@ from __future__ import annotations
 
 from shovel import cli
 from shovel.demo.pyclient import PythonStore
-from shovel.service import runner
-from shovel.storage import StorageConfig
+from shovel.storage import StorageConfig, Store
 
 LATENCY_S = 0.0
 SEED = 0
 
 
-class ClassicStorage:
-    """What the runner calls in place of `shovel.storage.Storage`."""
-
-    @staticmethod
-    async def open(config: StorageConfig) -> PythonStore:
-        """The Python client in the output directory, with no latency."""
-        return PythonStore(config.directory, LATENCY_S, SEED)
+async def open_classic(config: StorageConfig) -> Store:
+    """The Python client in the output directory, with no latency."""
+    return PythonStore(config.directory, LATENCY_S, SEED)
 
 
 def main() -> None:
     """Runs `python -m shovel`'s entry point (shovel.cli.run: flags from sys.argv, the same
     logging, exit codes and quick exit) with the Python client as its storage."""
-    # The runner looks `Storage` up when it opens it: replaced here, in this process only.
-    setattr(runner, "Storage", ClassicStorage)  # noqa: B010
-    cli.run()
+    cli.run(open_storage=open_classic)
 
 
 if __name__ == "__main__":

@@ -16,13 +16,15 @@ import gc
 import logging
 import os
 import sys
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
+from shovel.exitcodes import ExitCode
 from shovel.redact import redact
 from shovel.service import signals
 
-# Must match runner.ExitCode.USAGE (kept here so that a bad flag needs no heavy import).
-EXIT_USAGE = 2
+if TYPE_CHECKING:
+    from shovel.storage import OpenStorage
+
 # Every log line: when, how grave, which logger, what.
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 STANDARD_STREAMS = (0, 1, 2)
@@ -56,8 +58,10 @@ def _open_standard_streams() -> set[int]:
     return closed
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of `python -m shovel` and the `shovel` script; returns the exit code."""
+def main(argv: list[str] | None = None, open_storage: "OpenStorage | None" = None) -> int:
+    """Entry point of `python -m shovel` and the `shovel` script; returns the exit code.
+    `open_storage` opens another storage than shovel's native client (the classic benchmark's
+    Python one)."""
     args = sys.argv[1:] if argv is None else argv
     closed = _open_standard_streams()
     if args[:1] == ["demo"]:
@@ -82,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         sys.stderr.write(f"python -m shovel: error: {e}\n")
         signals.block_for_exit()
-        return EXIT_USAGE
+        return ExitCode.USAGE
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(RedactingFormatter(LOG_FORMAT))
     logging.basicConfig(level=settings.log_level, handlers=[handler])
@@ -91,17 +95,21 @@ def main(argv: list[str] | None = None) -> int:
     # What the imports made lives as long as the process: keep the garbage collector from
     # scanning it again in every full collection while records flow.
     gc.freeze()
-    code = asyncio.run(run_service(settings))
+    code = asyncio.run(
+        run_service(settings)
+        if open_storage is None
+        else run_service(settings, open_storage=open_storage)
+    )
     signals.block_for_exit()
     return code
 
 
-def run() -> NoReturn:
+def run(open_storage: "OpenStorage | None" = None) -> NoReturn:
     """`main`, then a quick exit: once the exit code is decided, everything read is durable
     (or counted as undelivered) and the stop report is on disk, so the exit hooks run (they
     flush the log) and the process ends without the interpreter's teardown of every imported
     module, which takes tens of milliseconds and keeps nothing."""
-    code = main()
+    code = main(open_storage=open_storage)
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         # A closed pipe or stream: nothing more can be said.

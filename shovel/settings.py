@@ -14,7 +14,15 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict, SettingsError
 
 from shovel.redact import redact
-from shovel.sources import FileSpec, FollowConfig, GeneratorSpec, SourceSpec, parse_source
+from shovel.sources import (
+    FileSpec,
+    FollowConfig,
+    GeneratorSpec,
+    SourceOptions,
+    SourceSpec,
+    parse_source,
+)
+from shovel.storage import StorageConfig
 
 ENV_PREFIX = "SHOVEL_"
 MiB = 1024 * 1024
@@ -233,6 +241,30 @@ class Settings(BaseSettings):
             return None
         return FollowConfig(
             poll_s=self.follow_poll_ms / 1000, rotated_quiet_s=self.follow_rotated_quiet_ms / 1000
+        )
+
+    @property
+    def source_options(self) -> SourceOptions:
+        """What the source takes from these settings."""
+        return SourceOptions(
+            chunk_bytes=self.read_chunk_bytes,
+            max_record_bytes=self.max_record_bytes,
+            generate_rate=self.generator_rate,
+            follow=self.follow_config,
+            queue_max_batches=self.queue_max_batches,
+            shutdown_timeout_s=self.shutdown_timeout_s,
+            output_dir=self.output_dir,
+        )
+
+    @property
+    def storage_config(self) -> StorageConfig:
+        """How to open the storage client."""
+        return StorageConfig(
+            directory=self.output_dir,
+            segment_max_bytes=self.segment_max_bytes,
+            fsync_interval_ms=self.fsync_interval_ms,
+            fsync_max_bytes=self.fsync_max_bytes,
+            max_inflight_bytes=self.max_inflight_bytes,
         )
 
 

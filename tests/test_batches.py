@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from shovel.batches import Batch, BatchQueue
+from shovel.batches import Batch
+from shovel.service.queue import BatchQueue
 
 
 def batch(i: int) -> Batch:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from shovel.service.metrics import LiveState, Metrics
+from shovel.sources.filemetrics import FileProgress, FileProgressCollector
 from tests.helpers import http_get, metric
 
 
 def state(**values: int) -> LiveState:
     fields: dict[str, Any] = dict.fromkeys(LiveState.__dataclass_fields__, 0)
-    fields["source_file"] = ""
     fields.update(values)
     return LiveState(**fields)
 
@@ -49,3 +49,17 @@ def test_metrics_exist_before_anything_runs(served: tuple[Metrics, int]) -> None
         "shovel_storage_write_duration_seconds_bucket",
     ):
         assert name in text
+
+
+def test_a_source_shows_its_own_families_once_it_has_them(served: tuple[Metrics, int]) -> None:
+    metrics, port = served
+    progress: dict[str, FileProgress | None] = {"now": None}
+    metrics.show([FileProgressCollector(lambda: progress["now"])])
+    assert "shovel_source_" not in http_get(port, "/metrics")[1]
+    progress["now"] = FileProgress("/logs/caf\udce9.log", size=100, position=60, rotations=2)
+    text = http_get(port, "/metrics")[1]
+    assert 'shovel_source_file_info{path="/logs/caf\\\\xe9.log"} 1.0' in text
+    assert metric(text, "shovel_source_lag_bytes") == 40
+    assert metric(text, "shovel_source_rotations_total") == 2
+    # The service's own families are still there.
+    assert metric(text, "shovel_records_read_total") == 0

@@ -741,7 +741,7 @@ def test_acknowledging_task_ends_when_cancelled_as_storage_makes_progress() -> N
 
     async def cancelled_after(turns: int) -> bool:
         source = NatsSource(parse_nats("nats://h/S?consumer=c"), 8, 20.0)
-        acker = asyncio.ensure_future(source.run_acks(lambda: 0))
+        acker = asyncio.ensure_future(source.acknowledge(lambda: 0))
         for _ in range(3):
             await asyncio.sleep(0)
         source.durable_progress()

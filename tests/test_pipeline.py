@@ -14,8 +14,9 @@ from typing import Any, BinaryIO
 
 import pytest
 
-from shovel.batches import Batch, BatchQueue, Rejected
+from shovel.batches import Batch, Rejected
 from shovel.service.pipeline import ReadTally, run_reader
+from shovel.service.queue import BatchQueue
 from shovel.sources import StreamSource
 from shovel.storage import safefiles
 from shovel.storage.rejects import RejectWriter, rejected_path

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from shovel.sources.api import DaemonThreads
+from shovel._threads import DaemonThreads
 
 WAIT_S = 10.0
 

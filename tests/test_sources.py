@@ -17,6 +17,7 @@ from shovel.sources import (
     GeneratorSpec,
     SourceError,
     SourceMismatch,
+    SourceOptions,
     StdinSpec,
     StreamSource,
     generated_record,
@@ -168,9 +169,9 @@ def test_stream_source_reads_a_pipe() -> None:
 
 def test_open_source_errors_are_clear(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match=r"cannot read source .*missing"):
-        open_source(FileSpec(tmp_path / "missing"), 4096, 1 << 20, 0)
+        open_source(FileSpec(tmp_path / "missing"), SourceOptions(4096, 1 << 20))
     with pytest.raises(SourceError, match="is a directory"):
-        open_source(FileSpec(tmp_path), 4096, 1 << 20, 0)
+        open_source(FileSpec(tmp_path), SourceOptions(4096, 1 << 20))
 
 
 def test_a_paced_generator_batches_instead_of_dripping() -> None:

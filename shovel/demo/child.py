@@ -19,9 +19,10 @@ import sys
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shovel.batches import Batch, Piece
-from shovel.cli import EXIT_USAGE, LOG_FORMAT
+from shovel.cli import LOG_FORMAT
 from shovel.demo.naive import (
     Client,
     nats_pipeline,
@@ -33,94 +34,83 @@ from shovel.demo.naive import (
 from shovel.demo.natsserver import SHOVEL_SHUTDOWN_TIMEOUT_S
 from shovel.demo.progress import PROGRESS_FILE, ProgressWriter
 from shovel.demo.pyclient import PythonStore
+from shovel.exitcodes import ExitCode
 from shovel.service import signals
-from shovel.service.runner import source_for
+from shovel.service.startup import source_for
 from shovel.settings import Settings, load_settings
 from shovel.sources import Source
-from shovel.sources.api import AcknowledgedSource, AckProgress
-from shovel.storage import Storage, StorageConfig, storage_config
+from shovel.storage import Storage, StorageConfig, Store
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import Collector
 
 PATTERNS = ("no-handler", "asyncio-run", "cancel-all", "aiorun", "shovel")
 CLIENTS = ("python", "native")
 
 
-class CountingSource:
-    """The source, with how far it has been read written to the side file as it goes."""
+class CountingSource(Source):
+    """The source, with how far it has been read written to the side file as it goes: the
+    offset reached, or, with `by_records` (a NATS source, whose offsets are stream sequences,
+    not counts), the records handed to the reader (at shovel's stop, taken from the source's
+    tail too). Every other step of the lifecycle passes through unchanged."""
 
-    def __init__(self, inner: Source, progress: ProgressWriter) -> None:
+    def __init__(self, inner: Source, progress: ProgressWriter, by_records: bool) -> None:
         self._inner = inner
         self._progress = progress
+        self._by_records = by_records
+        self._read = 0
         self.description = inner.description
         self.replayable = inner.replayable
 
     def resume(self, committed_offset: int, descriptor: str) -> str:
-        self._progress.read_to(committed_offset)
+        if not self._by_records:
+            self._progress.read_to(committed_offset)
         return self._inner.resume(committed_offset, descriptor)
 
+    async def open(self) -> str:
+        return await self._inner.open()
+
     async def pieces(self, start_offset: int) -> AsyncGenerator[Piece, None]:
-        self._progress.read_to(start_offset)
+        if not self._by_records:
+            self._progress.read_to(start_offset)
         async with aclosing(self._inner.pieces(start_offset)) as pieces:
             async for piece in pieces:
                 if isinstance(piece, Batch):
                     # Nothing awaits between here and the reader taking the batch: once
                     # written, it has been read.
-                    self._progress.read_to(piece.end_offset)
+                    self._read_past(piece)
                 yield piece
 
-    def stop_tail(self) -> list[Piece]:
-        return self._inner.stop_tail()
-
-
-class CountingAckSource(CountingSource):
-    """A NATS source, with the messages handed to the reader (or, at shovel's stop, taken from
-    the source's tail) counted in the side file (the committed offset is a stream sequence,
-    not a count). Passes the acknowledgement protocol through unchanged."""
-
-    def __init__(self, inner: Source, progress: ProgressWriter) -> None:
-        super().__init__(inner, progress)
-        assert isinstance(inner, AcknowledgedSource)
-        self._acked: AcknowledgedSource = inner
-        self.progress: AckProgress = inner.progress
-        self._read = 0
-
-    def resume(self, committed_offset: int, descriptor: str) -> str:
-        return self._inner.resume(committed_offset, descriptor)
-
-    async def pieces(self, start_offset: int) -> AsyncGenerator[Piece, None]:
-        async with aclosing(self._inner.pieces(start_offset)) as pieces:
-            async for piece in pieces:
-                if isinstance(piece, Batch):
-                    self._read += piece.records
-                    self._progress.read_to(self._read)
-                yield piece
+    def _read_past(self, batch: Batch) -> None:
+        self._read += batch.records
+        self._progress.read_to(self._read if self._by_records else batch.end_offset)
 
     def stop_tail(self) -> list[Piece]:
         # What arrived but was not handed over yet: shovel's runner stores it too.
         tail = self._inner.stop_tail()
-        self._read += sum(piece.records for piece in tail if isinstance(piece, Batch))
-        self._progress.read_to(self._read)
+        for piece in tail:
+            if isinstance(piece, Batch):
+                self._read_past(piece)
         return tail
 
-    async def open(self) -> str:
-        return await self._acked.open()
-
     def durable_progress(self) -> None:
-        self._acked.durable_progress()
+        self._inner.durable_progress()
 
-    async def run_acks(self, records_durable: Callable[[], int]) -> None:
-        await self._acked.run_acks(records_durable)
+    async def acknowledge(self, records_durable: Callable[[], int]) -> None:
+        await self._inner.acknowledge(records_durable)
 
     async def finish(self, records_durable: int, timeout_s: float) -> None:
-        await self._acked.finish(records_durable, timeout_s)
+        await self._inner.finish(records_durable, timeout_s)
 
     async def close(self) -> None:
-        await self._acked.close()
+        await self._inner.close()
+
+    def collectors(self) -> list[Collector]:
+        return self._inner.collectors()
 
 
-def _counting(inner: Source, progress: ProgressWriter) -> CountingSource:
-    if isinstance(inner, AcknowledgedSource):
-        return CountingAckSource(inner, progress)
-    return CountingSource(inner, progress)
+def _counting(args: argparse.Namespace, inner: Source, progress: ProgressWriter) -> Source:
+    return CountingSource(inner, progress, by_records=args.nats_source is not None)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -154,25 +144,23 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def _run_shovel(args: argparse.Namespace, settings: Settings, progress: ProgressWriter) -> int:
     """shovel's runner, as `python -m shovel` runs it, over the counting source."""
-    from shovel.service import runner  # noqa: PLC0415
+    from shovel.service.runner import run_service  # noqa: PLC0415
 
     def counting_source_for(settings: Settings) -> Source:
-        return _counting(source_for(settings), progress)
+        return _counting(args, source_for(settings), progress)
 
-    # The runner finds these by name when it runs: replacing them here, in this process only,
-    # leaves its stop sequence as the service has it.
-    setattr(runner, "source_for", counting_source_for)  # noqa: B010
-    if args.client == "python":
+    async def open_python_store(config: StorageConfig) -> Store:
+        return PythonStore(config.directory, args.latency_ms / 1000, args.seed, progress.inflight)
 
-        class _PythonStorage:
-            @staticmethod
-            async def open(config: StorageConfig) -> PythonStore:
-                return PythonStore(
-                    config.directory, args.latency_ms / 1000, args.seed, progress.inflight
-                )
-
-        setattr(runner, "Storage", _PythonStorage)  # noqa: B010
-    code = asyncio.run(runner.run_service(settings))
+    # The runner's stop sequence as the service has it, over the counting source (and the
+    # Python client, when asked for).
+    code = asyncio.run(
+        run_service(
+            settings,
+            open_source=counting_source_for,
+            open_storage=open_python_store if args.client == "python" else Storage.open,
+        )
+    )
     signals.block_for_exit()
     return code
 
@@ -194,15 +182,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.pattern == "shovel":
         return _run_shovel(args, settings, progress)
 
-    source = _counting(source_for(settings), progress)
-    if isinstance(source, CountingAckSource):
+    source = _counting(args, source_for(settings), progress)
+    if args.nats_source is not None:
         if args.pattern != "cancel-all" or args.client != "native":
             sys.stderr.write("a NATS source runs with --pattern cancel-all --client native only\n")
-            return EXIT_USAGE
+            return ExitCode.USAGE
         return run_cancel_all(
             nats_pipeline(
                 source,
-                storage_config(settings),
+                settings.storage_config,
                 settings.queue_max_batches,
                 settings.max_record_bytes,
             )
@@ -213,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             return PythonStore(
                 settings.output_dir, args.latency_ms / 1000, args.seed, progress.inflight
             )
-        return await Storage.open(storage_config(settings))
+        return await Storage.open(settings.storage_config)
 
     main_coro = pipeline(
         source,

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from shovel.cli import EXIT_USAGE
 from shovel.demo.child import CLIENTS, PATTERNS
 from shovel.demo.natsfeed import STALL_S
 from shovel.demo.natsserver import (
@@ -32,6 +31,7 @@ from shovel.demo.runs import (
     RunResult,
     Runs,
 )
+from shovel.exitcodes import ExitCode
 
 if TYPE_CHECKING:
     from shovel.demo.report import CellSummary
@@ -222,7 +222,7 @@ def main(argv: list[str]) -> int:
     try:
         args = parser().parse_args(argv)
     except SystemExit as e:
-        return EXIT_USAGE if e.code else 0
+        return ExitCode.USAGE if e.code else 0
     config = DemoConfig(
         runs=args.runs,
         rate=args.rate,
@@ -235,7 +235,7 @@ def main(argv: list[str]) -> int:
     why = _prepare(config.output_dir)
     if why is not None:
         sys.stderr.write(f"python -m shovel demo: error: {why}\n")
-        return EXIT_USAGE
+        return ExitCode.USAGE
     with_aiorun = importlib.util.find_spec("aiorun") is not None
     server, no_nats = _start_nats(config)
     try:

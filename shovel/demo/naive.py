@@ -25,10 +25,10 @@ from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, Protocol, cast
 
-from shovel.batches import Batch, BatchQueue
+from shovel.batches import Batch
 from shovel.service.pipeline import ReadTally, run_reader, run_storage
+from shovel.service.queue import BatchQueue
 from shovel.sources import Source
-from shovel.sources.api import AcknowledgedSource
 from shovel.storage import Storage, StorageConfig
 from shovel.storage.rejects import RejectWriter
 
@@ -94,14 +94,12 @@ def nats_pipeline(
     """The naive main over a NATS source and shovel's native client: the same reader, queue and
     storage task, the source's acknowledging task beside them, and the same careful `finally`
     as shovel's stop (close storage, then acknowledge and close the connection)."""
-    assert isinstance(source, AcknowledgedSource)
-    acked: AcknowledgedSource = source
 
     async def main() -> None:
         client = await Storage.open(config)
-        client.on_durable(lambda _s: acked.durable_progress())
+        client.on_durable(lambda _s: source.durable_progress())
         source.resume(client.committed_offset, client.initial_source)
-        await acked.open()
+        await source.open()
         queue = BatchQueue(queue_max_batches)
         rejects = RejectWriter(config.directory, max_record_bytes)
         try:
@@ -110,12 +108,12 @@ def nats_pipeline(
                     run_reader(source, client.committed_offset, queue, ReadTally(), rejects)
                 )
                 tg.create_task(run_storage(queue, client))
-                tg.create_task(acked.run_acks(lambda: client.stats().records_durable))
+                tg.create_task(source.acknowledge(lambda: client.stats().records_durable))
                 await reader
                 queue.close()
         finally:
             await client.close(CLOSE_TIMEOUT_S)
-            await acked.finish(client.stats().records_durable, CLOSE_TIMEOUT_S)
+            await source.finish(client.stats().records_durable, CLOSE_TIMEOUT_S)
 
     return main
 

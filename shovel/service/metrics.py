@@ -26,7 +26,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from shovel.service.laststop import NO_REPORT_EXIT_CODE, StopReport
-from shovel.sources.api import AckProgress
 
 log = logging.getLogger(__name__)
 
@@ -49,20 +48,85 @@ class LiveState:
     storage_errors: int
     storage_retries: int
     records_rejected: int
-    # A file source: its path ("" otherwise), size, read position and rotations seen.
-    source_file: str = ""
-    source_size: int = 0
-    source_position: int = 0
-    source_rotations: int = 0
-    source_files_skipped: int = 0
-    # A NATS source: its acknowledgement counters, as a copy taken with the rest.
-    nats: AckProgress | None = None
 
 
-def label_text(text: str) -> str:
-    """`text` as a label value can always be encoded: a path that is not valid UTF-8 (Python
-    keeps its undecodable bytes as surrogates) shows those bytes as \\xNN escapes."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+# The live families: (name, counter or gauge, help, the LiveState field it shows).
+_LIVE: tuple[tuple[str, type[CounterMetricFamily | GaugeMetricFamily], str, str], ...] = (
+    ("shovel_records_read", CounterMetricFamily, "Records read from the source", "records_read"),
+    (
+        "shovel_bytes_read",
+        CounterMetricFamily,
+        "Bytes of records read from the source",
+        "bytes_read",
+    ),
+    (
+        "shovel_records_rejected",
+        CounterMetricFamily,
+        "Lines over --max-record-bytes, kept in OUTPUT_DIR/rejected/ instead of stored",
+        "records_rejected",
+    ),
+    (
+        "shovel_records_stored",
+        CounterMetricFamily,
+        "Records made durable (fsynced)",
+        "records_stored",
+    ),
+    ("shovel_bytes_stored", CounterMetricFamily, "Bytes made durable (fsynced)", "bytes_stored"),
+    (
+        "shovel_queue_records",
+        GaugeMetricFamily,
+        "Records waiting in the reader-to-storage queue",
+        "queue_records",
+    ),
+    (
+        "shovel_queue_batches",
+        GaugeMetricFamily,
+        "Batches waiting in the reader-to-storage queue",
+        "queue_batches",
+    ),
+    (
+        "shovel_storage_inflight_writes",
+        GaugeMetricFamily,
+        "Writes inside the native client that are not yet durable",
+        "inflight_writes",
+    ),
+    (
+        "shovel_storage_inflight_bytes",
+        GaugeMetricFamily,
+        "Bytes inside the native client that are not yet durable",
+        "inflight_bytes",
+    ),
+    (
+        "shovel_storage_inflight_records",
+        GaugeMetricFamily,
+        "Records inside the native client that are not yet durable",
+        "inflight_records",
+    ),
+    (
+        "shovel_committed_offset",
+        GaugeMetricFamily,
+        "Source offset up to which every record is durable and committed",
+        "committed_offset",
+    ),
+    (
+        "shovel_storage_fsyncs",
+        CounterMetricFamily,
+        "fsync groups completed (each with a checkpoint)",
+        "fsyncs",
+    ),
+    (
+        "shovel_storage_retries",
+        CounterMetricFamily,
+        "Failed writes or checkpoints that were retried",
+        "storage_retries",
+    ),
+    (
+        "shovel_storage_errors",
+        CounterMetricFamily,
+        "Errors met by the native storage writer",
+        "storage_errors",
+    ),
+)
 
 
 class _SafeCollector(Collector):
@@ -85,165 +149,16 @@ class _SafeCollector(Collector):
 
 
 class _LiveCollector(Collector):
+    """The _LIVE families, from one LiveState read at scrape time (zeros before the run has
+    one)."""
+
     def __init__(self) -> None:
         self.read_state: Callable[[], LiveState] | None = None
-        self.nats = False
 
     def collect(self) -> Iterator[Metric]:
         state = self.read_state() if self.read_state is not None else None
-
-        def value(name: str) -> float:
-            return float(getattr(state, name)) if state is not None else 0.0
-
-        yield CounterMetricFamily(
-            "shovel_records_read", "Records read from the source", value("records_read")
-        )
-        yield CounterMetricFamily(
-            "shovel_bytes_read", "Bytes of records read from the source", value("bytes_read")
-        )
-        yield CounterMetricFamily(
-            "shovel_records_rejected",
-            "Lines over --max-record-bytes, kept in OUTPUT_DIR/rejected/ instead of stored",
-            value("records_rejected"),
-        )
-        yield CounterMetricFamily(
-            "shovel_records_stored", "Records made durable (fsynced)", value("records_stored")
-        )
-        yield CounterMetricFamily(
-            "shovel_bytes_stored", "Bytes made durable (fsynced)", value("bytes_stored")
-        )
-        yield GaugeMetricFamily(
-            "shovel_queue_records",
-            "Records waiting in the reader-to-storage queue",
-            value("queue_records"),
-        )
-        yield GaugeMetricFamily(
-            "shovel_queue_batches",
-            "Batches waiting in the reader-to-storage queue",
-            value("queue_batches"),
-        )
-        yield GaugeMetricFamily(
-            "shovel_storage_inflight_writes",
-            "Writes inside the native client that are not yet durable",
-            value("inflight_writes"),
-        )
-        yield GaugeMetricFamily(
-            "shovel_storage_inflight_bytes",
-            "Bytes inside the native client that are not yet durable",
-            value("inflight_bytes"),
-        )
-        yield GaugeMetricFamily(
-            "shovel_storage_inflight_records",
-            "Records inside the native client that are not yet durable",
-            value("inflight_records"),
-        )
-        yield GaugeMetricFamily(
-            "shovel_committed_offset",
-            "Source offset up to which every record is durable and committed",
-            value("committed_offset"),
-        )
-        yield CounterMetricFamily(
-            "shovel_storage_fsyncs",
-            "fsync groups completed (each with a checkpoint)",
-            value("fsyncs"),
-        )
-        yield CounterMetricFamily(
-            "shovel_storage_retries",
-            "Failed writes or checkpoints that were retried",
-            value("storage_retries"),
-        )
-        yield CounterMetricFamily(
-            "shovel_storage_errors",
-            "Errors met by the native storage writer",
-            value("storage_errors"),
-        )
-        if state is not None and state.source_file:
-            info = GaugeMetricFamily(
-                "shovel_source_file_info", "The file being read (1)", labels=["path"]
-            )
-            info.add_metric([label_text(state.source_file)], 1.0)
-            yield info
-            yield GaugeMetricFamily(
-                "shovel_source_file_size_bytes", "Size of the file being read", value("source_size")
-            )
-            yield GaugeMetricFamily(
-                "shovel_source_position_bytes",
-                "Read position in the file being read",
-                value("source_position"),
-            )
-            yield GaugeMetricFamily(
-                "shovel_source_lag_bytes",
-                "Bytes of the file being read that are not read yet (size - position)",
-                float(max(state.source_size - state.source_position, 0)),
-            )
-            yield CounterMetricFamily(
-                "shovel_source_rotations",
-                "Rotations of the followed file seen (rename + create, or copy + truncate)",
-                value("source_rotations"),
-            )
-            yield CounterMetricFamily(
-                "shovel_source_files_skipped",
-                "Files of the followed file whose unread lines could not be read (a compressed "
-                "or unreadable rotation, a file stored from that is gone), each logged",
-                value("source_files_skipped"),
-            )
-        if self.nats:
-            yield from _nats_families(
-                state.nats if state is not None and state.nats is not None else AckProgress()
-            )
-
-
-def _nats_families(p: AckProgress) -> Iterator[Metric]:
-    yield CounterMetricFamily(
-        "shovel_nats_messages_fetched",
-        "Messages delivered to this replica by the NATS consumer (redeliveries included)",
-        p.fetched,
-    )
-    yield CounterMetricFamily(
-        "shovel_nats_messages_acked",
-        "Deliveries acknowledged once durable (redeliveries of messages stored here too), as "
-        "the NATS server confirmed or its acknowledgement floor showed",
-        p.acked,
-    )
-    yield CounterMetricFamily(
-        "shovel_nats_messages_redelivered",
-        "Messages delivered more than once (after a crash, a stop, or an expired ack_wait)",
-        p.redelivered,
-    )
-    yield CounterMetricFamily(
-        "shovel_nats_messages_skipped",
-        "Redeliveries of messages already stored in this output directory (acknowledged, "
-        "not stored again)",
-        p.skipped,
-    )
-    yield CounterMetricFamily(
-        "shovel_nats_messages_nacked",
-        "Messages given back at a stop, not durable here, for another replica to take",
-        p.nacked,
-    )
-    yield GaugeMetricFamily(
-        "shovel_nats_consumer_pending_messages",
-        "Messages of the stream not yet delivered by the consumer (from the server)",
-        p.consumer_pending,
-    )
-    yield GaugeMetricFamily(
-        "shovel_nats_consumer_ack_pending_messages",
-        "Messages delivered by the consumer and not yet acknowledged, all replicas (from the "
-        "server)",
-        p.consumer_ack_pending,
-    )
-    yield GaugeMetricFamily(
-        "shovel_nats_read_stalled_seconds",
-        "How long the NATS reader has been waiting for room to pull or to hand over what it "
-        "fetched (its own messages not yet durable or not confirmed acknowledged); 0 while "
-        "it is not",
-        time.monotonic() - p.stall_started if p.stall_started else 0.0,
-    )
-    yield CounterMetricFamily(
-        "shovel_nats_read_stalls",
-        "Waits of the NATS reader for room that lasted long enough to be logged as a WARNING",
-        p.stalls,
-    )
+        for name, family, doc, field in _LIVE:
+            yield family(name, doc, float(getattr(state, field)) if state is not None else 0.0)
 
 
 class _LastStopCollector(Collector):
@@ -312,18 +227,13 @@ class Metrics:
             "Records read but not durable when shovel stopped",
             registry=self.registry,
         )
-        self.nats_ack_latency = Histogram(
-            "shovel_nats_ack_latency_seconds",
-            "Time from a NATS message's fetch to its acknowledgement, once durable, as the "
-            "server confirmed it or its acknowledgement floor showed it",
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-            registry=self.registry,
-        )
         self.ready = False
 
-    def show_nats(self) -> None:
-        """Exports the shovel_nats_* metrics (the source is a NATS consumer)."""
-        self._live.nats = True
+    def show(self, collectors: list[Collector]) -> None:
+        """Exports more families (a source's own): each collector's failure costs only its
+        own families."""
+        for collector in collectors:
+            self.registry.register(_SafeCollector(collector))
 
     def show_last_stop(self, report: StopReport) -> None:
         """Exports the previous run's stop report as the shovel_last_stop_* gauges."""

@@ -13,9 +13,10 @@ from collections import deque
 from contextlib import aclosing
 from dataclasses import dataclass
 
-from shovel.batches import BatchQueue, Piece, Rejected
+from shovel.batches import Piece, Rejected
+from shovel.service.queue import BatchQueue
 from shovel.sources import Source
-from shovel.storage import Storage
+from shovel.storage import Store
 from shovel.storage.rejects import RejectWriter
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ def _give_up(
         )
 
 
-async def run_storage(queue: BatchQueue, storage: Storage) -> int:
+async def run_storage(queue: BatchQueue, storage: Store) -> int:
     """Hands every queued batch to storage until the queue is closed and empty. Returns the
     number of batches handed over."""
     handed = 0

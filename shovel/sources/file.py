@@ -49,11 +49,13 @@ from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from shovel._native import Chunk, ReadFile
+from shovel._threads import off_loop
 from shovel.batches import Batch, Piece
-from shovel.sources.api import DaemonThreads, SourceError, SourceMismatch
+from shovel.sources.api import FollowConfig, Source, SourceError, SourceMismatch
+from shovel.sources.filemetrics import FileProgress, FileProgressCollector
 from shovel.sources.identity import (
     FINGERPRINT_MAX_BYTES,
     DescriptorError,
@@ -77,10 +79,12 @@ from shovel.sources.rotations import (
     unread,
 )
 
+if TYPE_CHECKING:
+    from prometheus_client.registry import Collector
+
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
-_DAEMON = DaemonThreads()
 
 _NEW_DIR_HINT = "to store this file from its start, use a new --output-dir"
 # How many files finished in this run are remembered, so that none is read twice as a rotation.
@@ -88,26 +92,6 @@ _FINISHED_KEPT = 64
 # How many times a planned file renamed under shovel (a numbered rotation's turn) is looked for
 # again before giving up.
 _RELOCATE_TRIES = 5
-
-
-@dataclass(frozen=True, slots=True)
-class FollowConfig:
-    """How --follow waits and decides."""
-
-    poll_s: float
-    rotated_quiet_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class FileProgress:
-    """What metrics show of a file source; replaced whole, so another thread reads it safely."""
-
-    path: str
-    size: int
-    position: int
-    rotations: int
-    # Files whose unread lines could not be read (compressed, unreadable, gone).
-    skipped: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,7 +278,7 @@ def _look(fd: int, path: str) -> tuple[int, os.stat_result | None, bytes]:
     return os.fstat(fd).st_size, _stat_or_none(path), os.pread(fd, FINGERPRINT_MAX_BYTES, 0)
 
 
-class FileSource:
+class FileSource(Source):
     """A regular file; see the module docs."""
 
     replayable = True
@@ -649,7 +633,7 @@ class FileSource:
         return self._rotation_steps(later, lives[-1])
 
     async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
-        return await asyncio.get_running_loop().run_in_executor(_DAEMON, fn, *args)
+        return await off_loop(fn, *args)
 
     async def _idle(self) -> None:
         assert self.follow is not None
@@ -891,8 +875,8 @@ class FileSource:
         )
         return []
 
-    def stop_tail(self) -> list[Piece]:
-        return []
+    def collectors(self) -> list[Collector]:
+        return [FileProgressCollector(lambda: self.progress)]
 
 
 def _inode(st: os.stat_result) -> tuple[int, int]:

@@ -1,5 +1,5 @@
-"""An asyncio front for the native storage client (the read path's native classes are used by
-records.py and files.py).
+"""An asyncio front for the native storage client: the output directory, opened, written to,
+and closed durably.
 
 The native client never calls into Python. It signals progress (and errors) by making a file
 descriptor readable; this module watches it with `loop.add_reader`, then reads the counters.
@@ -16,9 +16,10 @@ import os
 import time
 import warnings
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from shovel._native import (
     FAULT_INJECTION,
@@ -33,20 +34,23 @@ from shovel._native import (
     StorageIOError,
 )
 from shovel.batches import Batch
-from shovel.settings import Settings
 
 __all__ = [
     "FAULT_INJECTION",
     "ClientClosedError",
     "CloseReport",
     "CloseTimeoutError",
+    "Closed",
     "CorruptStoreError",
     "DirectoryLockedError",
+    "OpenStorage",
     "Stats",
     "Storage",
     "StorageConfig",
     "StorageError",
     "StorageIOError",
+    "StorageStats",
+    "Store",
 ]
 
 log = logging.getLogger(__name__)
@@ -88,15 +92,57 @@ class StorageConfig:
     max_inflight_bytes: int
 
 
-def storage_config(settings: Settings) -> StorageConfig:
-    """The client's configuration as `settings` give it."""
-    return StorageConfig(
-        directory=settings.output_dir,
-        segment_max_bytes=settings.segment_max_bytes,
-        fsync_interval_ms=settings.fsync_interval_ms,
-        fsync_max_bytes=settings.fsync_max_bytes,
-        max_inflight_bytes=settings.max_inflight_bytes,
-    )
+class StorageStats(Protocol):
+    """The counters the service reads from its storage."""
+
+    @property
+    def inflight_writes(self) -> int: ...
+    @property
+    def inflight_bytes(self) -> int: ...
+    @property
+    def inflight_records(self) -> int: ...
+    @property
+    def records_durable(self) -> int: ...
+    @property
+    def bytes_durable(self) -> int: ...
+    @property
+    def committed_offset(self) -> int: ...
+    @property
+    def fsyncs(self) -> int: ...
+    @property
+    def errors(self) -> int: ...
+    @property
+    def retries(self) -> int: ...
+
+
+class Closed(Protocol):
+    """What a close reports."""
+
+    @property
+    def committed_offset(self) -> int: ...
+
+
+class Store(Protocol):
+    """What the service needs of an output directory: `Storage`, or another client in its place
+    (the demonstration's Python client, the classic benchmark's)."""
+
+    @property
+    def committed_offset(self) -> int: ...
+    @property
+    def initial_source(self) -> str: ...
+    @property
+    def initial_records(self) -> int: ...
+    @property
+    def recovery_notes(self) -> list[str]: ...
+    def stats(self) -> StorageStats: ...
+    def on_durable(self, observer: Callable[[float], None]) -> None: ...
+    async def write(self, batch: Batch) -> int: ...
+    async def flushed(self) -> None: ...
+    async def close(self, timeout_s: float) -> Closed: ...
+
+
+# How the service opens its storage (Storage.open, unless a caller passes another).
+OpenStorage = Callable[[StorageConfig], Awaitable[Store]]
 
 
 class Storage:

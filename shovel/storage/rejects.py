@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 from shovel._native import RETRIES, retry_wait_s, retryable_errno
+from shovel._threads import THREADS
 from shovel.batches import Rejected
-from shovel.sources import DaemonThreads
 from shovel.storage import safefiles
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,6 @@ LOG_WINDOW_S = 60.0
 
 # Not the default executor: its threads are joined at exit, so a write stuck on a hung
 # filesystem would keep the process alive after the stop gave up on it.
-_THREADS = DaemonThreads()
 
 _T = TypeVar("_T")
 
@@ -305,7 +304,7 @@ class RejectWriter:
                 self._line = None
             return
         op = self._in_turn(functools.partial(self._write_piece, line, piece))
-        written = asyncio.get_running_loop().run_in_executor(_THREADS, op)
+        written = asyncio.get_running_loop().run_in_executor(THREADS, op)
         try:
             await written
         except asyncio.CancelledError:
@@ -338,7 +337,7 @@ class RejectWriter:
         if line is None:
             return None
         line.given_up = True
-        _THREADS.submit(self._in_turn(functools.partial(_discard, line)))
+        THREADS.submit(self._in_turn(functools.partial(_discard, line)))
         return None if line.reported else line.offset
 
     def _report(self, line: _Line) -> None:

@@ -1,21 +1,22 @@
 """The NATS JetStream source: a durable pull consumer, acknowledged only once stored durably.
 
-Protocol (the runner drives it; see source_api.AcknowledgedSource):
-  open()       connects, checks the stream against the checkpoint, binds the durable pull
-               consumer (creating it when missing, with explicit acknowledgements).
-  pieces()     the reader task: pull requests on an inbox of our own, one batch per arrival.
-  run_acks()   a task beside reader and storage: once storage says a batch is durable (its
-               checkpoint on disk), acknowledges its messages and waits for the server to
-               confirm each acknowledgement (ledger in natsledger.py).
-  stop_tail()  the messages that arrived but were not handed over yet: stored too.
-  finish()     after storage is closed (everything drained is fsynced): acknowledges what is
-               durable, gives back (negative acknowledgement) what is not, so that another
-               replica takes it at once, then flushes and closes the connection, all within
-               the deadline; with no server connected it sends nothing (see README.md for
-               the duplicates across replicas that this and two other cases allow). Then it
-               records beside the checkpoint which stored messages are still not confirmed
-               (natsledger.StopRecord): the next start counts those, not what the last
-               checkpoint, written before the last acknowledgements, lists.
+Its steps (the lifecycle of every source, sources/api.py; the runner drives it):
+  open()         connects, checks the stream against the checkpoint, binds the durable pull
+                 consumer (creating it when missing, with explicit acknowledgements).
+  pieces()       the reader task: pull requests on an inbox of our own, one batch per arrival.
+  acknowledge()  a task beside reader and storage: once storage says a batch is durable (its
+                 checkpoint on disk), acknowledges its messages and waits for the server to
+                 confirm each acknowledgement (the ledger, nats/ledger.py).
+  stop_tail()    the messages that arrived but were not handed over yet: stored too.
+  finish()       after storage is closed (everything drained is fsynced): acknowledges what
+                 is durable, gives back (negative acknowledgement) what is not, so that
+                 another replica takes it at once, then flushes and closes the connection,
+                 all within the deadline; with no server connected it sends nothing (see
+                 README.md for the duplicates across replicas that this and two other cases
+                 allow). Then it records beside the checkpoint which stored messages are still
+                 not confirmed (ledger.StopRecord): the next start counts those, not what the
+                 last checkpoint, written before the last acknowledgements, lists.
+  collectors()   the shovel_nats_* metrics (nats/metrics.py).
 
 Stored record, one line per message (JSON, ASCII only):
   {"seq":STREAM_SEQUENCE,"subject":"SUBJECT","id":"NATS-MSG-ID","data":"BASE64"}
@@ -24,7 +25,7 @@ standard base64, so any bytes (newlines included) are stored unambiguously. Othe
 not kept. The committed offset is the highest stream sequence stored here.
 
 Sizing: one replica holds at most `batch * (queue_max_batches + 4)` messages fetched and not
-yet confirmed acknowledged, a bound of its own (natsledger.py says why nothing another client
+yet confirmed acknowledged, a bound of its own (nats/ledger.py says why nothing another client
 holds may enter it); a reader that waits for room for STALL_WARN_S says so with the cause, and
 the metrics show the wait. A consumer shovel creates gets `max_ack_pending` of 16 times that
 (room for 16 replicas at full pace) and `ack_wait` of the shutdown timeout plus 10 s, at least
@@ -58,10 +59,12 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
+from prometheus_client.registry import Collector
 
+from shovel._threads import off_loop
 from shovel.batches import Batch, Piece
-from shovel.sources.api import AckProgress, DaemonThreads, SourceError, SourceMismatch
-from shovel.sources.identity import DescriptorError, NatsOrigin, decode, encode, kind_of
+from shovel.sources.api import Source, SourceError, SourceMismatch, stored_origin
+from shovel.sources.identity import DescriptorError, NatsOrigin, encode, kind_of
 from shovel.sources.nats.ledger import (
     STOP_RECORD_FILE,
     Entry,
@@ -73,6 +76,7 @@ from shovel.sources.nats.ledger import (
     read_stop_record,
     write_stop_record,
 )
+from shovel.sources.nats.metrics import AckProgress, AckProgressCollector, ack_latency_histogram
 from shovel.sources.nats.url import NatsSpec, subjects_overlap
 
 log = logging.getLogger(__name__)
@@ -120,11 +124,10 @@ STALL_WARN_S = 5.0
 # the next pull request of any replica, and this one's are at most PULL_EXPIRES_S +
 # PULL_LOST_S apart.
 RESTORED_MARGIN_S = PULL_EXPIRES_S + PULL_LOST_S + CONSUMER_INFO_S
-# How long a stop may take to write its record beside the checkpoint (natsledger.StopRecord).
+# How long a stop may take to write its record beside the checkpoint (ledger.StopRecord).
 STOP_RECORD_S = 1.0
 # The stop record's file work: on daemon threads, so that a hung filesystem holds up neither
 # the stop nor the exit.
-_THREADS = DaemonThreads()
 
 
 def _sooner(a: float | None, b: float | None) -> float | None:
@@ -153,7 +156,7 @@ def _created(info_created: object) -> str:
     return str(info_created)
 
 
-class NatsSource:
+class NatsSource(Source):
     """See the module docstring."""
 
     replayable = True
@@ -171,7 +174,8 @@ class NatsSource:
         self.ack_wait_s = spec.ack_wait_s or max(30.0, shutdown_timeout_s + 10.0)
         self.max_ack_pending = spec.max_ack_pending or self.max_unacked * REPLICAS_ROOM
         self.shutdown_timeout_s = shutdown_timeout_s
-        self.progress = AckProgress()
+        self._ack_latency = ack_latency_histogram()
+        self.progress = AckProgress(ack_latency=self._ack_latency.observe)
         # Where a stop records which listed messages it saw confirmed (None: nowhere).
         self._output_dir = output_dir
         self._restored: NatsOrigin | None = None
@@ -213,17 +217,8 @@ class NatsSource:
     # --- start -------------------------------------------------------------------------
 
     def resume(self, committed_offset: int, descriptor: str) -> str:
-        try:
-            origin = decode(descriptor)
-        except DescriptorError as e:
-            raise SourceMismatch(f"the checkpoint's record of its source is unreadable: {e}") from e
-        if origin is not None:
-            if not isinstance(origin, NatsOrigin):
-                raise SourceMismatch(
-                    f"this output directory holds records from {kind_of(origin)}, and the "
-                    f"source now is {self.description}: refusing to mix them (use a new "
-                    "--output-dir for this source)"
-                )
+        origin = stored_origin(descriptor, NatsOrigin, self.description)
+        if isinstance(origin, NatsOrigin):
             if (origin.stream, origin.consumer) != (self.spec.stream, self.spec.consumer):
                 raise SourceMismatch(
                     f"this output directory holds records from {kind_of(origin)}, not from "
@@ -244,7 +239,7 @@ class NatsSource:
                 confirmed = [seq for seq in listed if seq not in still]
                 self._restored_from_stop = True
             self._ledger = Ledger(unconfirmed, confirmed, self.max_unacked, on_disk)
-        self._restored = origin
+        self._restored = origin if isinstance(origin, NatsOrigin) else None
         self._offset = committed_offset
         return f"consuming after stream sequence {committed_offset}"
 
@@ -722,6 +717,9 @@ class NatsSource:
 
     # --- acknowledging ----------------------------------------------------------------------
 
+    def collectors(self) -> list[Collector]:
+        return [AckProgressCollector(self.progress), self._ack_latency]
+
     def durable_progress(self) -> None:
         """Storage made progress: wakes the acknowledging task."""
         self._durable_progress.set()
@@ -804,7 +802,7 @@ class NatsSource:
         )
         self._room.set()
 
-    async def run_acks(self, records_durable: Callable[[], int]) -> None:
+    async def acknowledge(self, records_durable: Callable[[], int]) -> None:
         """Acknowledges what storage made durable, until cancelled (see the module docstring)."""
         loop = asyncio.get_running_loop()
         last_look = -CONSUMER_INFO_S
@@ -894,7 +892,7 @@ class NatsSource:
         )
 
     async def _record_stop(self, not_confirmed: list[int], deadline: float) -> None:
-        """Writes the stop record beside the checkpoint (natsledger.StopRecord), bounded in
+        """Writes the stop record beside the checkpoint (ledger.StopRecord), bounded in
         time. A failure is said, not raised: the next start then goes by the checkpoint alone,
         which lists as unconfirmed what this stop saw confirmed."""
         out = self._output_dir
@@ -902,7 +900,7 @@ class NatsSource:
             return
         record = StopRecord(self._ledger.durable_listing, encode_ranges(not_confirmed))
         loop = asyncio.get_running_loop()
-        job = loop.run_in_executor(_THREADS, write_stop_record, out, record)
+        job = off_loop(write_stop_record, out, record)
         limit_s = min(STOP_RECORD_S, max(deadline - loop.time(), LAST_WORD_S))
         try:
             await asyncio.wait_for(job, limit_s)

@@ -6,17 +6,20 @@ Several servers of one cluster are separated by commas (the client fails over be
 Options: `consumer` (required: the durable pull consumer that every replica shares),
 `subject` (the consumer's filter subject, when shovel creates it), `batch` (messages asked for
 per pull request), `creds` (a NATS credentials file), `ack_wait_s` and `max_ack_pending` (the
-consumer's settings when shovel creates it; defaults sized in natssource.py). No I/O here.
+consumer's settings when shovel creates it; defaults sized in nats/source.py). No I/O here but
+the check that a credentials file can be read.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote
 
 from shovel.redact import remember
+from shovel.sources.api import Source, SourceError, SourceOptions
 
 SCHEME = "nats://"
 DEFAULT_PORT = 4222
@@ -48,6 +51,18 @@ class NatsSpec:
         """For log lines: the servers without any password, the stream and the consumer."""
         hosts = ",".join(_without_secret(s) for s in self.servers)
         return f"NATS JetStream {hosts} stream {self.stream} consumer {self.consumer}"
+
+    def open(self, options: SourceOptions) -> Source:
+        """The consumer, not yet connected (it connects in `open()`); the queue size and the
+        shutdown timeout size it, and it records its stops in `options.output_dir`."""
+        # Imported here: the NATS client is needed only by this source.
+        from shovel.sources.nats.source import NatsSource  # noqa: PLC0415
+
+        if self.creds is not None and not os.access(self.creds, os.R_OK):
+            raise SourceError(f"cannot read the NATS credentials file {self.creds}")
+        return NatsSource(
+            self, options.queue_max_batches, options.shutdown_timeout_s, options.output_dir
+        )
 
 
 def _without_secret(server: str) -> str:
@@ -99,6 +114,11 @@ def subjects_overlap(a: str, b: str) -> bool:
         if x != y and "*" not in (x, y):
             return False
     return len(ta) == len(tb)
+
+
+def nats_source(text: str) -> NatsSpec | None:
+    """A `nats://` source, or None for any other text; raises ValueError with a reason."""
+    return parse_nats(text) if text.startswith(SCHEME) else None
 
 
 def parse_nats(text: str) -> NatsSpec:

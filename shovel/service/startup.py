@@ -1,0 +1,218 @@
+"""Opening a run, in order: the source (syntax and files only), the output directory (its lock
+first), the metrics server, the previous run's stop report, the source's check against the
+checkpoint, rejected/ brought in line with it, and the source's connection. A stop signal
+before the run starts ends it with nothing read; a source that is not the stored one, or
+cannot be used, refuses the run with a stop report that says why."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from shovel._threads import off_loop
+from shovel.exitcodes import ExitCode
+from shovel.service import reports
+from shovel.service.laststop import StopReport
+from shovel.service.metrics import Metrics, MetricsServer, host_port
+from shovel.service.signals import StopRequest
+from shovel.service.state import RunState
+from shovel.settings import ENV_PREFIX, Settings
+from shovel.sources import Source, SourceError, SourceMismatch, open_source
+from shovel.storage import (
+    CorruptStoreError,
+    DirectoryLockedError,
+    OpenStorage,
+    StorageError,
+    Store,
+)
+from shovel.storage.rejects import REJECTED_DIR, RejectWriter, recover_rejected
+
+# The service speaks as "shovel", as the runner does: these lines were its own.
+log = logging.getLogger("shovel")
+
+# How the service opens its source (open_source on the settings, unless a caller passes another).
+OpenSource = Callable[[Settings], Source]
+
+
+def source_for(settings: Settings) -> Source:
+    """The source the settings name, ready to resume. Raises SourceError."""
+    return open_source(settings.source_spec, settings.source_options)
+
+
+@dataclass(slots=True)
+class Run:
+    """An opened run: what the stop sequence works on."""
+
+    settings: Settings
+    stop: StopRequest
+    source: Source
+    storage: Store
+    state: RunState
+    metrics: Metrics
+
+
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    """Why the run must not go on (already logged)."""
+
+    why: str
+    code: ExitCode = ExitCode.FATAL
+    reason: str = "refused"
+
+
+async def open_run(
+    settings: Settings,
+    stop: StopRequest,
+    cleanup: contextlib.ExitStack,
+    open_source: OpenSource,
+    open_storage: OpenStorage,
+) -> Run | ExitCode:
+    """Opens everything a run needs, or says (in the log, and in a stop report once the output
+    directory is open) why it cannot; `cleanup` stops the metrics server when the run ends.
+    Returns the run, or the exit code of one that ends here."""
+    metrics = Metrics()
+    try:
+        source = open_source(settings)
+    except SourceError as e:
+        log.error("%s", e)
+        return ExitCode.USAGE
+    metrics.show(source.collectors())
+    if stop.requested:
+        log.info("%s received during startup: nothing was read; exiting", stop.first_signal)
+        return ExitCode.OK
+    # The lock first: a second shovel on this directory is told that, whatever else (the
+    # metrics port, say) it would also collide on.
+    try:
+        storage = await open_storage(settings.storage_config)
+    except (DirectoryLockedError, CorruptStoreError, StorageError) as e:
+        log.error("cannot open the output directory: %s", e)
+        return ExitCode.FATAL
+    state = RunState(RejectWriter(settings.output_dir, settings.max_record_bytes), storage=storage)
+    metrics.read_live_state_from(state.live)
+    if settings.metrics_port:
+        try:
+            server = MetricsServer(metrics, settings.metrics_host, settings.metrics_port)
+        except OSError as e:
+            log.error(
+                "cannot serve metrics on %s: %s; choose another port with --metrics-port "
+                "(or %sMETRICS_PORT), or 0 to serve none",
+                host_port(settings.metrics_host, settings.metrics_port),
+                e.strerror or e,
+                ENV_PREFIX,
+            )
+            await close_unused(storage, settings)
+            return ExitCode.USAGE
+        server.start()
+        cleanup.callback(server.stop)
+        log.info("metrics on http://%s/metrics", host_port(server.host, server.port))
+    storage.on_durable(metrics.write_duration.observe)
+    storage.on_durable(lambda _s: source.durable_progress())
+    for note in storage.recovery_notes:
+        log.warning("recovery: %s", note)
+    await reports.take_over(settings.output_dir, metrics, state)
+    where = await _resume(settings, storage, source)
+    if not isinstance(where, _Refused):
+        opened = await _connect(source, stop)
+        where = opened if isinstance(opened, _Refused) else "; ".join(filter(None, (where, opened)))
+    if isinstance(where, _Refused):
+        await _refuse(settings, storage, source, state, where)
+        return where.code
+    log.info(
+        "shovel started: %s -> %s, %s (%d records already stored)",
+        source.description,
+        settings.output_dir,
+        where,
+        storage.initial_records,
+    )
+    metrics.ready = not stop.requested
+    return Run(settings, stop, source, storage, state, metrics)
+
+
+async def _resume(settings: Settings, storage: Store, source: Source) -> str | _Refused:
+    """Checks that `source` continues what the output directory holds, then brings rejected/
+    in line with the committed offset. Returns the phrase for the start line, or why (logged)
+    the run must not go on."""
+    try:
+        # Blocking (stat, a fingerprint, a directory scan): off the loop, so that a hung
+        # filesystem cannot hold up the exit.
+        where = await off_loop(source.resume, storage.committed_offset, storage.initial_source)
+    except SourceMismatch as e:
+        log.error("refusing to start: %s", e)
+        return _Refused(f"refusing to start: {e}")
+    try:
+        # Only now that the source is known to be the stored one: a line a crash kept in
+        # rejected/ but never committed past is read again and must not be kept twice.
+        notes = await asyncio.to_thread(
+            recover_rejected, settings.output_dir, storage.committed_offset, source.replayable
+        )
+    except OSError as e:
+        log.error("cannot recover %s: %s", settings.output_dir / REJECTED_DIR, e)
+        return _Refused(f"cannot recover {settings.output_dir / REJECTED_DIR}: {e}")
+    for note in notes:
+        log.warning("recovery: %s", note)
+    return str(where)
+
+
+async def _connect(source: Source, stop: StopRequest) -> str | _Refused:
+    """Connects the source (a broker; nothing for a file); a stop that comes first ends the run
+    (exit 0, nothing was read). Refuses with exit code 1 when the source is not the stored
+    one, 2 when it is not usable as configured (a missing stream, a push consumer)."""
+    opening = asyncio.ensure_future(source.open())
+    waiter = asyncio.ensure_future(stop.stop.wait())
+    try:
+        await asyncio.wait({waiter, opening}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    if not opening.done():
+        opening.cancel()
+        await asyncio.wait({opening})
+        log.info("%s received while connecting: nothing was read; exiting", stop.first_signal)
+        return _Refused("stopped while connecting", ExitCode.OK, "signal")
+    try:
+        return opening.result()
+    except SourceMismatch as e:
+        log.error("refusing to start: %s", e)
+        return _Refused(f"refusing to start: {e}")
+    except SourceError as e:
+        log.error("%s", e)
+        return _Refused(str(e), ExitCode.USAGE)
+    except Exception as e:
+        # A bug, not an operating condition: keep the traceback, close what was opened.
+        log.error("unexpected error while connecting", exc_info=e)
+        return _Refused(f"unexpected error while connecting: {e!r}")
+
+
+async def _refuse(
+    settings: Settings, storage: Store, source: Source, state: RunState, refused: _Refused
+) -> None:
+    """Ends a run that does not start: its stop report says why, and what was opened closes."""
+    await reports.save_final(
+        settings.output_dir,
+        state,
+        StopReport(
+            reason=refused.reason,
+            started_at=state.started_at,
+            exit_code=refused.code,
+            ended_at=time.time(),
+            records_read=0,
+            records_stored=0,
+            undelivered=0,
+            stop_duration_s=0.0,
+            committed_offset=storage.committed_offset,
+            detail=refused.why,
+        ),
+    )
+    await close_unused(storage, settings)
+    await source.close()
+
+
+async def close_unused(storage: Store, settings: Settings) -> None:
+    """Closes the output directory of a run that does not go on (nothing was written)."""
+    try:
+        await storage.close(settings.shutdown_timeout_s)
+    except StorageError as err:
+        log.error("closing the output directory failed too: %s", err)
