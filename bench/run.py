@@ -1,4 +1,4 @@
-"""shovel's benchmarks against the targets of issue 8, one subcommand per measurement:
+"""shovel's benchmarks against its speed, memory and stop-time targets, one subcommand each:
 
   throughput  shovel against dd conv=fdatasync: wall time and CPU time, in rounds, with the
               classic design (shovel's pipeline over a pure-Python client) as a third row
@@ -171,9 +171,9 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
         args, extra = args[:cut], args[cut + 1 :]
     parser = argparse.ArgumentParser(
         prog="bench/run.py",
-        description="Measure shovel against the targets of issue 8. Progress goes to stderr, "
-        "the report to stdout. Exit status: 0 when every run succeeded (even if a target is "
-        "missed), 1 when a run failed or stored wrong data, 2 for a usage error.",
+        description="Measure shovel against its speed, memory and stop-time targets. Progress "
+        "goes to stderr, the report to stdout. Exit status: 0 when every run succeeded (even "
+        "if a target is missed), 1 when a run failed or stored wrong data, 2 for a usage error.",
         epilog="Flags after `--` are passed to every shovel run, e.g. "
         "`bench/run.py throughput -- --fsync-max-bytes 33554432`. Use each subcommand's --help "
         "for its options.",

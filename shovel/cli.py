@@ -19,22 +19,13 @@ import sys
 from typing import TYPE_CHECKING, NoReturn
 
 from shovel.exitcodes import ExitCode
-from shovel.redact import redact
+from shovel.logs import LOG_FORMAT, RedactingFormatter
 from shovel.service import signals
 
 if TYPE_CHECKING:
     from shovel.storage import OpenStorage
 
-# Every log line: when, how grave, which logger, what.
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 STANDARD_STREAMS = (0, 1, 2)
-
-
-class RedactingFormatter(logging.Formatter):
-    """Log lines, tracebacks included, with every secret masked (see redact.py)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record))
 
 
 def _open_standard_streams() -> set[int]:

@@ -32,8 +32,14 @@ from shovel.sources.nats.ledger import (
     read_stop_record,
     write_stop_record,
 )
-from shovel.sources.nats.source import LISTING_MAX_CHARS, NatsSource, _NotNow, record_of
-from shovel.sources.nats.url import NatsSpec, parse_nats, subjects_overlap
+from shovel.sources.nats.source import (
+    LISTING_MAX_CHARS,
+    NatsSource,
+    _NotNow,
+    record_of,
+    subjects_overlap,
+)
+from shovel.sources.nats.url import NatsSpec, parse_nats
 from tests.helpers import (
     Shovel,
     assert_clean_stderr,

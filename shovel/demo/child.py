@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shovel.batches import Batch, Piece
-from shovel.cli import LOG_FORMAT
 from shovel.demo.naive import (
     Client,
     nats_pipeline,
@@ -35,6 +34,7 @@ from shovel.demo.natsserver import SHOVEL_SHUTDOWN_TIMEOUT_S
 from shovel.demo.progress import PROGRESS_FILE, ProgressWriter
 from shovel.demo.pyclient import PythonStore
 from shovel.exitcodes import ExitCode
+from shovel.logs import LOG_FORMAT
 from shovel.service import signals
 from shovel.service.startup import source_for
 from shovel.settings import Settings, load_settings

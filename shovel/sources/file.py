@@ -35,7 +35,7 @@ continuation that starts with the newline is simply skipped). While following, a
 line is not a record yet.
 
 Pseudo filesystems (procfs, sysfs, ...) report sizes that are not their files' and make their
-content up at each read: `open_source` refuses to follow a file there, and reads one without
+content up at each read: a path there is never followed (path.py), and is read without
 --follow as a stream.
 """
 

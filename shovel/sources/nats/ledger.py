@@ -54,7 +54,7 @@ from shovel.storage.safefiles import create_file, fsync_dir
 # The most sequences a checkpoint may list; a listing past it is not one shovel wrote.
 MAX_LISTED = 10_000_000
 # The longest listing a stop record may hold: above what a checkpoint's listing may be
-# (natssource.LISTING_MAX_CHARS).
+# (nats/source.py, LISTING_MAX_CHARS).
 MAX_RECORD_CHARS = 4096
 
 

@@ -105,17 +105,6 @@ def _seconds(name: str, raw: str) -> float:
     return value
 
 
-def subjects_overlap(a: str, b: str) -> bool:
-    """Whether some subject matches both patterns (`*` one token, `>` one or more at the end)."""
-    ta, tb = a.split("."), b.split(".")
-    for x, y in zip(ta, tb, strict=False):
-        if ">" in (x, y):
-            return True
-        if x != y and "*" not in (x, y):
-            return False
-    return len(ta) == len(tb)
-
-
 def nats_source(text: str) -> NatsSpec | None:
     """A `nats://` source, or None for any other text; raises ValueError with a reason."""
     return parse_nats(text) if text.startswith(SCHEME) else None
