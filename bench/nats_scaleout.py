@@ -27,7 +27,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tests.helpers import Shovel, wait_until
-from tests.natsservers import Cluster, ack_floor, create_stream, running_cluster, stored_messages
+from tests.helpers.natsservers import (
+    Cluster,
+    ack_floor,
+    create_stream,
+    running_cluster,
+    stored_messages,
+)
 
 # The other bench modules import one another by name (they run as scripts from bench/); this
 # one runs with -m from the repository root, to use the tests' NATS servers too.

@@ -50,7 +50,7 @@ from tests.helpers import (
     run_shovel,
     wait_until,
 )
-from tests.natsservers import (
+from tests.helpers.natsservers import (
     Cluster,
     ack_floor,
     consumer_info,
@@ -62,7 +62,7 @@ from tests.natsservers import (
     running_cluster,
     stored_messages,
 )
-from tests.test_faults import FaultyShovel, summary
+from tests.process.test_faults import FaultyShovel, summary
 
 # --- the syntax -------------------------------------------------------------------------------
 

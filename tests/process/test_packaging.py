@@ -12,7 +12,7 @@ import pytest
 
 from tests.helpers import generated, run_shovel, stored_bytes
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_wheel_installs_and_runs_from_another_directory(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ import nats.errors
 import pytest
 
 from tests.helpers import Shovel, assert_clean_stderr, handles_sigterm, wait_until
-from tests.natsservers import (
+from tests.helpers.natsservers import (
     Cluster,
     Publisher,
     ack_floor,

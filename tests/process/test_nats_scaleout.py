@@ -46,7 +46,7 @@ from tests.helpers import (
     stored_bytes,
     wait_until,
 )
-from tests.natsservers import (
+from tests.helpers.natsservers import (
     Cluster,
     ConfirmationDropper,
     Publisher,
@@ -61,7 +61,7 @@ from tests.natsservers import (
     running_cluster,
     stored_messages,
 )
-from tests.test_faults import FaultyShovel
+from tests.process.test_faults import FaultyShovel
 
 T = TypeVar("T")
 

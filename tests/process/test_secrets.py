@@ -17,7 +17,7 @@ from nats.js.api import StreamConfig
 
 from shovel.redact import redact
 from tests.helpers import Shovel, free_port, http_get, wait_until
-from tests.natsservers import server_binary
+from tests.helpers.natsservers import server_binary
 
 PASSWORD = "S3cret-Pa55"
 TOKEN = "Tok3n-XYZ-987"

@@ -2,8 +2,8 @@
 
 asyncio's add_signal_handler carries signals through the loop's self-pipe, the same socket
 every call_soon_threadsafe writes to; under a flood it is full and a signal's byte is dropped
-(tests/wakeup_flood.py says how). The control shows the flood reaches that condition; then the
-real `python -m shovel`, under the same flood, must still stop on one SIGTERM.
+(tests/helpers/wakeup_flood.py says how). The control shows the flood reaches that condition;
+then the real `python -m shovel`, under the same flood, must still stop on one SIGTERM.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from tests.helpers import (
     stored_bytes,
     wait_until,
 )
-from tests.wakeup_flood import FLOOD_REPORT_ENV, read_full_count
+from tests.helpers.wakeup_flood import FLOOD_REPORT_ENV, read_full_count
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DROPPED = "Exception ignored when trying to write to the signal wakeup fd"
 # Probes that found the self-pipe full before the signal is sent: the flood is at work.
 FULL_BEFORE_SIGNAL = 200
@@ -41,7 +41,7 @@ def flooded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(
-        "import tests.wakeup_flood\ntests.wakeup_flood.install()\n"
+        "import tests.helpers.wakeup_flood\ntests.helpers.wakeup_flood.install()\n"
     )
     report = tmp_path / "flood-report"
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), str(REPO)]))
@@ -59,7 +59,7 @@ def test_the_flood_drops_signals_sent_through_the_loops_self_pipe(
             [
                 sys.executable,
                 "-c",
-                "import asyncio, tests.wakeup_flood as f; asyncio.run(f.control())",
+                "import asyncio, tests.helpers.wakeup_flood as f; asyncio.run(f.control())",
             ],
             cwd=REPO,
             stdout=subprocess.PIPE,

@@ -29,7 +29,7 @@ from shovel.service.metrics import Metrics
 from shovel.settings import ENV_PREFIX, GRACE_MARGIN_S, ConfigError, Settings, load_settings
 from tests.helpers import Shovel, free_port, http_get, metric, wait_until, write_input
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 DEPLOY = ROOT / "deploy"
 COMPOSE = DEPLOY / "compose.yaml"

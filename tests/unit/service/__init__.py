@@ -1,0 +1,1 @@
+"""Unit tests of shovel.service: the pipeline and the metrics, in-process."""

@@ -1,0 +1,1 @@
+"""Unit tests of shovel.sources: syntax, records, rotations, the blocking-call executor."""

@@ -1,0 +1,1 @@
+"""Unit tests of shovel.storage: the asyncio client and rejected lines."""
