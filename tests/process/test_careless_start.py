@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import Shovel, committed, stored_bytes, wait_until
-from tests.process.test_follow import stop
+from tests.helpers.follow import stop
 
 QUIET = ["--metrics-port", "0", "--status-interval-s", "0"]
 

@@ -28,7 +28,7 @@ from tests.helpers import (
     stored_bytes,
     wait_until,
 )
-from tests.process.test_follow import FOLLOW, append, follow_until, lines, start, stop, wait_stored
+from tests.helpers.follow import FOLLOW, append, follow_until, lines, start, stop, wait_stored
 
 # --- 1. another path is not the followed file ------------------------------------------------
 

@@ -46,6 +46,7 @@ from tests.helpers import (
     stored_bytes,
     wait_until,
 )
+from tests.helpers.faults import FaultyShovel
 from tests.helpers.natsservers import (
     Cluster,
     ConfirmationDropper,
@@ -61,7 +62,6 @@ from tests.helpers.natsservers import (
     running_cluster,
     stored_messages,
 )
-from tests.process.test_faults import FaultyShovel
 
 T = TypeVar("T")
 

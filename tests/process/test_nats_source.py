@@ -50,6 +50,7 @@ from tests.helpers import (
     run_shovel,
     wait_until,
 )
+from tests.helpers.faults import FaultyShovel, summary
 from tests.helpers.natsservers import (
     Cluster,
     ack_floor,
@@ -62,7 +63,6 @@ from tests.helpers.natsservers import (
     running_cluster,
     stored_messages,
 )
-from tests.process.test_faults import FaultyShovel, summary
 
 # --- the syntax -------------------------------------------------------------------------------
 

@@ -9,8 +9,7 @@ import logging
 import os
 import threading
 from pathlib import Path
-from types import TracebackType
-from typing import Any, BinaryIO
+from typing import Any
 
 import pytest
 
@@ -21,6 +20,7 @@ from shovel.sources import StreamSource
 from shovel.storage import safefiles
 from shovel.storage.rejects import RejectWriter, rejected_path
 from tests.helpers import WAIT_S, wait_until
+from tests.helpers.failing_writes import fail_partial_writes
 
 
 async def drain(queue: BatchQueue) -> list[Batch]:
@@ -78,44 +78,6 @@ def test_a_rejected_line_is_whole_under_its_name_or_not_there(tmp_path: Path) ->
 
 
 # --- filesystem faults for rejected lines, by patching Path.open for `.partial` names --------
-
-
-class FailingWrites:
-    """A file whose writes numbered in `failing` (from 1) raise EROFS: a disk that turns
-    read-only at a chosen moment (an error no retry can cure)."""
-
-    def __init__(self, f: BinaryIO, failing: set[int]) -> None:
-        self._f = f
-        self._failing = failing
-        self.writes = 0
-
-    def write(self, data: bytes) -> int:
-        self.writes += 1
-        if self.writes in self._failing:
-            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
-        return self._f.write(data)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._f, name)
-
-    def __enter__(self) -> FailingWrites:
-        return self
-
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._f.close()
-
-
-def fail_partial_writes(monkeypatch: pytest.MonkeyPatch, failing: set[int]) -> None:
-    """Files opened under a `.partial` name fail their writes numbered in `failing`."""
-    real_create = safefiles.create_file
-
-    def create(path: Path, **options: Any) -> Any:
-        assert path.name.endswith(".partial"), path
-        return FailingWrites(real_create(path, **options), failing)
-
-    monkeypatch.setattr(safefiles, "create_file", create)
 
 
 class BlockedOpens:

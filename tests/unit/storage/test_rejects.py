@@ -13,7 +13,7 @@ import pytest
 from shovel.batches import Rejected
 from shovel.storage import safefiles
 from shovel.storage.rejects import RejectWriter, recover_rejected, rejected_path
-from tests.unit.service.test_pipeline import fail_partial_writes
+from tests.helpers.failing_writes import fail_partial_writes
 
 
 def test_a_failed_piece_gives_up_its_line_which_is_never_sealed(
