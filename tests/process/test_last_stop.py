@@ -5,7 +5,6 @@ symbolic link planted there is ever written through."""
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
@@ -16,14 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from shovel.service.laststop import (
-    REPORT_FILE,
-    StopReport,
-    read_report,
-    running_marker,
-    write_final_report,
-    write_report,
-)
+from shovel.service.laststop import REPORT_FILE
 from tests.helpers import (
     Shovel,
     assert_clean_stderr,
@@ -176,25 +168,6 @@ def test_a_directory_in_the_reports_place_does_not_stop_the_run(tmp_path: Path) 
     assert_clean_stderr(text)
     assert f"cannot write {out / REPORT_FILE}" in text, text
     assert stored_bytes(out) == generated(0, 10)
-
-
-def test_the_final_report_replaces_only_this_runs_marker(tmp_path: Path) -> None:
-    (tmp_path / "lock").write_bytes(b"")
-    ours = running_marker(100.0)
-    write_report(tmp_path, ours)
-    final = StopReport(reason="signal", started_at=100.0, exit_code=0, ended_at=200.0)
-    # Another run took the directory after this one closed it, and marked it as its own.
-    theirs = StopReport(reason="running", started_at=150.0, pid=ours.pid)
-    write_report(tmp_path, theirs)
-    assert not write_final_report(tmp_path, final, ours)
-    assert read_report(tmp_path) == theirs
-    write_report(tmp_path, ours)
-    # The lock is held (this run's abandoned writes after a timed-out close): still written.
-    with (tmp_path / "lock").open("rb") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)
-        assert write_final_report(tmp_path, final, ours)
-    assert read_report(tmp_path) == final
-    assert sorted(p.name for p in tmp_path.iterdir()) == [REPORT_FILE, "lock"]
 
 
 # --- safe defaults ------------------------------------------------------------------------------
