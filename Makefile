@@ -10,8 +10,8 @@ BIN := $(VENV)/bin
 NATIVE_INPUTS := $(shell find native/src -name '*.rs') native/Cargo.toml Cargo.toml Cargo.lock pyproject.toml
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test test-python test-rust lint fmt bench wheel clean container-test deploy-check \
-	demo demo-docs
+.PHONY: run test test-fast test-python test-rust lint fmt bench wheel clean container-test \
+	deploy-check demo demo-docs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ test-rust:
 
 test-python: $(INSTALLED)
 	$(BIN)/python -m pytest
+
+# The unit layer alone: tests/unit, where no test starts another process (under a minute).
+test-fast: $(INSTALLED)
+	$(BIN)/python -m pytest tests/unit
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check shovel tests bench deploy/container

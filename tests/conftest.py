@@ -1,4 +1,5 @@
-"""Fixtures that several test modules share: inputs, an in-process metrics server."""
+"""Fixtures that several test modules share (inputs, an in-process metrics server), and each
+test's layer marker."""
 
 from __future__ import annotations
 
@@ -9,6 +10,24 @@ import pytest
 
 from shovel.service.metrics import Metrics, MetricsServer
 from tests.helpers import write_input
+
+TESTS = Path(__file__).parent
+# The folders under tests/ that hold test modules, each the name of its marker.
+LAYERS = ("unit", "process")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marks each test with its layer, the folder it is in, so `-m unit` and `-m process` work."""
+    for item in items:
+        try:
+            layer = item.path.relative_to(TESTS).parts[0]
+        except ValueError:  # a test from outside tests/
+            continue
+        if layer not in LAYERS:
+            raise pytest.UsageError(
+                f"{item.nodeid}: a test module belongs in tests/unit or tests/process"
+            )
+        item.add_marker(layer)
 
 
 @pytest.fixture(scope="session")
