@@ -82,8 +82,8 @@ container-test: $(INSTALLED)
 # schemas of KUBERNETES_VERSION, the compose file against the compose specification's schema,
 # and Prometheus' configuration, alert rules and alert unit tests with promtool. The tools are
 # the `deploy` extra of pyproject.toml, installed with pip without building shovel; promtool
-# comes from Debian's prometheus package when it is missing. (tests/test_deploy_files.py, in
-# `make test`, ties the same files to the code.)
+# comes from Debian's prometheus package when it is missing. (tests/process/test_deploy_files.py,
+# in `make test`, ties the same files to the code.)
 KUBERNETES_VERSION ?= 1.35.0
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
