@@ -1,5 +1,5 @@
 """shovel's import graph: no cycle among its own modules, and nothing in the service imports the
-demo.
+demo. And no test module imports another.
 
 The graph is read from the source with `ast`: imports inside functions count, and those under
 `if TYPE_CHECKING:` do not (they never run). `from P import N` is an edge to the module P.N when
@@ -169,6 +169,16 @@ def test_shovel_has_no_import_cycle() -> None:
 def test_nothing_in_the_service_imports_the_demo() -> None:
     importers = demo_importers(import_graph(ROOT, "shovel"), "shovel.demo")
     assert importers <= DEMO_IMPORTERS_ALLOWED, f"shovel.demo imported by {sorted(importers)}"
+
+
+def test_no_test_module_imports_another() -> None:
+    """What tests share lives in tests/helpers."""
+    graph = import_graph(ROOT, "tests")
+    found = {
+        name: sorted(m for m in imported if m.rpartition(".")[2].startswith("test_"))
+        for name, imported in graph.items()
+    }
+    assert {name: tests for name, tests in found.items() if tests} == {}
 
 
 # --- the walker, on a package made for it ------------------------------------------------------
