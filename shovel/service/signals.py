@@ -12,8 +12,8 @@ While a loop is attached, signals reach it through a wakeup pipe of their own, n
 byte to the same socket. A few hundred unread bytes fill it; a signal arriving then has its byte
 dropped ("Exception ignored when trying to write to the signal wakeup fd") and its handler never
 runs, so under a flood of completions a SIGTERM could be lost and the stop never begin
-(tests/test_signal_flood.py shows both). Only signals write to shovel's pipe, and it holds 64 KiB
-of them, so a stop signal always reaches the loop.
+(tests/process/test_signal_flood.py shows both). Only signals write to shovel's pipe, and it
+holds 64 KiB of them, so a stop signal always reaches the loop.
 """
 
 from __future__ import annotations

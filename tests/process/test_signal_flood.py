@@ -40,11 +40,12 @@ def flooded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     file where the flood counts the times it found the self-pipe full."""
     site = tmp_path / "site"
     site.mkdir()
-    (site / "sitecustomize.py").write_text(
-        "import tests.helpers.wakeup_flood\ntests.helpers.wakeup_flood.install()\n"
-    )
+    (site / "sitecustomize.py").write_text("import wakeup_flood\nwakeup_flood.install()\n")
     report = tmp_path / "flood-report"
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), str(REPO)]))
+    # The flood module by its own name, so that importing it imports nothing of tests/ or
+    # shovel/ before shovel's own first line runs.
+    helpers = REPO / "tests" / "helpers"
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), str(helpers), str(REPO)]))
     monkeypatch.setenv(FLOOD_REPORT_ENV, str(report))
     return report
 
@@ -59,7 +60,7 @@ def test_the_flood_drops_signals_sent_through_the_loops_self_pipe(
             [
                 sys.executable,
                 "-c",
-                "import asyncio, tests.helpers.wakeup_flood as f; asyncio.run(f.control())",
+                "import asyncio, wakeup_flood as f; asyncio.run(f.control())",
             ],
             cwd=REPO,
             stdout=subprocess.PIPE,
