@@ -65,25 +65,24 @@ impl StoreError {
 
 /// The symbolic name of the errnos a storage service meets, so messages say "ENOSPC", not "28".
 pub fn errno_name(errno: i32) -> Option<&'static str> {
-    // Linux values; the service runs on Linux (containers).
     Some(match errno {
-        1 => "EPERM",
-        2 => "ENOENT",
-        5 => "EIO",
-        9 => "EBADF",
-        12 => "ENOMEM",
-        13 => "EACCES",
-        17 => "EEXIST",
-        20 => "ENOTDIR",
-        21 => "EISDIR",
-        22 => "EINVAL",
-        24 => "EMFILE",
-        27 => "EFBIG",
-        28 => "ENOSPC",
-        30 => "EROFS",
-        40 => "ELOOP",
-        116 => "ESTALE",
-        122 => "EDQUOT",
+        libc::EPERM => "EPERM",
+        libc::ENOENT => "ENOENT",
+        libc::EIO => "EIO",
+        libc::EBADF => "EBADF",
+        libc::ENOMEM => "ENOMEM",
+        libc::EACCES => "EACCES",
+        libc::EEXIST => "EEXIST",
+        libc::ENOTDIR => "ENOTDIR",
+        libc::EISDIR => "EISDIR",
+        libc::EINVAL => "EINVAL",
+        libc::EMFILE => "EMFILE",
+        libc::EFBIG => "EFBIG",
+        libc::ENOSPC => "ENOSPC",
+        libc::EROFS => "EROFS",
+        libc::ELOOP => "ELOOP",
+        libc::ESTALE => "ESTALE",
+        libc::EDQUOT => "EDQUOT",
         _ => return None,
     })
 }
@@ -138,7 +137,7 @@ mod tests {
 
     #[test]
     fn io_error_names_path_and_errno() {
-        let err = io::Error::from_raw_os_error(28);
+        let err = io::Error::from_raw_os_error(libc::ENOSPC);
         let e = StoreError::io("write segment", Path::new("/data/x.seg"), &err);
         let text = e.to_string();
         assert!(text.contains("/data/x.seg"), "{text}");

@@ -204,7 +204,7 @@ mod tests {
         );
         assert_eq!(
             (rules[1].action, rules[1].count),
-            (Action::Fail(5), Some(2))
+            (Action::Fail(libc::EIO), Some(2))
         );
         assert_eq!((rules[2].action, rules[2].count), (Action::Delay(10), None));
         assert!(parse("nowhere=abort").is_err());
