@@ -1,4 +1,5 @@
-//! The PyO3 boundary (`shovel._native`): argument conversion and error mapping only.
+//! The storage side of the PyO3 boundary: `StorageClient`, its exceptions, counters and close
+//! report. Argument conversion and error mapping only; lib.rs registers what is here.
 //!
 //! Every method returns without waiting except `close` and the constructor, which do blocking
 //! file work with the GIL released. No Rust thread ever calls into Python: the event loop learns
@@ -325,38 +326,12 @@ impl StorageClient {
 
 /// Whether a failed file operation with this errno is retried, as the store retries its own.
 #[pyfunction]
-fn retryable_errno(errno: i32) -> bool {
+pub(crate) fn retryable_errno(errno: i32) -> bool {
     crate::store::writer::retryable_errno(errno)
 }
 
 /// Seconds to wait before retry number `attempt` (from 1), as the store waits.
 #[pyfunction]
-fn retry_wait_s(attempt: u32) -> f64 {
+pub(crate) fn retry_wait_s(attempt: u32) -> f64 {
     crate::store::writer::backoff(attempt).as_secs_f64()
-}
-
-/// Adds the classes and exceptions to the module.
-pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    let py = m.py();
-    m.add_class::<StorageClient>()?;
-    m.add_class::<Stats>()?;
-    m.add_class::<CloseReport>()?;
-    m.add("StorageError", py.get_type::<StorageError>())?;
-    m.add("StorageIOError", py.get_type::<StorageIOError>())?;
-    m.add(
-        "DirectoryLockedError",
-        py.get_type::<DirectoryLockedError>(),
-    )?;
-    m.add("CorruptStoreError", py.get_type::<CorruptStoreError>())?;
-    m.add("ClientClosedError", py.get_type::<ClientClosedError>())?;
-    m.add("CloseTimeoutError", py.get_type::<CloseTimeoutError>())?;
-    m.add("FAULT_INJECTION", crate::store::fault::ENABLED)?;
-    m.add("LOCK_FILE", crate::store::LOCK_FILE)?;
-    m.add("FILE_MODE", crate::store::perm::FILE_MODE)?;
-    m.add("DIR_MODE", crate::store::perm::DIR_MODE)?;
-    m.add("RETRIES", crate::store::writer::RETRIES)?;
-    m.add_function(wrap_pyfunction!(retryable_errno, m)?)?;
-    m.add_function(wrap_pyfunction!(retry_wait_s, m)?)?;
-    crate::reading::register(m)?;
-    Ok(())
 }

@@ -1,8 +1,23 @@
-//! shovel's native storage client.
+//! shovel's native module, `shovel._native`: the durable store and the read path that feeds
+//! it, so that records go from a file to fsynced segments without Python touching their bytes.
 //!
-//! [`store`] is the pure-tokio core (testable with `cargo test`, no Python involved);
-//! [`runtime`] owns the dedicated runtime thread; `client` (with the `python` feature) is the
-//! PyO3 boundary exposed as `shovel._native`.
+//! # Layout
+//!
+//! Pure Rust, tested by `cargo test` without Python:
+//!
+//! - [`store`]: an output directory: its lock, recovery, ordered segment writes, grouped
+//!   fsyncs, the checkpoint. Its doc states the durability protocol.
+//! - [`runtime`]: the tokio runtime thread the store writes on: start, stop, join.
+//! - [`buffers`]: read buffers that go from the reader to the writer and back, never copied.
+//! - [`split`]: cutting a byte stream into batches of whole lines, long lines set apart.
+//! - [`fskind`]: what a follower needs beyond `stat`: pseudo filesystems and birth times.
+//!
+//! The PyO3 boundary, built with the `python` feature (argument conversion and error mapping):
+//!
+//! - `client`: the storage client, its exceptions, counters and close report.
+//! - `reading`: a file read in chunks, the splitter, and the batches of records it makes.
+//!
+//! `native_module` below is the one list of what Python sees; `shovel/_native.pyi` mirrors it.
 
 pub mod buffers;
 pub mod fskind;
@@ -18,10 +33,41 @@ mod reading;
 #[cfg(feature = "python")]
 use pyo3::prelude::*;
 
-/// The `shovel._native` extension module.
+/// The `shovel._native` extension module: every class, function, exception and constant it
+/// exports, in one table.
 #[cfg(feature = "python")]
 #[pymodule]
 #[pyo3(name = "_native")]
 fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    client::register(m)
+    let py = m.py();
+    // The storage client and what it reports.
+    m.add_class::<client::StorageClient>()?;
+    m.add_class::<client::Stats>()?;
+    m.add_class::<client::CloseReport>()?;
+    // Its exceptions, each exported under its own name.
+    for exception in [
+        py.get_type::<client::StorageError>(),
+        py.get_type::<client::StorageIOError>(),
+        py.get_type::<client::DirectoryLockedError>(),
+        py.get_type::<client::CorruptStoreError>(),
+        py.get_type::<client::ClientClosedError>(),
+        py.get_type::<client::CloseTimeoutError>(),
+    ] {
+        m.add(exception.name()?, exception)?;
+    }
+    // What Python must do as the store does: the lock's name, file modes, retries.
+    m.add("FAULT_INJECTION", store::fault::ENABLED)?;
+    m.add("LOCK_FILE", store::LOCK_FILE)?;
+    m.add("FILE_MODE", store::perm::FILE_MODE)?;
+    m.add("DIR_MODE", store::perm::DIR_MODE)?;
+    m.add("RETRIES", store::writer::RETRIES)?;
+    m.add_function(wrap_pyfunction!(client::retryable_errno, m)?)?;
+    m.add_function(wrap_pyfunction!(client::retry_wait_s, m)?)?;
+    // The read path.
+    m.add_function(wrap_pyfunction!(reading::birth_time_ns, m)?)?;
+    m.add_class::<reading::ReadFile>()?;
+    m.add_class::<reading::Chunk>()?;
+    m.add_class::<reading::Records>()?;
+    m.add_class::<reading::Splitter>()?;
+    Ok(())
 }

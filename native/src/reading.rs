@@ -324,16 +324,6 @@ impl Splitter {
 /// When the file at `path` was born (nanoseconds since the epoch; a link itself, not what it
 /// leads to), or None where the filesystem does not say. Raises OSError naming `path`.
 #[pyfunction]
-fn birth_time_ns(path: PathBuf) -> PyResult<Option<u64>> {
+pub(crate) fn birth_time_ns(path: PathBuf) -> PyResult<Option<u64>> {
     crate::fskind::birth_time_ns_of(&path).map_err(|e| os_error(&e, &path))
-}
-
-/// Adds the read-path classes to the module.
-pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_function(wrap_pyfunction!(birth_time_ns, m)?)?;
-    m.add_class::<ReadFile>()?;
-    m.add_class::<Chunk>()?;
-    m.add_class::<Records>()?;
-    m.add_class::<Splitter>()?;
-    Ok(())
 }
