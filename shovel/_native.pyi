@@ -17,6 +17,7 @@ __all__ = [
     "FILE_MODE",
     "LOCK_FILE",
     "RETRIES",
+    "Checkpoint",
     "Chunk",
     "ClientClosedError",
     "CloseReport",
@@ -31,6 +32,7 @@ __all__ = [
     "StorageError",
     "StorageIOError",
     "birth_time_ns",
+    "read_checkpoint",
     "retry_wait_s",
     "retryable_errno",
 ]
@@ -141,6 +143,34 @@ class CloseReport:
     @property
     def bytes_durable(self) -> int:
         """Bytes made durable since open."""
+
+def read_checkpoint(directory: str | PathLike[str]) -> Checkpoint | None:
+    """The checkpoint of the output directory `directory`, or None when it has none yet (or
+    the directory does not exist). Reads the file with the GIL released. Raises
+    CorruptStoreError when the checkpoint is damaged, StorageIOError when it cannot be read."""
+
+@final
+class Checkpoint:
+    """What an output directory's checkpoint says is durable, as `read_checkpoint` found it."""
+
+    @property
+    def committed_offset(self) -> int:
+        """Source offset up to which every record is durable."""
+    @property
+    def records(self) -> int:
+        """Records in all segments, across runs."""
+    @property
+    def bytes(self) -> int:
+        """Bytes in all segments, across runs."""
+    @property
+    def segment(self) -> int:
+        """Index of the segment being appended to."""
+    @property
+    def segment_len(self) -> int:
+        """Durable length of that segment; recovery cuts anything past it."""
+    @property
+    def source(self) -> str:
+        """The source descriptor the committed offset belongs to ("" when there is none)."""
 
 @final
 class StorageClient:

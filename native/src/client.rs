@@ -1,5 +1,6 @@
 //! The storage side of the PyO3 boundary: `StorageClient`, its exceptions, counters and close
-//! report. Argument conversion and error mapping only; lib.rs registers what is here.
+//! report, and `read_checkpoint`, the one reader of the checkpoint file that Python has.
+//! Argument conversion and error mapping only; lib.rs registers what is here.
 //!
 //! Every method returns without waiting except `close` and the constructor, which do blocking
 //! file work with the GIL released. No Rust thread ever calls into Python: the event loop learns
@@ -12,9 +13,10 @@ use std::time::Duration;
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::PyString;
 
 use crate::reading::Records;
-use crate::store::{CloseError, Data, Store, StoreConfig, StoreError, Submitted};
+use crate::store::{self, CloseError, Data, Store, StoreConfig, StoreError, Submitted};
 
 create_exception!(
     shovel._native,
@@ -136,6 +138,71 @@ pub struct CloseReport {
     pub records_durable: u64,
     /// Bytes made durable since open.
     pub bytes_durable: u64,
+}
+
+/// What an output directory's checkpoint says is durable, as `read_checkpoint` found it.
+#[pyclass(frozen, skip_from_py_object, module = "shovel._native")]
+#[derive(Debug, Clone)]
+pub struct Checkpoint(store::Checkpoint);
+
+#[pymethods]
+impl Checkpoint {
+    /// Source offset up to which every record is durable.
+    #[getter]
+    fn committed_offset(&self) -> u64 {
+        self.0.committed_offset
+    }
+
+    /// Records in all segments, across runs.
+    #[getter]
+    fn records(&self) -> u64 {
+        self.0.records
+    }
+
+    /// Bytes in all segments, across runs.
+    #[getter]
+    fn bytes(&self) -> u64 {
+        self.0.bytes
+    }
+
+    /// Index of the segment being appended to.
+    #[getter]
+    fn segment(&self) -> u64 {
+        self.0.segment
+    }
+
+    /// Durable length of that segment; recovery cuts anything past it.
+    #[getter]
+    fn segment_len(&self) -> u64 {
+        self.0.segment_len
+    }
+
+    /// The source descriptor the committed offset belongs to ("" when there is none).
+    #[getter]
+    fn source(&self) -> &str {
+        &self.0.source
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        let cp = &self.0;
+        let source = PyString::new(py, &cp.source).repr()?;
+        Ok(format!(
+            "Checkpoint(committed_offset={}, records={}, bytes={}, segment={}, segment_len={}, \
+             source={source})",
+            cp.committed_offset, cp.records, cp.bytes, cp.segment, cp.segment_len
+        ))
+    }
+}
+
+/// The checkpoint of the output directory `directory`, or `None` when it has none yet (or
+/// the directory does not exist). Reads the file with the GIL released. Raises
+/// CorruptStoreError when the checkpoint is damaged, StorageIOError when it cannot be read.
+#[pyfunction]
+pub(crate) fn read_checkpoint(py: Python<'_>, directory: PathBuf) -> PyResult<Option<Checkpoint>> {
+    match py.detach(move || store::load_checkpoint(&directory)) {
+        Ok(found) => Ok(found.map(Checkpoint)),
+        Err(e) => Err(to_py(py, e)),
+    }
 }
 
 /// The storage client: owns an output directory, its lock, and a writer on a runtime thread.

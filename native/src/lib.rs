@@ -14,7 +14,8 @@
 //!
 //! The PyO3 boundary, built with the `python` feature (argument conversion and error mapping):
 //!
-//! - `client`: the storage client, its exceptions, counters and close report.
+//! - `client`: the storage client, its exceptions, counters and close report, and the
+//!   checkpoint reader.
 //! - `reading`: a file read in chunks, the splitter, and the batches of records it makes.
 //!
 //! `native_module` below is the one list of what Python sees; `shovel/_native.pyi` mirrors it.
@@ -40,10 +41,12 @@ use pyo3::prelude::*;
 #[pyo3(name = "_native")]
 fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
-    // The storage client and what it reports.
+    // The storage client and what it reports, and the checkpoint reader.
     m.add_class::<client::StorageClient>()?;
     m.add_class::<client::Stats>()?;
     m.add_class::<client::CloseReport>()?;
+    m.add_class::<client::Checkpoint>()?;
+    m.add_function(wrap_pyfunction!(client::read_checkpoint, m)?)?;
     // Its exceptions, each exported under its own name.
     for exception in [
         py.get_type::<client::StorageError>(),

@@ -60,7 +60,7 @@ mod shared;
 mod stats;
 pub mod writer;
 
-pub use checkpoint::{Checkpoint, CHECKPOINT_FILE};
+pub use checkpoint::{load as load_checkpoint, Checkpoint, CHECKPOINT_FILE};
 pub use error::{errno_name, StoreError, StoreResult};
 pub use handle::{CloseError, CloseReport, Data, Store, StoreConfig, Submitted};
 pub use lock::LOCK_FILE;
