@@ -29,6 +29,8 @@ from typing import TypeVar
 
 import pytest
 
+from shovel._native import read_checkpoint
+
 IMAGE = os.environ.get("SHOVEL_IMAGE", "localhost/shovel:test")
 SHOVEL_UID = 10001
 REPO = Path(__file__).resolve().parents[2]
@@ -82,15 +84,9 @@ def podman(*args: str | Path, timeout_s: float = 120.0) -> str:
 
 
 def committed_offset(data_dir: Path) -> int | None:
-    """The committed offset in DATA_DIR/checkpoint, or None before the first commit. The file is
-    replaced by rename, so it is read whole, old or new."""
-    try:
-        text = (data_dir / "checkpoint").read_text()
-    except FileNotFoundError:
-        return None
-    found = re.search(r"^committed_offset (\d+)$", text, re.MULTILINE)
-    assert found is not None, f"no committed_offset in {data_dir / 'checkpoint'}: {text!r}"
-    return int(found.group(1))
+    """The committed offset in DATA_DIR's checkpoint, or None while there is no checkpoint."""
+    checkpoint = read_checkpoint(data_dir)
+    return checkpoint.committed_offset if checkpoint else None
 
 
 def stored_bytes(data_dir: Path) -> bytes:
@@ -356,9 +352,9 @@ def test_sigkill_at_a_random_moment_then_finishing_stores_the_input_exactly(
     assert kill_at <= offset < len(expected), f"seed {seed}: {offset} / {len(expected)}"
     record_property("committed_at_kill", offset)
     # Informational: what was written past the checkpoint, for recovery to discard.
-    durable = re.search(r"^bytes (\d+)$", (data / "checkpoint").read_text(), re.MULTILINE)
-    assert durable is not None
-    record_property("written_past_checkpoint", len(stored_bytes(data)) - int(durable.group(1)))
+    checkpoint = read_checkpoint(data)
+    assert checkpoint is not None
+    record_property("written_past_checkpoint", len(stored_bytes(data)) - checkpoint.bytes)
 
     second = pod.start(*mounts, env={"SHOVEL_SOURCE": "/in/in.txt"})
     assert pod.wait_exit(second) == 0, pod.logs(second)

@@ -18,26 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from shovel._native import read_checkpoint
 from shovel.demo.pyclient import RECORDS_FILE, STORE_DIR, read_committed
 from shovel.sources import generated_record
 
-CHECKPOINT_FILE = "checkpoint"
 SEGMENTS_DIR = "segments"
 _SEQ_PREFIX = b'{"seq":'
-
-
-def checkpoint_numbers(directory: Path) -> dict[str, int]:
-    """The numeric fields of the native client's checkpoint ({} if there is none yet)."""
-    try:
-        text = (directory / CHECKPOINT_FILE).read_text()
-    except FileNotFoundError:
-        return {}
-    numbers: dict[str, int] = {}
-    for line in text.splitlines()[1:]:
-        name, _, value = line.partition(" ")
-        if value.isdigit():
-            numbers[name] = int(value)
-    return numbers
 
 
 def stored_bytes(directory: Path, client: str) -> bytes:
@@ -47,7 +33,8 @@ def stored_bytes(directory: Path, client: str) -> bytes:
             return (directory / STORE_DIR / RECORDS_FILE).read_bytes()
         except FileNotFoundError:
             return b""
-    durable = checkpoint_numbers(directory).get("bytes", 0)
+    checkpoint = read_checkpoint(directory)
+    durable = checkpoint.bytes if checkpoint else 0
     segments = sorted((directory / SEGMENTS_DIR).glob("*.seg"))
     return b"".join(p.read_bytes() for p in segments)[:durable]
 
@@ -64,7 +51,8 @@ class LiveCount:
     def now(self) -> int:
         """Records stored at this moment."""
         if self._client != "python":
-            return checkpoint_numbers(self._directory).get("records", 0)
+            checkpoint = read_checkpoint(self._directory)
+            return checkpoint.records if checkpoint else 0
         try:
             with (self._directory / STORE_DIR / RECORDS_FILE).open("rb") as f:
                 f.seek(self._seen)
@@ -80,7 +68,8 @@ def resume_offset(directory: Path, client: str) -> int:
     """Where a restart over `directory` would resume reading: the client's checkpoint."""
     if client == "python":
         return read_committed(directory)
-    return checkpoint_numbers(directory).get("committed_offset", 0)
+    checkpoint = read_checkpoint(directory)
+    return checkpoint.committed_offset if checkpoint else 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,9 +12,9 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
+from shovel import _native
 from shovel.sources import generated_record
 
 # Bounds every wait in the tests; generous because CI machines are shared.
@@ -30,37 +30,9 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float = WAIT_S, what: s
         time.sleep(0.01)
 
 
-@dataclass(frozen=True)
-class Checkpoint:
-    """The fields of OUTPUT/checkpoint."""
-
-    committed_offset: int
-    records: int
-    bytes: int
-    segment: int
-    segment_len: int
-    # The source descriptor ("" when there is none).
-    source: str = ""
-
-
-def read_checkpoint(out: Path) -> Checkpoint | None:
-    """The checkpoint of `out`, or None if there is none yet."""
-    try:
-        text = (out / "checkpoint").read_text()
-    except FileNotFoundError:
-        return None
-    fields: dict[str, str] = {}
-    for line in text.splitlines()[1:]:
-        name, _, value = line.partition(" ")
-        fields[name] = value
-    return Checkpoint(
-        committed_offset=int(fields["committed_offset"]),
-        records=int(fields["records"]),
-        bytes=int(fields["bytes"]),
-        segment=int(fields["segment"]),
-        segment_len=int(fields["segment_len"]),
-        source=fields.get("source", ""),
-    )
+# Checkpoints are read with the native module's reader: the store's own parser, no copy of it.
+Checkpoint = _native.Checkpoint
+read_checkpoint = _native.read_checkpoint
 
 
 def committed(out: Path) -> int:
