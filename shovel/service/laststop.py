@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from shovel.redact import redact
-from shovel.storage.safefiles import LOCK_FILE, create_file, fsync_dir
+from shovel.safefiles import LOCK_FILE, create_file, fsync_dir
 
 log = logging.getLogger(__name__)
 

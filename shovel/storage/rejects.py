@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
+from shovel import safefiles
 from shovel._native import RETRIES, retry_wait_s, retryable_errno
 from shovel._threads import THREADS
 from shovel.batches import Rejected
-from shovel.storage import safefiles
 
 log = logging.getLogger(__name__)
 

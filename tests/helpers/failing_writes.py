@@ -11,7 +11,7 @@ from typing import Any, BinaryIO
 
 import pytest
 
-from shovel.storage import safefiles
+from shovel import safefiles
 
 
 class FailingWrites:

@@ -1,5 +1,6 @@
-"""shovel's import graph: no cycle among its own modules, and nothing in the service imports the
-demo. And no test module imports another.
+"""shovel's import graph: no cycle among its own modules, no import of a higher layer, sources
+and storage apart, and nothing in the service imports the demo. And no test module imports
+another.
 
 The graph is read from the source with `ast`: imports inside functions count, and those under
 `if TYPE_CHECKING:` do not (they never run). `from P import N` is an edge to the module P.N when
@@ -21,6 +22,19 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 # The CLI is the entry point above both the service and the demo: `python -m shovel demo`.
 DEMO_IMPORTERS_ALLOWED = frozenset({"shovel.cli"})
+# shovel's layers, top first, each by the prefixes of its modules' names: a module imports
+# modules of its own layer or of lower ones, never of a higher one. Settings sits above the
+# sources and storage, whose configuration it builds; the bottom is what all of them share.
+LAYERS = (
+    ("shovel.__main__", "shovel.cli"),
+    ("shovel.demo",),
+    ("shovel.service",),
+    ("shovel.settings",),
+    ("shovel.sources", "shovel.storage"),
+    ("shovel.batches", "shovel._threads", "shovel.safefiles", "shovel.redact", "shovel.logs"),
+    ("shovel.exitcodes",),
+    ("shovel._early", "shovel"),
+)
 
 Graph = dict[str, set[str]]
 
@@ -169,6 +183,53 @@ def test_shovel_has_no_import_cycle() -> None:
 def test_nothing_in_the_service_imports_the_demo() -> None:
     importers = demo_importers(import_graph(ROOT, "shovel"), "shovel.demo")
     assert importers <= DEMO_IMPORTERS_ALLOWED, f"shovel.demo imported by {sorted(importers)}"
+
+
+def layer_of(name: str) -> int:
+    """The index in LAYERS of the module `name` (the longest prefix that names it wins)."""
+    best = max(
+        (
+            (len(prefix), i)
+            for i, layer in enumerate(LAYERS)
+            for prefix in layer
+            if name == prefix or name.startswith(prefix + ".")
+        ),
+        default=None,
+    )
+    assert best is not None, f"{name} is in no layer: add it to LAYERS"
+    return best[1]
+
+
+def upward_imports(graph: Graph) -> list[str]:
+    """Each import of a module in a higher layer than its importer's, as `a -> b`."""
+    return sorted(
+        f"{name} -> {imported}"
+        for name, imports in graph.items()
+        for imported in imports
+        if layer_of(imported) < layer_of(name)
+    )
+
+
+def test_no_module_imports_a_higher_layer() -> None:
+    found = upward_imports(import_graph(ROOT, "shovel"))
+    assert found == [], "upward imports in shovel:\n" + "\n".join(found)
+
+
+def test_sources_and_storage_do_not_import_each_other() -> None:
+    graph = import_graph(ROOT, "shovel")
+    crossing = sorted(
+        f"{name} -> {imported}"
+        for name, imports in graph.items()
+        for imported in imports
+        for a, b in (("shovel.sources", "shovel.storage"), ("shovel.storage", "shovel.sources"))
+        if name.startswith(a) and imported.startswith(b)
+    )
+    assert crossing == []
+
+
+def test_an_upward_import_is_found() -> None:
+    graph = {"shovel.sources.file": {"shovel.settings"}, "shovel.settings": {"shovel.sources"}}
+    assert upward_imports(graph) == ["shovel.sources.file -> shovel.settings"]
 
 
 def test_no_test_module_imports_another() -> None:

@@ -48,8 +48,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from shovel.safefiles import create_file, fsync_dir
 from shovel.sources.identity import DescriptorError
-from shovel.storage.safefiles import create_file, fsync_dir
 
 # The most sequences a checkpoint may list; a listing past it is not one shovel wrote.
 MAX_LISTED = 10_000_000

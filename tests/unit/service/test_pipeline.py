@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
+from shovel import safefiles
 from shovel.batches import Batch, Rejected
 from shovel.service.pipeline import ReadTally, run_reader
 from shovel.service.queue import BatchQueue
 from shovel.sources import StreamSource
-from shovel.storage import safefiles
 from shovel.storage.rejects import RejectWriter, rejected_path
 from tests.helpers import WAIT_S, wait_until
 from tests.helpers.failing_writes import fail_partial_writes

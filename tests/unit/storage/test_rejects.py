@@ -10,8 +10,8 @@ from typing import Any, BinaryIO
 
 import pytest
 
+from shovel import safefiles
 from shovel.batches import Rejected
-from shovel.storage import safefiles
 from shovel.storage.rejects import RejectWriter, recover_rejected, rejected_path
 from tests.helpers.failing_writes import fail_partial_writes
 
