@@ -1,9 +1,9 @@
 """The native module (Rust, tokio): the storage client, the read path that feeds it, and the
 checkpoint reader.
 
-Imported by the storage and sources packages and by `shovel.batches`. The demo's accounting,
-the tests and the image tests read checkpoints with `read_checkpoint` instead of parsing the
-file themselves.
+Imported by the storage and sources packages, `shovel.batches` and `shovel.safefiles`. The
+demo's accounting, the tests and the image tests read checkpoints with `read_checkpoint`
+instead of parsing the file themselves.
 
 The client owns an output directory (locked against other processes), appends batches to
 segment files in order on a tokio runtime of its own, groups fsyncs, and after each fsync

@@ -1,6 +1,8 @@
 """The one pool of daemon threads that runs shovel's blocking file calls (a source's reads and
-checks, rejected lines, stop reports): a call stuck on a hung filesystem holds up neither the
-event loop, nor the stop sequence, nor the interpreter's exit."""
+checks, rejected lines, the stop reports of the service and of the NATS source): a call stuck
+on a hung filesystem holds up neither the event loop, nor the stop sequence, nor the
+interpreter's exit. (The storage client's open and close are bounded by the client itself and
+run on asyncio's default executor.)"""
 
 from __future__ import annotations
 
@@ -58,7 +60,7 @@ class DaemonThreads(Executor):
                 self._idle -= 1
         self._calls.put(run)
         if start:
-            threading.Thread(target=self._serve, name="shovel-read", daemon=True).start()
+            threading.Thread(target=self._serve, name="shovel-io", daemon=True).start()
         return future
 
     def _now_idle(self) -> None:

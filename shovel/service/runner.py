@@ -24,6 +24,7 @@ from shovel.service.queue import BatchQueue
 from shovel.service.signals import StopRequest
 from shovel.service.startup import OpenSource, Run, open_run, source_for
 from shovel.service.state import StatusLines
+from shovel.service.waits import until
 from shovel.settings import Settings
 from shovel.sources import SourceError
 from shovel.storage import CloseTimeoutError, OpenStorage, Storage, StorageError
@@ -31,9 +32,9 @@ from shovel.storage import CloseTimeoutError, OpenStorage, Storage, StorageError
 # The service speaks as "shovel" (startup, reports and status lines too).
 log = logging.getLogger("shovel")
 
-# The least time the source's last acknowledgements and its disconnection get, even past the
-# deadline: it comes out of the margin before the orchestrator's kill.
-LAST_WORD_S = 1.0
+# The least time the source's finish (its last acknowledgements, its disconnection) gets, even
+# past the deadline: it comes out of the margin before the orchestrator's kill.
+FINISH_LEAST_S = 1.0
 
 
 async def run_service(
@@ -84,7 +85,7 @@ async def _run_and_stop(run: Run) -> ExitCode:
 
             # 1. Wait for a stop signal or the end of the source. A signal starts the deadline;
             #    the end of the source starts none: nothing is in a hurry until a signal comes.
-            await _until(stop.stop, reader)
+            await until(stop.stop, reader)
             _stopping(run)
             if stop.requested:
                 deadline.start()
@@ -111,7 +112,7 @@ async def _run_and_stop(run: Run) -> ExitCode:
             # 3. Drain the queue into storage, until a second signal or the deadline.
             phase = _Phase("drain queue")
             if not deadline.started:
-                await _until(stop.stop, writer)
+                await until(stop.stop, writer)
                 if not writer.done():
                     deadline.start_late()
             if await deadline.wait(stop.hurry, writer):
@@ -171,7 +172,7 @@ async def _run_and_stop(run: Run) -> ExitCode:
     #    disconnection (nothing for a file).
     phase = _Phase("finish source")
     try:
-        await source.finish(storage.stats().records_durable, max(deadline.left(), LAST_WORD_S))
+        await source.finish(storage.stats().records_durable, max(deadline.left(), FINISH_LEAST_S))
         phase.done()
     except Exception as e:
         # A bug, not an operating condition: the summary and the report still follow.
@@ -235,17 +236,8 @@ class _Deadline:
         `task` is done. The task itself is never cancelled here."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout_at(self._at):
-                await _until(hurry, task)
+                await until(hurry, task)
         return task.done()
-
-
-async def _until(event: asyncio.Event, task: asyncio.Future[Any]) -> None:
-    """Waits until `event` is set or `task` is done."""
-    waiter = asyncio.ensure_future(event.wait())
-    try:
-        await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        waiter.cancel()
 
 
 def _stopping(run: Run) -> None:
@@ -261,7 +253,7 @@ async def _flushed_unless_stopped(run: Run) -> bool:
     whether everything is durable. A storage error here is raised again by the close."""
     flushed = asyncio.ensure_future(run.storage.flushed())
     try:
-        await _until(run.stop.stop, flushed)
+        await until(run.stop.stop, flushed)
     finally:
         finished = flushed.done()
         flushed.cancel()

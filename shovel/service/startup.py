@@ -20,8 +20,9 @@ from shovel.service.laststop import StopReport
 from shovel.service.metrics import Metrics, MetricsServer, host_port
 from shovel.service.signals import StopRequest
 from shovel.service.state import RunState
+from shovel.service.waits import until
 from shovel.settings import ENV_PREFIX, Settings
-from shovel.sources import Source, SourceError, SourceMismatch, open_source
+from shovel.sources import Source, SourceError, SourceMismatch
 from shovel.storage import (
     CorruptStoreError,
     DirectoryLockedError,
@@ -34,13 +35,13 @@ from shovel.storage.rejects import REJECTED_DIR, RejectWriter, recover_rejected
 # The service speaks as "shovel", as the runner does: these lines were its own.
 log = logging.getLogger("shovel")
 
-# How the service opens its source (open_source on the settings, unless a caller passes another).
+# How the service opens its source (source_for, unless a caller passes another).
 OpenSource = Callable[[Settings], Source]
 
 
 def source_for(settings: Settings) -> Source:
     """The source the settings name, ready to resume. Raises SourceError."""
-    return open_source(settings.source_spec, settings.source_options)
+    return settings.source_spec.open(settings.source_options)
 
 
 @dataclass(slots=True)
@@ -74,6 +75,7 @@ async def open_run(
     """Opens everything a run needs, or says (in the log, and in a stop report once the output
     directory is open) why it cannot; `cleanup` stops the metrics server when the run ends.
     Returns the run, or the exit code of one that ends here."""
+    started_at = time.time()
     metrics = Metrics()
     try:
         source = open_source(settings)
@@ -91,7 +93,9 @@ async def open_run(
     except (DirectoryLockedError, CorruptStoreError, StorageError) as e:
         log.error("cannot open the output directory: %s", e)
         return ExitCode.FATAL
-    state = RunState(RejectWriter(settings.output_dir, settings.max_record_bytes), storage=storage)
+    state = RunState(
+        RejectWriter(settings.output_dir, settings.max_record_bytes), storage, started_at=started_at
+    )
     metrics.read_live_state_from(state.live)
     if settings.metrics_port:
         try:
@@ -106,8 +110,8 @@ async def open_run(
             )
             await close_unused(storage, settings)
             return ExitCode.USAGE
-        server.start()
         cleanup.callback(server.stop)
+        server.start()
         log.info("metrics on http://%s/metrics", host_port(server.host, server.port))
     storage.on_durable(metrics.write_duration.observe)
     storage.on_durable(lambda _s: source.durable_progress())
@@ -146,7 +150,7 @@ async def _resume(settings: Settings, storage: Store, source: Source) -> str | _
     try:
         # Only now that the source is known to be the stored one: a line a crash kept in
         # rejected/ but never committed past is read again and must not be kept twice.
-        notes = await asyncio.to_thread(
+        notes = await off_loop(
             recover_rejected, settings.output_dir, storage.committed_offset, source.replayable
         )
     except OSError as e:
@@ -162,11 +166,7 @@ async def _connect(source: Source, stop: StopRequest) -> str | _Refused:
     (exit 0, nothing was read). Refuses with exit code 1 when the source is not the stored
     one, 2 when it is not usable as configured (a missing stream, a push consumer)."""
     opening = asyncio.ensure_future(source.open())
-    waiter = asyncio.ensure_future(stop.stop.wait())
-    try:
-        await asyncio.wait({waiter, opening}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        waiter.cancel()
+    await until(stop.stop, opening)
     if not opening.done():
         opening.cancel()
         await asyncio.wait({opening})

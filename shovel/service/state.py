@@ -23,8 +23,8 @@ class RunState:
     """What the run has done, for metrics, status lines and the summary."""
 
     rejects: RejectWriter
+    storage: Store
     tally: ReadTally = field(default_factory=ReadTally)
-    storage: Store | None = None
     queue: BatchQueue | None = None
     # When the stop began (time.monotonic()); None while running.
     stop_started: float | None = None
@@ -37,22 +37,22 @@ class RunState:
 
     def live(self) -> LiveState:
         """The counters now (read by scrapes, on the metrics server's threads)."""
-        st = self.storage.stats() if self.storage is not None else None
+        st = self.storage.stats()
         q = self.queue
         return LiveState(
             records_read=self.tally.records,
             bytes_read=self.tally.bytes,
             queue_records=q.records if q is not None else 0,
             queue_batches=q.batches if q is not None else 0,
-            inflight_writes=st.inflight_writes if st else 0,
-            inflight_bytes=st.inflight_bytes if st else 0,
-            inflight_records=st.inflight_records if st else 0,
-            records_stored=st.records_durable if st else 0,
-            bytes_stored=st.bytes_durable if st else 0,
-            committed_offset=st.committed_offset if st else 0,
-            fsyncs=st.fsyncs if st else 0,
-            storage_errors=st.errors if st else 0,
-            storage_retries=st.retries if st else 0,
+            inflight_writes=st.inflight_writes,
+            inflight_bytes=st.inflight_bytes,
+            inflight_records=st.inflight_records,
+            records_stored=st.records_durable,
+            bytes_stored=st.bytes_durable,
+            committed_offset=st.committed_offset,
+            fsyncs=st.fsyncs,
+            storage_errors=st.errors,
+            storage_retries=st.retries,
             records_rejected=self.rejects.records,
         )
 

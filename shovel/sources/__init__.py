@@ -27,7 +27,7 @@ from shovel.sources.generator import (
     generated_record,
     parse_generator,
 )
-from shovel.sources.nats.url import NatsSpec, nats_source
+from shovel.sources.nats.url import NatsSpec, parse_nats_source
 from shovel.sources.path import FileSpec, parse_file
 from shovel.sources.stream import StdinSpec, StreamSource, parse_stdin
 
@@ -46,7 +46,6 @@ __all__ = [
     "StdinSpec",
     "StreamSource",
     "generated_record",
-    "open_source",
     "parse_source",
 ]
 
@@ -55,7 +54,7 @@ __all__ = [
 _PARSERS: tuple[Callable[[str], SourceSpec | None], ...] = (
     parse_stdin,
     parse_generator,
-    nats_source,
+    parse_nats_source,
     parse_file,
 )
 
@@ -67,8 +66,3 @@ def parse_source(text: str) -> SourceSpec:
         if spec is not None:
             return spec
     raise ValueError(f"not a source: {text!r}")
-
-
-def open_source(spec: SourceSpec, options: SourceOptions) -> Source:
-    """The source `spec` names, ready to resume; raises SourceError when it cannot be used."""
-    return spec.open(options)

@@ -21,10 +21,11 @@ only what it needs.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from shovel.batches import Piece
 from shovel.sources.identity import DescriptorError, Origin, decode, kind_of
@@ -72,18 +73,21 @@ class SourceSpec(Protocol):
         ...
 
 
-class Source:
+_O = TypeVar("_O", bound=Origin)
+
+
+class Source(ABC):
     """A source of records; see the module docstring for the order of its steps."""
 
     description: str
     replayable: bool
 
+    @abstractmethod
     def resume(self, committed_offset: int, descriptor: str) -> str:
         """Checks that this source continues what the checkpoint describes (`descriptor` is
         the text the checkpoint holds, "" if none) and prepares reading from
         `committed_offset`. Blocking. Returns a phrase for the start-up log line. Raises
         SourceMismatch when resuming would store a torn, skipped or foreign record."""
-        raise NotImplementedError
 
     async def open(self) -> str:
         """Connects; returns a phrase for the start-up log line ("": nothing to say). Raises
@@ -91,17 +95,19 @@ class Source:
         describes."""
         return ""
 
+    @abstractmethod
     def pieces(self, start_offset: int) -> AsyncGenerator[Piece, None]:
         """Pieces from `start_offset` on, in source order; ends with a finite source."""
-        raise NotImplementedError
 
     def durable_progress(self) -> None:
         """Storage made more records durable (called on the event loop)."""
+        return  # nothing to do for a source that is not acknowledged
 
     async def acknowledge(self, records_durable: Callable[[], int]) -> None:
         """Acknowledges what is durable until cancelled; `records_durable()` counts the
         records of this run that storage made durable, in the order they were handed over.
         Returns at once for a source that is not acknowledged."""
+        return  # nothing to do for a source that is not acknowledged
 
     def stop_tail(self) -> list[Piece]:
         """After the reader was stopped: the pieces of data already consumed but not yet
@@ -111,9 +117,11 @@ class Source:
     async def finish(self, records_durable: int, timeout_s: float) -> None:
         """After storage was closed: acknowledges what is durable, gives back the rest, and
         disconnects, within `timeout_s`."""
+        return  # nothing to do for a source that is not acknowledged
 
     async def close(self) -> None:
         """Disconnects without acknowledging anything (a run that never started)."""
+        return  # nothing to do for a source that is not acknowledged
 
     def collectors(self) -> list[Collector]:
         """Prometheus collectors of the source's own progress, read at scrape time on the
@@ -121,9 +129,15 @@ class Source:
         return []
 
 
-def stored_origin(descriptor: str, expected: type, now: str) -> Origin | None:
-    """The checkpoint's origin when it is of the `expected` kind (or absent); otherwise
-    SourceMismatch, naming both (`now` describes the source given now)."""
+def stored_origin(
+    descriptor: str,
+    expected: type[_O],
+    now: str,
+    hint: str = "use a new --output-dir for this source",
+) -> _O | None:
+    """The checkpoint's origin when it is of the `expected` kind (None when it holds none);
+    otherwise SourceMismatch, naming both (`now` describes the source given now) and what to
+    do (`hint`)."""
     try:
         origin = decode(descriptor)
     except DescriptorError as e:
@@ -131,6 +145,6 @@ def stored_origin(descriptor: str, expected: type, now: str) -> Origin | None:
     if origin is not None and not isinstance(origin, expected):
         raise SourceMismatch(
             f"this output directory holds records from {kind_of(origin)}, and the source now "
-            f"is {now}: refusing to mix them (use a new --output-dir for this source)"
+            f"is {now}: refusing to mix them ({hint})"
         )
     return origin

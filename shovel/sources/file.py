@@ -54,16 +54,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from shovel._native import Chunk, ReadFile
 from shovel._threads import off_loop
 from shovel.batches import Batch, Piece
-from shovel.sources.api import FollowConfig, Source, SourceError, SourceMismatch
-from shovel.sources.filemetrics import FileProgress, FileProgressCollector
+from shovel.sources.api import FollowConfig, Source, SourceError, SourceMismatch, stored_origin
 from shovel.sources.identity import (
     FINGERPRINT_MAX_BYTES,
-    DescriptorError,
     FileOrigin,
-    decode,
     encode,
     fingerprint,
-    kind_of,
     read_head,
 )
 from shovel.sources.records import RecordSplitter
@@ -85,6 +81,19 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class FileProgress:
+    """What metrics show of a file source; replaced whole, so another thread reads it safely."""
+
+    path: str
+    size: int
+    position: int
+    rotations: int
+    # Files whose unread lines could not be read (compressed, unreadable, gone).
+    skipped: int = 0
+
 
 _NEW_DIR_HINT = "to store this file from its start, use a new --output-dir"
 # How many files finished in this run are remembered, so that none is read twice as a rotation.
@@ -314,17 +323,9 @@ class FileSource(Source):
 
     def resume(self, committed_offset: int, descriptor: str) -> str:
         path = str(self.path)
-        try:
-            origin = decode(descriptor)
-        except DescriptorError as e:
-            raise SourceMismatch(f"the checkpoint's record of its source is unreadable: {e}") from e
+        origin = stored_origin(descriptor, FileOrigin, f"the file {path}", _NEW_DIR_HINT)
         if origin is None:
             return self._resume_unnamed(committed_offset)
-        if not isinstance(origin, FileOrigin):
-            raise SourceMismatch(
-                f"this output directory holds records from {kind_of(origin)}, and the source "
-                f"now is the file {path}: refusing to mix them ({_NEW_DIR_HINT})"
-            )
         self._check_name(origin)
         pos = committed_offset - origin.base
         if pos < 0:
@@ -876,6 +877,8 @@ class FileSource(Source):
         return []
 
     def collectors(self) -> list[Collector]:
+        from shovel.sources.filemetrics import FileProgressCollector  # noqa: PLC0415
+
         return [FileProgressCollector(lambda: self.progress)]
 
 

@@ -1,24 +1,17 @@
-"""What a file source shows on /metrics: the file being read, how far, and its rotations."""
+"""What a file source shows on /metrics: the file being read, how far, and its rotations.
+Imported when the metrics are set up, not with the source: a bad flag costs no metrics
+library."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-
-@dataclass(frozen=True, slots=True)
-class FileProgress:
-    """What metrics show of a file source; replaced whole, so another thread reads it safely."""
-
-    path: str
-    size: int
-    position: int
-    rotations: int
-    # Files whose unread lines could not be read (compressed, unreadable, gone).
-    skipped: int = 0
+if TYPE_CHECKING:
+    from shovel.sources.file import FileProgress
 
 
 def label_text(text: str) -> str:

@@ -42,9 +42,6 @@ REJECTED_DIR = "rejected"
 LOG_BURST = 10
 LOG_WINDOW_S = 60.0
 
-# Not the default executor: its threads are joined at exit, so a write stuck on a hung
-# filesystem would keep the process alive after the stop gave up on it.
-
 _T = TypeVar("_T")
 
 

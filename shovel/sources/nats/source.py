@@ -130,8 +130,6 @@ STALL_WARN_S = 5.0
 RESTORED_MARGIN_S = PULL_EXPIRES_S + PULL_LOST_S + CONSUMER_INFO_S
 # How long a stop may take to write its record beside the checkpoint (ledger.StopRecord).
 STOP_RECORD_S = 1.0
-# The stop record's file work: on daemon threads, so that a hung filesystem holds up neither
-# the stop nor the exit.
 
 
 def _sooner(a: float | None, b: float | None) -> float | None:
@@ -233,7 +231,7 @@ class NatsSource(Source):
 
     def resume(self, committed_offset: int, descriptor: str) -> str:
         origin = stored_origin(descriptor, NatsOrigin, self.description)
-        if isinstance(origin, NatsOrigin):
+        if origin is not None:
             if (origin.stream, origin.consumer) != (self.spec.stream, self.spec.consumer):
                 raise SourceMismatch(
                     f"this output directory holds records from {kind_of(origin)}, not from "
@@ -254,7 +252,7 @@ class NatsSource(Source):
                 confirmed = [seq for seq in listed if seq not in still]
                 self._restored_from_stop = True
             self._ledger = Ledger(unconfirmed, confirmed, self.max_unacked, on_disk)
-        self._restored = origin if isinstance(origin, NatsOrigin) else None
+        self._restored = origin
         self._offset = committed_offset
         return f"consuming after stream sequence {committed_offset}"
 

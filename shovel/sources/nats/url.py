@@ -105,7 +105,7 @@ def _seconds(name: str, raw: str) -> float:
     return value
 
 
-def nats_source(text: str) -> NatsSpec | None:
+def parse_nats_source(text: str) -> NatsSpec | None:
     """A `nats://` source, or None for any other text; raises ValueError with a reason."""
     return parse_nats(text) if text.startswith(SCHEME) else None
 

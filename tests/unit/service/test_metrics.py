@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from shovel.service.metrics import LiveState, Metrics
-from shovel.sources.filemetrics import FileProgress, FileProgressCollector
+from shovel.sources.file import FileProgress
+from shovel.sources.filemetrics import FileProgressCollector
 from tests.helpers import http_get, metric
 
 

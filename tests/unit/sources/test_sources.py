@@ -22,7 +22,6 @@ from shovel.sources import (
     StreamSource,
     generated_record,
     identity,
-    open_source,
     parse_source,
 )
 
@@ -167,11 +166,11 @@ def test_stream_source_reads_a_pipe() -> None:
     assert batches[-1].end_offset == 7 + len(payload)
 
 
-def test_open_source_errors_are_clear(tmp_path: Path) -> None:
+def test_opening_a_path_says_clearly_why_it_cannot(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match=r"cannot read source .*missing"):
-        open_source(FileSpec(tmp_path / "missing"), SourceOptions(4096, 1 << 20))
+        FileSpec(tmp_path / "missing").open(SourceOptions(4096, 1 << 20))
     with pytest.raises(SourceError, match="is a directory"):
-        open_source(FileSpec(tmp_path), SourceOptions(4096, 1 << 20))
+        FileSpec(tmp_path).open(SourceOptions(4096, 1 << 20))
 
 
 def test_a_paced_generator_batches_instead_of_dripping() -> None:

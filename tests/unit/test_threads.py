@@ -18,7 +18,7 @@ def test_calls_run_on_reused_daemon_threads() -> None:
     first = executor.submit(threading.current_thread).result(WAIT_S)
     again = [executor.submit(threading.current_thread).result(WAIT_S) for _ in range(20)]
     assert first.daemon
-    assert first.name == "shovel-read"
+    assert first.name == "shovel-io"
     # One call at a time: every call found the first thread idle.
     assert {t.ident for t in again} == {first.ident}
 
