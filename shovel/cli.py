@@ -65,11 +65,10 @@ def main(argv: list[str] | None = None, open_storage: "OpenStorage | None" = Non
     # Imported after the handlers are in place: these imports take a noticeable moment, and a
     # SIGTERM during them must still mean a clean stop.
     from shovel.settings import ConfigError, given_as, load_settings  # noqa: PLC0415
-    from shovel.sources import StdinSpec  # noqa: PLC0415
 
     try:
         settings = load_settings(args)
-        if 0 in closed and isinstance(settings.source_spec, StdinSpec):
+        if 0 in closed and settings.source_spec.reads_stdin:
             raise ConfigError(
                 f"{given_as('source', args)}: standard input is closed (shovel was started with "
                 "<&-): there is nothing to read; give it a pipe, a file, or another --source"

@@ -14,22 +14,14 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict, SettingsError
 
 from shovel.redact import redact
-from shovel.sources import (
-    FileSpec,
-    FollowConfig,
-    GeneratorSpec,
-    SourceOptions,
-    SourceSpec,
-    parse_source,
-)
+from shovel.sources import FollowConfig, SourceOptions, SourceSpec, parse_source
+from shovel.sources.generator import DEFAULT_GENERATE_RATE
 from shovel.storage import StorageConfig
 
 ENV_PREFIX = "SHOVEL_"
 MiB = 1024 * 1024
 # Byte counts go to the native client as unsigned 64-bit integers.
 U64_MAX = 2**64 - 1
-# The endless generator's pace when none is given: slow enough to watch.
-DEFAULT_GENERATE_RATE = 1000.0
 # The drain deadline must end this long before the orchestrator's SIGKILL.
 GRACE_MARGIN_S = 5.0
 
@@ -203,7 +195,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _follow_needs_a_file(self) -> Settings:
-        if self.follow and not isinstance(parse_source(self.source), FileSpec):
+        if self.follow and not parse_source(self.source).followable:
             raise ValueError(f"--follow reads a file, and the source is {self.source!r}")
         return self
 
@@ -224,17 +216,6 @@ class Settings(BaseSettings):
         return parse_source(self.source)
 
     @property
-    def generator_rate(self) -> float:
-        """Records per second for the generator (0: as fast as possible): --generate-rate if
-        given, else unlimited for an exact count and a watchable pace for the endless one."""
-        if self.generate_rate is not None:
-            return self.generate_rate
-        spec = self.source_spec
-        if isinstance(spec, GeneratorSpec) and spec.count is not None:
-            return 0.0
-        return DEFAULT_GENERATE_RATE
-
-    @property
     def follow_config(self) -> FollowConfig | None:
         """How to follow the file, or None without --follow."""
         if not self.follow:
@@ -249,7 +230,7 @@ class Settings(BaseSettings):
         return SourceOptions(
             chunk_bytes=self.read_chunk_bytes,
             max_record_bytes=self.max_record_bytes,
-            generate_rate=self.generator_rate,
+            generate_rate=self.generate_rate,
             follow=self.follow_config,
             queue_max_batches=self.queue_max_batches,
             shutdown_timeout_s=self.shutdown_timeout_s,

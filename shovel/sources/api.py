@@ -56,7 +56,8 @@ class SourceOptions:
 
     chunk_bytes: int
     max_record_bytes: int
-    generate_rate: float = 0.0
+    # --generate-rate (None: not given, the generator decides).
+    generate_rate: float | None = None
     # None without --follow.
     follow: FollowConfig | None = None
     queue_max_batches: int = 8
@@ -66,7 +67,18 @@ class SourceOptions:
 
 
 class SourceSpec(Protocol):
-    """A parsed `--source`: it knows how to open its source."""
+    """A parsed `--source`: it knows how to open its source, and what the settings and the CLI
+    must check of it."""
+
+    @property
+    def followable(self) -> bool:
+        """Whether --follow applies (a path)."""
+        ...
+
+    @property
+    def reads_stdin(self) -> bool:
+        """Whether it reads standard input (which must not be closed)."""
+        ...
 
     def open(self, options: SourceOptions) -> Source:
         """The source, ready to resume. Raises SourceError when it cannot be used."""

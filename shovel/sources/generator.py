@@ -7,10 +7,14 @@ import asyncio
 import hashlib
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
+from typing import ClassVar
 
 from shovel.batches import Batch, Piece
 from shovel.sources.api import Source, SourceOptions, stored_origin
 from shovel.sources.identity import GeneratorOrigin, encode
+
+# The endless generator's pace when none is given: slow enough to watch.
+DEFAULT_GENERATE_RATE = 1000.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,10 +22,17 @@ class GeneratorSpec:
     """`generate` (endless) or `generate:N` (exactly N records)."""
 
     count: int | None
+    followable: ClassVar[bool] = False
+    reads_stdin: ClassVar[bool] = False
 
     def open(self, options: SourceOptions) -> Source:
-        """The generator, paced to `options.generate_rate` (0: as fast as possible)."""
-        return GeneratorSource(self.count, options.generate_rate)
+        """The generator, paced to `options.generate_rate` (0: as fast as possible); when none
+        is given, as fast as possible for an exact count and a pace a person can watch for the
+        endless one."""
+        rate = options.generate_rate
+        if rate is None:
+            rate = DEFAULT_GENERATE_RATE if self.count is None else 0.0
+        return GeneratorSource(self.count, rate)
 
 
 def parse_generator(text: str) -> GeneratorSpec | None:

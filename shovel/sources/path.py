@@ -7,6 +7,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from shovel._native import ReadFile
 from shovel.sources.api import FollowConfig, Source, SourceError, SourceOptions
@@ -19,6 +20,8 @@ class FileSpec:
     """`PATH` or `file:PATH`."""
 
     path: Path
+    followable: ClassVar[bool] = True
+    reads_stdin: ClassVar[bool] = False
 
     def open(self, options: SourceOptions) -> Source:
         """The file (followed with `options.follow`), or a stream; raises SourceError when

@@ -11,6 +11,7 @@ from collections import deque
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import ClassVar
 
 from shovel.batches import Batch, Piece
 from shovel.sources.api import Source, SourceError, SourceOptions, stored_origin
@@ -23,6 +24,9 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True, slots=True)
 class StdinSpec:
     """`-`: standard input."""
+
+    followable: ClassVar[bool] = False
+    reads_stdin: ClassVar[bool] = True
 
     def open(self, options: SourceOptions) -> Source:
         """Standard input, left open (and blocking as it was) when the run ends."""

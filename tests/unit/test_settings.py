@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from shovel.settings import ConfigError, Settings, load_settings
+from shovel.sources import GeneratorSource
 
 
 def test_precedence_cli_over_env_over_default(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -61,6 +62,13 @@ def test_help_documents_every_option_with_env_name_and_default(
     assert "Exit codes" in text
 
 
+def rate_of(settings: Settings) -> float:
+    """The pace of the generator these settings open."""
+    source = settings.source_spec.open(settings.source_options)
+    assert isinstance(source, GeneratorSource)
+    return source.rate
+
+
 @pytest.mark.parametrize(
     ("argv", "rate"),
     [
@@ -73,11 +81,11 @@ def test_help_documents_every_option_with_env_name_and_default(
 def test_an_exact_count_is_generated_as_fast_as_possible_unless_a_rate_is_given(
     argv: list[str], rate: float
 ) -> None:
-    assert load_settings(argv).generator_rate == rate
+    assert rate_of(load_settings(argv)) == rate
 
 
 def test_the_generator_rate_from_the_environment_counts_as_given(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("SHOVEL_GENERATE_RATE", "25")
-    assert load_settings(["--source", "generate:10"]).generator_rate == 25.0
+    assert rate_of(load_settings(["--source", "generate:10"])) == 25.0

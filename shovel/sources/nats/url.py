@@ -16,6 +16,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 from urllib.parse import parse_qsl, unquote
 
 from shovel.redact import remember
@@ -46,6 +47,8 @@ class NatsSpec:
     creds: Path | None = None
     ack_wait_s: float | None = None
     max_ack_pending: int | None = None
+    followable: ClassVar[bool] = False
+    reads_stdin: ClassVar[bool] = False
 
     def describe(self) -> str:
         """For log lines: the servers without any password, the stream and the consumer."""
