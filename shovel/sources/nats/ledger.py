@@ -7,7 +7,9 @@ An entry, by stream sequence, is one of:
   restored   listed by the checkpoint as stored and not confirmed: an earlier run stored it, and
              whether the server holds it acknowledged is not known (a delivery of it brings a
              subject to acknowledge it with, and makes it durable-and-unacknowledged again);
-  confirmed  the server confirmed the acknowledgement.
+  confirmed  the server confirmed the acknowledgement: an empty reply without headers. A reply
+             with a status (503, no responders: while the consumer has no leader, nothing
+             answers its acknowledgement subject) confirms nothing; the entry stays durable.
 Batches are made durable in the order they were handed over, so the storage's count of durable
 records says which ones are.
 

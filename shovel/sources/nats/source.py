@@ -500,6 +500,13 @@ class NatsSource(Source):
         _, _, tail = msg.subject.rpartition(".")
         if not tail.isdigit():
             return
+        if msg.headers and msg.headers.get("Status"):
+            # Not a confirmation: a status the server sends in its place, 503 (no responders)
+            # when nothing subscribes to the acknowledgement subject, as while the consumer
+            # has no leader (its server died, an election). The acknowledgement was not
+            # applied: it stays unconfirmed, sent again after ACK_RESEND_S, listed as such.
+            log.debug("NATS: acknowledgement of %s not applied: %s", tail, msg.headers)
+            return
         if self._confirming:
             self._confirming.discard(int(tail))
             if not self._confirming:
