@@ -7,6 +7,7 @@ run on asyncio's default executor.)"""
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import queue
 import threading
@@ -92,7 +93,6 @@ THREADS = DaemonThreads()
 
 async def off_loop(fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
     """`fn(*args, **kwargs)` on the pool, awaited from the event loop."""
-    loop = asyncio.get_running_loop()
-    if kwargs:
-        return await loop.run_in_executor(THREADS, lambda: fn(*args, **kwargs))
-    return await loop.run_in_executor(THREADS, fn, *args)
+    return await asyncio.get_running_loop().run_in_executor(
+        THREADS, functools.partial(fn, *args, **kwargs)
+    )
