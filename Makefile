@@ -21,8 +21,37 @@ $(INSTALLED): $(NATIVE_INPUTS) | $(BIN)/python
 	$(BIN)/maturin develop --release --extras dev,demo --features extension-module,fault-injection
 	touch $@
 
+# Ctrl-C in a terminal signals the whole foreground process group: shovel, and make, which
+# would then report the interrupt (exit 130) even when shovel stopped cleanly. So shovel runs
+# in a process group of its own that holds the terminal, and `make run` exits with its code.
+# ARGS passes flags: make run ARGS='--source app.log'.
+define FOREGROUND
+import os, signal, sys
+try:
+    tty = os.open("/dev/tty", os.O_RDWR)
+    ours = os.tcgetpgrp(tty) == os.getpgrp()
+except OSError:
+    ours = False
+if not ours:
+    os.execv(sys.argv[1], sys.argv[1:])
+pid = os.fork()
+if pid == 0:
+    os.setpgid(0, 0)
+    signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+    os.tcsetpgrp(tty, os.getpgrp())
+    signal.signal(signal.SIGTTOU, signal.SIG_DFL)
+    os.execv(sys.argv[1], sys.argv[1:])
+status = os.waitpid(pid, 0)[1]
+signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+os.tcsetpgrp(tty, os.getpgrp())
+code = os.waitstatus_to_exitcode(status)
+sys.exit(code if code >= 0 else 128 - code)
+endef
+export FOREGROUND
+ARGS ?=
+
 run: $(INSTALLED)
-	$(BIN)/python -m shovel
+	@$(BIN)/python -c "$$FOREGROUND" $(BIN)/python -m shovel $(ARGS)
 
 # The demonstration: the naive ways to stop an asyncio pipeline next to shovel's, in numbers
 # (a table) and a picture, in shovel-demo/ (about a minute; see python -m shovel demo --help).
