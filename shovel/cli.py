@@ -18,8 +18,8 @@ import os
 import sys
 from typing import TYPE_CHECKING, NoReturn
 
+from shovel import logs
 from shovel.exitcodes import ExitCode
-from shovel.logs import LOG_FORMAT, RedactingFormatter
 from shovel.service import signals
 
 if TYPE_CHECKING:
@@ -49,6 +49,13 @@ def _open_standard_streams() -> set[int]:
     return closed
 
 
+def prog_name(argv0: str) -> str:
+    """How the user started shovel, for --help and messages: the script's name, or
+    `python -m shovel`."""
+    name = os.path.basename(argv0)
+    return "python -m shovel" if name in ("__main__.py", "-m", "") else name
+
+
 def main(argv: list[str] | None = None, open_storage: "OpenStorage | None" = None) -> int:
     """Entry point of `python -m shovel` and the `shovel` script; returns the exit code.
     `open_storage` opens another storage than shovel's native client (the classic benchmark's
@@ -62,24 +69,25 @@ def main(argv: list[str] | None = None, open_storage: "OpenStorage | None" = Non
 
         return demo(args[1:])
     signals.install_early()
+    # A usage error is logged as every other line is, in the format asked for.
+    logs.configure(logging.INFO, logs.format_asked(args))
     # Imported after the handlers are in place: these imports take a noticeable moment, and a
     # SIGTERM during them must still mean a clean stop.
-    from shovel.settings import ConfigError, given_as, load_settings  # noqa: PLC0415
+    from shovel.settings import ConfigError, load_settings  # noqa: PLC0415
 
     try:
-        settings = load_settings(args)
+        settings = load_settings(args, prog_name(sys.argv[0]))
         if 0 in closed and settings.source_spec.reads_stdin:
             raise ConfigError(
-                f"{given_as('source', args)}: standard input is closed (shovel was started with "
-                "<&-): there is nothing to read; give it a pipe, a file, or another --source"
+                f"{settings.given_as('source')} {settings.source!r}: standard input is closed "
+                "(shovel was started with <&-): there is nothing to read; give it a pipe, a "
+                "file, or another --source"
             )
     except ConfigError as e:
-        sys.stderr.write(f"python -m shovel: error: {e}\n")
+        logging.getLogger("shovel").error("%s", e)
         signals.block_for_exit()
         return ExitCode.USAGE
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(RedactingFormatter(LOG_FORMAT))
-    logging.basicConfig(level=settings.log_level, handlers=[handler])
+    logs.configure(settings.log_level, settings.log_format)
     from shovel.service.runner import run_service  # noqa: PLC0415
 
     # What the imports made lives as long as the process: keep the garbage collector from

@@ -1,29 +1,67 @@
-"""Configuration: CLI flags (--kebab-case) over SHOVEL_* environment variables over defaults.
+"""Configuration: CLI flags (--kebab-case) over SHOVEL_* environment variables over a TOML
+file (--config) over defaults.
 
-Validation only; no I/O happens here.
+Validation only; the one file read here is the --config file.
 """
 
 from __future__ import annotations
 
+import contextvars
+import difflib
+import importlib.metadata
 import inspect
 import os
+import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict, SettingsError
+from pydantic import (
+    BeforeValidator,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    CliApp,
+    CliSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+    TomlConfigSettingsSource,
+)
 
+from shovel.cliparser import Parser, placer
 from shovel.redact import redact
+from shovel.sizes import format_size, parse_size
 from shovel.sources import FollowConfig, SourceOptions, SourceSpec, parse_source
 from shovel.sources.generator import DEFAULT_GENERATE_RATE
 from shovel.storage import StorageConfig
 
 ENV_PREFIX = "SHOVEL_"
+# The name on the package index; the import package and the command stay `shovel`.
+DISTRIBUTION = "shovel-pipeline"
 MiB = 1024 * 1024
 # Byte counts go to the native client as unsigned 64-bit integers.
 U64_MAX = 2**64 - 1
 # The drain deadline must end this long before the orchestrator's SIGKILL.
 GRACE_MARGIN_S = 5.0
+
+# The --config file of the settings being loaded (load_settings sets it; the model's sources
+# read it).
+_CONFIG_FILE: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
+    "shovel_config_file", default=None
+)
+
+
+def _size(value: object) -> object:
+    return parse_size(value) if isinstance(value, str) else value
+
+
+# A byte count: an integer, or a string with a unit (16MiB, 256MB).
+Size = Annotated[int, BeforeValidator(_size)]
 
 
 class ConfigError(Exception):
@@ -33,41 +71,32 @@ class ConfigError(Exception):
 class Settings(BaseSettings):
     """shovel moves newline-delimited records from a source into durable storage under
     OUTPUT_DIR/segments, and never loses a record when it is stopped: on SIGTERM or Ctrl-C it
-    stops reading, stores everything it has read, fsyncs, commits the source offset, and exits.
-    Run it again on the same source and output to resume where it stopped.
+    stops reading, stores and fsyncs everything it has read, commits the source offset, and
+    exits. Run it again on the same source and output to resume where it stopped.
 
     A file is resumed only if it is the same file (device, inode and a fingerprint of its first
-    bytes, kept in the checkpoint); a replaced or truncated file is refused, or with --follow
-    read through its rotation. A stream (stdin, a FIFO) is never re-read: each run appends what
-    it reads; a graceful stop stores all of it, but a SIGKILL loses what was read and not yet
-    committed, and nothing can say how much.
+    bytes). A stream (stdin, a FIFO) is never re-read: a clean stop stores all it read, a
+    SIGKILL loses what was read and not yet committed.
 
-    Stop signals: SIGTERM, SIGINT and SIGHUP (unless started with it ignored, as by nohup)
-    stop shovel cleanly; a second one stops waiting for the queue.
-
-    Exit codes: 0 everything read is durable; 1 fatal runtime error (storage failure, output
-    directory in use or damaged, a source that does not continue what was stored); 2 bad usage
-    or configuration; 3 stopped by the deadline or a second signal with records read but not
-    stored (their number is logged).
+    Each option is taken from, in this order: its flag, its SHOVEL_* environment variable, the
+    --config file, its default. SIZE is bytes or a number with a unit (16MiB, 256MB, 1GiB).
     """
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
-        cli_prog_name="python -m shovel",
-        cli_kebab_case=True,
-        cli_exit_on_error=False,
-        cli_implicit_flags=True,
         extra="forbid",
     )
 
+    # Where each value came from, for error messages (see `given_as`); set by load_settings.
+    _argv: list[str] = PrivateAttr(default_factory=list)
+    _config_file: Path | None = PrivateAttr(default=None)
+
     source: str = Field(
         "generate",
-        description="where records come from: a file path (or file:PATH); '-' for stdin; "
-        "'generate' for endless deterministic records; 'generate:N' for exactly N; "
-        "'nats://HOST[:PORT][,HOST...]/STREAM?consumer=NAME[&subject=F&batch=N&creds=PATH"
-        "&ack_wait_s=S&max_ack_pending=N]' for a NATS JetStream stream through a durable pull "
-        "consumer that replicas share (each message acknowledged once durable). "
-        "A named pipe works too; start its writer first.",
+        description="where records come from: a file path (or file:PATH); - for stdin; "
+        "generate for endless deterministic records, generate:N for exactly N; nats://... for "
+        "a NATS JetStream stream (see NATS below). A named pipe works too; start its writer "
+        "first",
     )
     output_dir: Path = Field(
         Path("shovel-data"),
@@ -75,12 +104,9 @@ class Settings(BaseSettings):
     )
     follow: bool = Field(
         False,
-        description="keep reading a file as it grows, like tail -F, through rotation by "
-        "rename + create and by copy + truncate, until stopped; an unfinished last line waits "
-        "for its newline. What is followed is the path named (links followed to where they "
-        "lead) and the files rotated from it (NAME.1, NAME-20261202, STEM-2026-12-02.EXT...), "
-        "read in order; another path on the same output directory is refused, and so are "
-        "files of /proc, /sys, devices and named pipes",
+        description="keep reading the file as it grows, like tail -F, and through its rotations "
+        "(rename + create, copy + truncate; NAME.1, NAME-20261202... read in order) until "
+        "stopped; links are followed at every look. Not for pipes, devices, /proc or /sys",
     )
     follow_poll_ms: int = Field(
         200,
@@ -105,10 +131,10 @@ class Settings(BaseSettings):
         f"{DEFAULT_GENERATE_RATE:g}/s for the endless 'generate' (to watch it run), as fast as "
         "possible for 'generate:N'",
     )
-    read_chunk_bytes: int = Field(
+    read_chunk_bytes: Size = Field(
         1 * MiB, ge=4096, le=256 * MiB, description="bytes per read from a file or stream"
     )
-    max_record_bytes: int = Field(
+    max_record_bytes: Size = Field(
         1 * MiB,
         ge=1,
         le=U64_MAX,
@@ -118,7 +144,7 @@ class Settings(BaseSettings):
     queue_max_batches: int = Field(
         8, ge=1, le=10_000, description="batches the reader may queue ahead of storage"
     )
-    segment_max_bytes: int = Field(
+    segment_max_bytes: Size = Field(
         256 * MiB,
         ge=1,
         le=U64_MAX,
@@ -127,13 +153,13 @@ class Settings(BaseSettings):
     fsync_interval_ms: int = Field(
         100, ge=1, le=60_000, description="fsync (and commit) at most this long after a write"
     )
-    fsync_max_bytes: int = Field(
+    fsync_max_bytes: Size = Field(
         16 * MiB,
         ge=1,
         le=U64_MAX,
         description="fsync (and commit) as soon as this many bytes are unsynced",
     )
-    max_inflight_bytes: int = Field(
+    max_inflight_bytes: Size = Field(
         32 * MiB,
         ge=1,
         le=U64_MAX,
@@ -169,8 +195,38 @@ class Settings(BaseSettings):
         description="seconds between status log lines; 0 disables them",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        "INFO", description="logging level"
+        "INFO", description="the least grave lines logged"
     )
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="text: one line per event (time, level, logger: message); json: one object "
+        "per line with the same fields, for a log collector",
+    )
+    config: Path | None = Field(
+        None,
+        description="a TOML file of settings; its keys are the options' names in snake_case "
+        '(output_dir = "data", fsync_max_bytes = "16MiB"); an unknown key is refused',
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The flags come first, added by CliApp; then these, in order.
+        config = _CONFIG_FILE.get()
+        if config is None:
+            return (init_settings, env_settings)
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, config))
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
     @field_validator("source")
     @classmethod
@@ -248,48 +304,244 @@ class Settings(BaseSettings):
             max_inflight_bytes=self.max_inflight_bytes,
         )
 
-
-def _document_env_names() -> None:
-    # Python 3.11 keeps docstring indentation; the help text should not.
-    Settings.__doc__ = inspect.cleandoc(Settings.__doc__ or "")
-    # Each option's help names its environment variable, derived here so it cannot drift.
-    for name, field in Settings.model_fields.items():
-        env = f"{ENV_PREFIX}{name.upper()}"
-        if field.description and env not in field.description:
-            field.description = f"{field.description} [env: {env}]"
+    def given_as(self, name: str) -> str:
+        """Where option `name` of these settings was set, in the user's words."""
+        return given_as(name, self._argv, self._config_file)
 
 
-_document_env_names()
+# The option groups of --help, in order, and the fields in each (in the order declared).
+GROUPS = {
+    "source": (
+        "source",
+        "follow",
+        "follow_poll_ms",
+        "follow_rotated_quiet_ms",
+        "generate_rate",
+        "read_chunk_bytes",
+        "max_record_bytes",
+    ),
+    "output and durability": (
+        "output_dir",
+        "queue_max_batches",
+        "segment_max_bytes",
+        "fsync_interval_ms",
+        "fsync_max_bytes",
+        "max_inflight_bytes",
+    ),
+    "stopping": ("shutdown_timeout_s", "grace_period_s"),
+    "metrics and logs": (
+        "metrics_host",
+        "metrics_port",
+        "status_interval_s",
+        "log_level",
+        "log_format",
+    ),
+    "configuration": ("config",),
+}
+NATS_HELP = """\
+  --source 'nats://[USER:PASS@]HOST[:PORT][,HOST...]/STREAM?consumer=NAME[&OPTION=VALUE...]'
+
+reads the JetStream stream STREAM through the durable pull consumer NAME, which replicas of \
+shovel share; each message is acknowledged once it is durable. OPTION: subject=FILTER, \
+batch=N, creds=PATH, ack_wait_s=SECONDS, max_ack_pending=N."""
+# What to type for each option; flags and choices have none.
+METAVARS = {
+    "source": "SOURCE",
+    "output_dir": "DIR",
+    "follow_poll_ms": "MS",
+    "follow_rotated_quiet_ms": "MS",
+    "generate_rate": "PER_SECOND",
+    "read_chunk_bytes": "SIZE",
+    "max_record_bytes": "SIZE",
+    "queue_max_batches": "N",
+    "segment_max_bytes": "SIZE",
+    "fsync_interval_ms": "MS",
+    "fsync_max_bytes": "SIZE",
+    "max_inflight_bytes": "SIZE",
+    "shutdown_timeout_s": "SECONDS",
+    "grace_period_s": "SECONDS",
+    "metrics_host": "HOST",
+    "metrics_port": "PORT",
+    "status_interval_s": "SECONDS",
+    "config": "FILE",
+}
+_FIELD_GROUP = {field: group for group, fields in GROUPS.items() for field in fields}
+EPILOG = """\
+other command:
+  {prog} demo   the naive ways to stop an asyncio pipeline next to shovel's, in numbers
+                and a picture (see {prog} demo --help)
+
+Exit codes: 0 everything read is durable; 1 fatal runtime error (storage failure, output \
+directory in use or damaged, a source that does not continue what was stored); 2 bad usage \
+or configuration; 3 stopped by the deadline or a second signal with records read but not \
+stored (their number is logged).
+
+Stop signals: SIGTERM, SIGINT and SIGHUP (unless started with it ignored, as by nohup) stop \
+shovel cleanly; a second one stops waiting for the queue."""
 
 
-def given_as(name: str, argv: list[str]) -> str:
+def env_name(field: str) -> str:
+    """The environment variable of `field`."""
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def _shown(field: str) -> str:
+    default = Settings.model_fields[field].default
+    if default is None:
+        return "unset"
+    if isinstance(default, bool):
+        return "on" if default else "off"
+    if isinstance(default, int) and METAVARS.get(field) == "SIZE":
+        return format_size(default)
+    if isinstance(default, float):
+        return f"{default:g}"
+    return str(default)
+
+
+def _help(field: str) -> str:
+    description = Settings.model_fields[field].description or ""
+    return f"{description} (default: {_shown(field)}; env: {env_name(field)})"
+
+
+def version() -> str:
+    """The installed version (native/Cargo.toml's, which maturin writes into the metadata)."""
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed: build it with make wheel or maturin develop)"
+
+
+def _cli(prog: str) -> CliSettingsSource[Any]:
+    """The command line's parser, as pydantic-settings reads it."""
+    parser = Parser(
+        prog=prog,
+        usage="%(prog)s [OPTION...]\n       %(prog)s demo [OPTION...]",
+        description=inspect.cleandoc(Settings.__doc__ or ""),
+        epilog=EPILOG.format(prog=prog),
+    )
+    parser.add_argument("-h", "--help", action="help", help="show this help and exit")
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {version()}", help="show the version"
+    )
+    for title in GROUPS:
+        parser.group(title)
+    parser.group("NATS", NATS_HELP)
+    source: CliSettingsSource[Any] = CliSettingsSource(
+        Settings,
+        root_parser=parser,
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        cli_exit_on_error=False,
+        add_argument_method=placer(_FIELD_GROUP, METAVARS, _help),
+        formatter_class=type(parser.formatter_class),
+    )
+    return source
+
+
+def given_as(name: str, argv: list[str], config: Path | None = None) -> str:
     """How the user set option `name`: its flag when the command line has it, else its
-    environment variable as spelled in the environment (the value came from there)."""
+    environment variable as spelled in the environment, else its key in the config file."""
     flag = "--" + name.replace("_", "-")
     if any(a == flag or a.startswith(flag + "=") for a in argv):
         return flag
-    env = f"{ENV_PREFIX}{name.upper()}"
-    return next((k for k in os.environ if k.upper() == env), flag)
+    env = env_name(name)
+    spelled = next((k for k in os.environ if k.upper() == env), None)
+    if spelled is not None:
+        return spelled
+    if config is not None:
+        return f"{name} in {config}"
+    return flag
 
 
-def _one_line(err: ValidationError, argv: list[str]) -> str:
+def _config_file(argv: list[str]) -> tuple[Path | None, str]:
+    """The --config file named by the flags or the environment, and how it was named."""
+    path: str | None = None
+    how = "--config"
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            path = argv[i + 1]
+        elif arg.startswith("--config="):
+            path = arg.removeprefix("--config=")
+    if path is None:
+        env = env_name("config")
+        how = next((k for k in os.environ if k.upper() == env), env)
+        path = os.environ.get(how)
+    if path is None:
+        return None, how
+    if not path:
+        raise ConfigError(f"{how}: is empty: name a TOML file, or leave it out")
+    return Path(path), how
+
+
+def _read_config(path: Path, how: str) -> dict[str, Any]:
+    """The config file's table, checked for what pydantic would not say well."""
+    try:
+        with path.open("rb") as f:
+            table = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"{how} {str(path)!r}: cannot read it: {e.strerror or e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{how} {str(path)!r}: not valid TOML: {e}") from None
+    known = list(Settings.model_fields)
+    for key, value in table.items():
+        if key == "config":
+            raise ConfigError(f"config in {path}: a config file cannot name another")
+        if key not in known:
+            near = difflib.get_close_matches(key.replace("-", "_"), known, n=1, cutoff=0.6)
+            hint = f"; did you mean {near[0]}?" if near else ""
+            raise ConfigError(f"{key} in {path}: no such setting{hint}")
+        if isinstance(value, dict | list):
+            raise ConfigError(
+                f"{key} in {path}: expected a single value, got a TOML table or array"
+            )
+    return table
+
+
+def _one_line(err: ValidationError, argv: list[str], config: Path | None) -> str:
     parts = []
     for e in err.errors():
         loc = [str(x) for x in e["loc"] if x != "__root__"]
         msg = str(e["msg"]).removeprefix("Value error, ")
+        # pydantic's sentences start with a capital; here they follow a colon.
+        msg = msg[:1].lower() + msg[1:]
         if loc:
-            parts.append(f"{given_as(loc[0], argv)}: {msg} (got {e['input']!r})")
+            where = given_as(loc[0], argv, config)
+            parts.append(f"{where} {_as_typed(where, argv, e['input'])!r}: {msg}")
         else:
             parts.append(msg)
     return "; ".join(parts)
 
 
-def load_settings(argv: list[str]) -> Settings:
-    """Settings from `argv`, the environment and defaults; raises ConfigError on bad input.
-    `--help` prints the help and raises SystemExit(0)."""
+def _as_typed(where: str, argv: list[str], parsed: object) -> object:
+    """The value as the user wrote it where it was set (a size before its conversion)."""
+    if where.startswith("--"):
+        typed: object = parsed
+        for i, arg in enumerate(argv):
+            if arg == where and i + 1 < len(argv):
+                typed = argv[i + 1]
+            elif arg.startswith(where + "="):
+                typed = arg.removeprefix(where + "=")
+        return typed
+    if where in os.environ:
+        return os.environ[where]
+    return str(parsed) if isinstance(parsed, Path) else parsed
+
+
+def load_settings(argv: list[str], prog: str = "shovel") -> Settings:
+    """Settings from `argv`, the environment, the --config file and defaults; raises
+    ConfigError on bad input. `--help` and `--version` print and raise SystemExit(0)."""
+    config, how = _config_file(argv)
+    if config is not None:
+        _read_config(config, how)
+    token = _CONFIG_FILE.set(config)
     try:
-        return CliApp.run(Settings, cli_args=argv)
+        settings = CliApp.run(Settings, cli_args=argv, cli_settings_source=_cli(prog))
     except ValidationError as e:
-        raise ConfigError(redact(_one_line(e, argv))) from None
+        raise ConfigError(redact(_one_line(e, argv, config))) from None
     except SettingsError as e:
         raise ConfigError(redact(str(e).removeprefix("error parsing CLI: "))) from None
+    finally:
+        _CONFIG_FILE.reset(token)
+    settings._argv = list(argv)
+    settings._config_file = config
+    return settings

@@ -80,7 +80,8 @@ async def open_run(
     try:
         source = open_source(settings)
     except SourceError as e:
-        log.error("%s", e)
+        # Named as the user typed it, as a usage error is.
+        log.error("%s %r: %s", settings.given_as("source"), settings.source, e)
         return ExitCode.USAGE
     metrics.show(source.collectors())
     if stop.requested:

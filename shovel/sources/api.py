@@ -157,6 +157,6 @@ def stored_origin(
     if origin is not None and not isinstance(origin, expected):
         raise SourceMismatch(
             f"this output directory holds records from {kind_of(origin)}, and the source now "
-            f"is {now}: refusing to mix them ({hint})"
+            f"is {now}; the two must not be mixed ({hint})"
         )
     return origin

@@ -43,7 +43,7 @@ def parse_generator(text: str) -> GeneratorSpec | None:
         return None
     raw = text.removeprefix("generate:")
     if not raw.isdigit():
-        raise ValueError(f"generate:N needs a whole number N >= 0, got {raw!r}")
+        raise ValueError("generate:N needs a whole number N >= 0")
     return GeneratorSpec(int(raw))
 
 

@@ -40,34 +40,35 @@ def parse_file(text: str) -> FileSpec:
 def _open_path(
     path: Path, chunk_bytes: int, max_record_bytes: int, follow: FollowConfig | None
 ) -> Source:
-    """A path as a source: a file (followed or not), or a stream."""
+    """A path as a source: a file (followed or not), or a stream. A SourceError says what
+    is wrong with the path, without naming it (the caller names it as the user typed it)."""
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
         if follow is not None and path.parent.is_dir():
             # Like tail -F: wait for it to appear.
             return FileSource(path, chunk_bytes, max_record_bytes, follow)
-        raise SourceError(f"cannot read source {path}: No such file or directory") from None
+        raise SourceError("no such file or directory") from None
     except OSError as e:
-        raise SourceError(f"cannot read source {path}: {e.strerror}") from e
+        raise SourceError(f"cannot read it: {_lower(e.strerror)}") from e
     if stat.S_ISDIR(mode):
-        raise SourceError(f"source {path} is a directory, not a file")
+        raise SourceError("is a directory, not a file")
     if not stat.S_ISREG(mode):
         if follow is not None:
             kind = "a named pipe" if stat.S_ISFIFO(mode) else "a device or a socket"
             raise SourceError(
-                f"--follow reads a regular file, and {path} is {kind}: without --follow it "
-                "is read as a stream"
+                f"is {kind}, and --follow reads a regular file: without --follow it is read "
+                "as a stream"
             )
         return stream_of(path, chunk_bytes, max_record_bytes)
     if not os.access(path, os.R_OK):
-        raise SourceError(f"cannot read source {path}: permission denied")
+        raise SourceError("cannot read it: permission denied")
     pseudo = _pseudo_filesystem(path)
     if pseudo is None:
         return FileSource(path, chunk_bytes, max_record_bytes, follow)
     if follow is not None:
         raise SourceError(
-            f"--follow cannot follow {path}: it is on {pseudo}, a pseudo filesystem whose files "
+            f"--follow cannot follow it: it is on {pseudo}, a pseudo filesystem whose files "
             "report no true size and make their content up at each read; without --follow it "
             "is read once, as a stream"
         )
@@ -76,15 +77,20 @@ def _open_path(
     return stream_of(path, chunk_bytes, max_record_bytes)
 
 
+def _lower(reason: str | None) -> str:
+    """An OS error's reason as the middle of a sentence ("No such file" -> "no such file")."""
+    return (reason or "error")[:1].lower() + (reason or "error")[1:]
+
+
 def _pseudo_filesystem(path: Path) -> str | None:
     """The pseudo filesystem `path` is on (procfs, sysfs, ...), or None."""
     try:
         file = ReadFile(path)
     except OSError as e:
-        raise SourceError(f"cannot open source {path}: {e.strerror}") from e
+        raise SourceError(f"cannot open it: {_lower(e.strerror)}") from e
     try:
         return file.pseudo_filesystem()
     except OSError as e:
-        raise SourceError(f"cannot tell which filesystem {path} is on: {e.strerror}") from e
+        raise SourceError(f"cannot tell which filesystem it is on: {_lower(e.strerror)}") from e
     finally:
         file.close()

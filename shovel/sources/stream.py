@@ -141,5 +141,5 @@ def stream_of(path: Path, chunk_bytes: int, max_record_bytes: int) -> StreamSour
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as e:
-        raise SourceError(f"cannot open source {path}: {e.strerror}") from e
+        raise SourceError(f"cannot open it: {(e.strerror or str(e)).lower()}") from e
     return StreamSource(fd, f"stream {path}", chunk_bytes, max_record_bytes, owns_fd=True)

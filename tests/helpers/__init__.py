@@ -17,6 +17,9 @@ from pathlib import Path
 from shovel import _native
 from shovel.sources import generated_record
 
+# The start of an ERROR line of shovel's, as a usage error or a refusal to start is logged.
+ERROR_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ERROR shovel: ")
+
 # Bounds every wait in the tests; generous because CI machines are shared.
 WAIT_S = 60.0
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Shovel, committed, stored_bytes, wait_until
+from tests.helpers import ERROR_LINE, Shovel, committed, stored_bytes, wait_until
 from tests.helpers.follow import stop
 
 QUIET = ["--metrics-port", "0", "--status-interval-s", "0"]
@@ -33,16 +33,18 @@ def _run(
 @pytest.mark.parametrize(
     ("env", "args", "named"),
     [
-        ({"SHOVEL_FSYNC_INTERVAL_MS": "abc"}, [], "SHOVEL_FSYNC_INTERVAL_MS: "),
-        ({"shovel_fsync_interval_ms": "abc"}, [], "shovel_fsync_interval_ms: "),
+        ({"SHOVEL_FSYNC_INTERVAL_MS": "abc"}, [], "SHOVEL_FSYNC_INTERVAL_MS 'abc': "),
+        ({"shovel_fsync_interval_ms": "abc"}, [], "shovel_fsync_interval_ms 'abc': "),
         (
             {"SHOVEL_FSYNC_INTERVAL_MS": "5"},
             ["--fsync-interval-ms", "abc"],
-            "--fsync-interval-ms: ",
+            "--fsync-interval-ms 'abc': ",
         ),
-        ({}, ["--fsync-interval-ms=abc"], "--fsync-interval-ms: "),
-        ({"SHOVEL_METRICS_PORT": "99999"}, [], "SHOVEL_METRICS_PORT: "),
-        ({"SHOVEL_SOURCE": "generate:x"}, [], "SHOVEL_SOURCE: "),
+        ({}, ["--fsync-interval-ms=abc"], "--fsync-interval-ms 'abc': "),
+        ({"SHOVEL_METRICS_PORT": "99999"}, [], "SHOVEL_METRICS_PORT '99999': "),
+        ({"SHOVEL_SOURCE": "generate:x"}, [], "SHOVEL_SOURCE 'generate:x': "),
+        ({"SHOVEL_FSYNC_MAX_BYTES": "16XB"}, [], "SHOVEL_FSYNC_MAX_BYTES '16XB': not a size"),
+        ({}, ["--read-chunk-bytes", "1KiB"], "--read-chunk-bytes '1KiB': input should be"),
     ],
 )
 def test_a_bad_value_is_reported_under_the_name_it_was_given(
@@ -51,7 +53,9 @@ def test_a_bad_value_is_reported_under_the_name_it_was_given(
     r = _run(args, tmp_path, env)
     assert r.returncode == 2, r
     err = r.stderr.decode()
-    assert err.startswith(f"python -m shovel: error: {named}"), err
+    start = ERROR_LINE.match(err)
+    assert start, err
+    assert err[start.end() :].startswith(named), err
     assert err.count("\n") == 1, err
 
 
@@ -63,7 +67,7 @@ def test_an_empty_output_directory_is_refused_and_nothing_is_written(
     r = _run(["--source", "generate:10", *QUIET, *args], tmp_path, env)
     assert r.returncode == 2, r
     name = "--output-dir" if given == "flag" else "SHOVEL_OUTPUT_DIR"
-    assert f"error: {name}: is empty" in r.stderr.decode()
+    assert f"ERROR shovel: {name} '': is empty" in r.stderr.decode()
     assert list(tmp_path.iterdir()) == []
 
 
@@ -71,7 +75,7 @@ def test_a_closed_stdin_as_the_source_is_said_to_be_closed(tmp_path: Path) -> No
     r = _run(["--source", "-", "--output-dir", str(tmp_path / "out"), *QUIET], tmp_path,
              shell_redirect="<&-")  # fmt: skip
     assert r.returncode == 2, r
-    assert "--source: standard input is closed" in r.stderr.decode()
+    assert "ERROR shovel: --source '-': standard input is closed" in r.stderr.decode()
     assert not (tmp_path / "out").exists()
 
 

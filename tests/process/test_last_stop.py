@@ -129,7 +129,7 @@ def test_a_refused_start_is_reported(tmp_path: Path) -> None:
     r = report(out)
     assert (r["reason"], r["exit_code"]) == ("refused", 1)
     assert isinstance(r["detail"], str)
-    assert "refusing to mix them" in r["detail"]
+    assert "the two must not be mixed" in r["detail"]
 
 
 @pytest.mark.parametrize(

@@ -53,7 +53,7 @@ from tests.helpers.natsservers import (
 def test_bad_nats_source_is_usage_error(tmp_path: Path, text: str, reason: str) -> None:
     code, err = run_shovel(args_for(text, tmp_path / "out"), tmp_path / "log")
     assert code == 2
-    assert "error: --source:" in err
+    assert "ERROR shovel: --source 'nats://" in err
     assert reason in err
     assert not (tmp_path / "out").exists()
 

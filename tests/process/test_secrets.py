@@ -15,7 +15,7 @@ import nats
 import pytest
 from nats.js.api import StreamConfig
 
-from tests.helpers import Shovel, free_port, http_get, wait_until
+from tests.helpers import ERROR_LINE, Shovel, free_port, http_get, wait_until
 from tests.helpers.natsservers import server_binary
 
 PASSWORD = "S3cret-Pa55"
@@ -72,7 +72,7 @@ def test_a_bad_nats_url_is_refused_without_its_secret(source: str, given: str) -
     else:
         r = _run(["--source", source, "--follow"])
     assert r.returncode == 2, r
-    assert r.stderr.startswith("python -m shovel: error: "), r.stderr
+    assert ERROR_LINE.match(r.stderr), r.stderr
     assert_no_secret(r.stdout, r.stderr)
 
 

@@ -31,7 +31,15 @@ LAYERS = (
     ("shovel.service",),
     ("shovel.settings",),
     ("shovel.sources", "shovel.storage"),
-    ("shovel.batches", "shovel._threads", "shovel.safefiles", "shovel.redact", "shovel.logs"),
+    (
+        "shovel.batches",
+        "shovel._threads",
+        "shovel.safefiles",
+        "shovel.redact",
+        "shovel.logs",
+        "shovel.cliparser",
+        "shovel.sizes",
+    ),
     ("shovel.exitcodes",),
     ("shovel._early", "shovel"),
 )

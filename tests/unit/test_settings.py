@@ -28,12 +28,15 @@ def test_defaults_are_the_embedded_demo() -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--fsync-interval-ms", "abc"], "--fsync-interval-ms: Input should be a valid integer"),
+        (
+            ["--fsync-interval-ms", "abc"],
+            "--fsync-interval-ms 'abc': input should be a valid integer",
+        ),
         (["--metrics-port", "70000"], "--metrics-port"),
         (["--source", "generate:x"], "generate:N needs a whole number"),
         (["--log-level", "chatty"], "--log-level"),
         (["--shutdown-timeout-s", "41", "--grace-period-s", "45"], "race the drain"),
-        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--bogus"], "--bogus: no such option; see --help for the options"),
     ],
 )
 def test_bad_values_give_one_line(argv: list[str], message: str) -> None:
@@ -58,7 +61,7 @@ def test_help_documents_every_option_with_env_name_and_default(
     for name in Settings.model_fields:
         assert f"--{name.replace('_', '-')}" in text
         assert f"SHOVEL_{name.upper()}" in text
-    assert "(default: 9108)" in text
+    assert "(default: 9108; env: SHOVEL_METRICS_PORT)" in text
     assert "Exit codes" in text
 
 

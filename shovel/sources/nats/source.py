@@ -235,8 +235,8 @@ class NatsSource(Source):
             if (origin.stream, origin.consumer) != (self.spec.stream, self.spec.consumer):
                 raise SourceMismatch(
                     f"this output directory holds records from {kind_of(origin)}, not from "
-                    f"stream {self.spec.stream} consumer {self.spec.consumer}: refusing to mix "
-                    "them (use a new --output-dir)"
+                    f"stream {self.spec.stream} consumer {self.spec.consumer}; the two must not be "
+                    "mixed (use a new --output-dir)"
                 )
             on_disk = Listing(origin.stored, origin.acked)
             try:

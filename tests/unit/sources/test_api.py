@@ -58,8 +58,8 @@ def test_the_stored_origin_must_be_of_the_kind_given() -> None:
     assert stored_origin(encode(GeneratorOrigin()), GeneratorOrigin, "x") == GeneratorOrigin()
     with pytest.raises(
         SourceMismatch,
-        match=r"holds records from a stream \(stdin\), and the source now is the generator: "
-        r"refusing to mix them \(start afresh\)",
+        match=r"holds records from a stream \(stdin\), and the source now is the generator; "
+        r"the two must not be mixed \(start afresh\)",
     ):
         stored_origin(
             encode(StreamOrigin("stdin")), GeneratorOrigin, "the generator", "start afresh"
