@@ -111,12 +111,16 @@ async def _run_and_stop(run: Run) -> ExitCode:
 
             # 3. Drain the queue into storage, until a second signal or the deadline.
             phase = _Phase("drain queue")
+            queued = queue.batches
             if not deadline.started:
                 await until(stop.stop, writer)
                 if not writer.done():
                     deadline.start_late()
             if await deadline.wait(stop.hurry, writer):
-                phase.done(f"{writer.result()} batches handed to storage")
+                phase.done(
+                    f"{queued} batches in the queue handed to storage "
+                    f"({writer.result()} in the whole run)"
+                )
             else:
                 why = "a second signal" if stop.hurry.is_set() else "the deadline"
                 log.warning(

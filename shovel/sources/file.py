@@ -45,6 +45,7 @@ import asyncio
 import logging
 import os
 import stat
+import time
 from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, replace
@@ -96,6 +97,8 @@ class FileProgress:
 
 
 _NEW_DIR_HINT = "to store this file from its start, use a new --output-dir"
+# How often a followed name that leads nowhere is said to, at WARNING.
+STILL_ABSENT_EVERY_S = 60.0
 # How many files finished in this run are remembered, so that none is read twice as a rotation.
 _FINISHED_KEPT = 64
 # How many times a planned file renamed under shovel (a numbered rotation's turn) is looked for
@@ -318,6 +321,9 @@ class FileSource(Source):
         self._look_after: _Finished | None = None
         # Files already skipped with a WARNING in this run (said once each).
         self._warned: set[tuple[int, int]] = set()
+        # While the followed name leads nowhere: since when, and when that was last said.
+        self._absent_since: float | None = None
+        self._absent_told = 0.0
 
     # -- resuming ---------------------------------------------------------------------------
 
@@ -341,7 +347,9 @@ class FileSource(Source):
                 committed_offset,
                 deque([_Step(path, pos, origin.base, False, _inode(st), origin.open_line)]),
             )
-            return f"resuming at offset {committed_offset} (byte {pos} of {path})"
+            # The start line names the file already: say where in it only when that differs.
+            within = f" (byte {pos} of the file)" if pos != committed_offset else ""
+            return f"resuming at offset {committed_offset}{within}"
         if self.follow is None:
             raise SourceMismatch(
                 f"{path} is not the file this output directory was storing: {problem}; "
@@ -432,7 +440,7 @@ class FileSource(Source):
                 f"{path} was rotated while shovel was stopped ({problem}): reading the rest of "
                 f"{found.path} from byte {pos}, then {then}{path} from its start"
             )
-        return f"reading {then}{path} from its start"
+        return f"reading {then}then {path} from its start" if then else "reading from its start"
 
     def _lives(self, before: str) -> list[str]:
         """Where the followed name led when `before` was taken, and where it leads now; a link
@@ -502,7 +510,7 @@ class FileSource(Source):
         path = str(self.path)
         self._plan = _Plan(committed_offset, deque([_Step(path, committed_offset, 0, False, None)]))
         if committed_offset == 0:
-            return f"reading {path} from its start"
+            return "reading from its start"
         st = _stat_or_none(path)
         size = st.st_size if st is not None else 0
         if size < committed_offset:
@@ -515,7 +523,7 @@ class FileSource(Source):
             "trusting that %s is the same file; its identity is recorded from now on",
             path,
         )
-        return f"resuming at offset {committed_offset} (byte {committed_offset} of {path})"
+        return f"resuming at offset {committed_offset}"
 
     @staticmethod
     def _differs(origin: FileOrigin, path: str, st: os.stat_result | None, pos: int) -> str | None:
@@ -642,6 +650,20 @@ class FileSource(Source):
         # filesystem (inotify misses NFS and some overlays), so look again shortly.
         await asyncio.sleep(self.follow.poll_s)
 
+    def _still_absent(self, path: str) -> None:
+        """Says at WARNING, every STILL_ABSENT_EVERY_S, that the followed name still leads
+        nowhere: a mistyped path would otherwise wait forever in silence."""
+        now = time.monotonic()
+        if self._absent_since is None:
+            self._absent_since = self._absent_told = now
+        elif now - self._absent_told >= STILL_ABSENT_EVERY_S:
+            self._absent_told = now
+            log.warning(
+                "%s has not appeared in %.0f s: still waiting for it (is the path right?)",
+                path,
+                now - self._absent_since,
+            )
+
     async def _open(self, step: _Step, stream_offset: int) -> _Open | _Gone | None:
         """Opens `step`'s file at its position; None when following and the name leads nowhere
         (yet); _GONE when a file planned is gone (skipped, with a WARNING)."""
@@ -659,11 +681,13 @@ class FileSource(Source):
                     if self.progress is None or self.progress.path != step.path:
                         log.info("waiting for %s to appear", step.path)
                         self.progress = FileProgress(step.path, 0, 0, self.rotations, self.skipped)
+                    self._still_absent(step.path)
                     return None
                 opened = None
             except OSError as e:
                 raise SourceError(f"cannot open {step.path}: {e.strerror}") from e
             if opened is not None and (step.expect is None or _inode(opened.st) == step.expect):
+                self._absent_since = None
                 return self._opened(step, opened, stream_offset)
             if opened is not None:
                 opened.file.close()

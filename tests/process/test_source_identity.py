@@ -47,7 +47,7 @@ def test_the_same_file_grown_resumes_exactly(tmp_path: Path) -> None:
         f.write(b"c\nd\n")
     code, text = store(src, out, tmp_path / "2.log")
     assert code == 0, text
-    assert "resuming at offset 4 (byte 4 of" in text
+    assert "resuming at offset 4 (2 records already stored)" in text
     assert stored_bytes(out) == b"a\nb\nc\nd\n"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 from pathlib import Path
@@ -13,6 +14,7 @@ from shovel.batches import Batch, Piece
 from shovel.sources import (
     FileSource,
     FileSpec,
+    FollowConfig,
     GeneratorSource,
     GeneratorSpec,
     SourceError,
@@ -24,6 +26,7 @@ from shovel.sources import (
     identity,
     parse_source,
 )
+from shovel.sources import file as file_module
 
 
 def test_parse_source_forms() -> None:
@@ -167,7 +170,7 @@ def test_stream_source_reads_a_pipe() -> None:
 
 
 def test_opening_a_path_says_clearly_why_it_cannot(tmp_path: Path) -> None:
-    with pytest.raises(SourceError, match=r"cannot read source .*missing"):
+    with pytest.raises(SourceError, match=r"^no such file or directory$"):
         FileSpec(tmp_path / "missing").open(SourceOptions(4096, 1 << 20))
     with pytest.raises(SourceError, match="is a directory"):
         FileSpec(tmp_path).open(SourceOptions(4096, 1 << 20))
@@ -181,3 +184,49 @@ def test_a_paced_generator_batches_instead_of_dripping() -> None:
     assert sum(b.records for b in batches) == 300
     # About 10 ms of records per wake-up at 1000/s, not one record per batch.
     assert len(batches) < 100, len(batches)
+
+
+def test_a_followed_name_that_never_appears_is_said_at_warning_again_and_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(file_module, "STILL_ABSENT_EVERY_S", 0.05)
+    source = FileSource(tmp_path / "never.log", 4096, 1 << 20, FollowConfig(0.01, 1.0))
+
+    def warnings() -> list[str]:
+        return [
+            r.getMessage()
+            for r in caplog.records
+            if r.levelno == logging.WARNING and "never.log" in r.getMessage()
+        ]
+
+    class Third(logging.Handler):
+        """Sets `said` at the third WARNING (logged on the loop's thread)."""
+
+        def __init__(self) -> None:
+            super().__init__(logging.WARNING)
+            self.said = asyncio.Event()
+            self.count = 0
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.count += "never.log" in record.getMessage()
+            if self.count >= 3:
+                self.said.set()
+
+    async def run() -> None:
+        third = Third()
+        logging.getLogger("shovel").addHandler(third)
+        source.resume(0, "")
+        reading = asyncio.ensure_future(anext(source.pieces(0)))
+        try:
+            async with asyncio.timeout(30):
+                await third.said.wait()
+        finally:
+            logging.getLogger("shovel").removeHandler(third)
+            reading.cancel()
+            await asyncio.wait({reading})
+
+    with caplog.at_level(logging.INFO, logger="shovel"):
+        asyncio.run(run())
+    assert all("has not appeared in" in w and "still waiting" in w for w in warnings())
+    said = [r.getMessage() for r in caplog.records if r.getMessage().endswith("to appear")]
+    assert len(said) == 1, said
