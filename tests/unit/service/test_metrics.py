@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from prometheus_client import generate_latest
+
 from shovel.service.metrics import LiveState, Metrics
+from shovel.sources import SourceOptions, parse_source
 from shovel.sources.file import FileProgress
 from shovel.sources.filemetrics import FileProgressCollector
 from tests.helpers import http_get, metric
@@ -64,3 +68,21 @@ def test_a_source_shows_its_own_families_once_it_has_them(served: tuple[Metrics,
     assert metric(text, "shovel_source_rotations_total") == 2
     # The service's own families are still there.
     assert metric(text, "shovel_records_read_total") == 0
+
+
+def test_the_nats_families_are_shown_only_for_a_nats_source(tmp_path: Path) -> None:
+    (tmp_path / "in.log").write_bytes(b"")
+    options = SourceOptions(4096, 1 << 20, output_dir=tmp_path)
+    sources = {
+        "file": str(tmp_path / "in.log"),
+        "generator": "generate:5",
+        "nats": "nats://127.0.0.1/S?consumer=c",
+    }
+    shown = {}
+    for kind, text in sources.items():
+        metrics = Metrics()
+        metrics.show(parse_source(text).open(options).collectors())
+        shown[kind] = generate_latest(metrics.registry).decode()
+    assert "shovel_nats_" in shown["nats"]
+    assert "shovel_nats_" not in shown["file"]
+    assert "shovel_nats_" not in shown["generator"]
