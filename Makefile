@@ -11,7 +11,7 @@ NATIVE_INPUTS := $(shell find native/src -name '*.rs') native/Cargo.toml Cargo.t
 INSTALLED := $(VENV)/.installed
 
 .PHONY: run test test-fast test-python test-rust lint fmt bench wheel clean container-test \
-	deploy-check demo demo-docs
+	deploy-check demo demo-docs docs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -101,6 +101,13 @@ wheel: | $(BIN)/python
 clean:
 	rm -rf $(VENV) target dist shovel/*.so
 
+# $(call install-extra,NAME): installs the NAME extra of pyproject.toml into .venv with pip,
+# without building shovel (the tools of deploy-check and docs need nothing of shovel's).
+define install-extra
+$(BIN)/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["$(1)"], sep="\n")' > $(VENV)/$(1)-requirements.txt
+	$(BIN)/python -m pip install --quiet -r $(VENV)/$(1)-requirements.txt
+endef
+
 # Builds the real image from the Dockerfile with rootful podman and checks it (needs root; on a
 # fresh machine it installs podman and makes the base images first): see deploy/container/.
 container-test: $(INSTALLED)
@@ -117,8 +124,7 @@ KUBERNETES_VERSION ?= 1.35.0
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 deploy-check: | $(BIN)/python
-	$(BIN)/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["deploy"], sep="\n")' > $(VENV)/deploy-requirements.txt
-	$(BIN)/python -m pip install --quiet -r $(VENV)/deploy-requirements.txt
+	$(call install-extra,deploy)
 	command -v promtool >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
 	$(BIN)/hadolint --config .hadolint.yaml Dockerfile
 	$(BIN)/kubernetes-validate --strict --kubernetes-version $(KUBERNETES_VERSION) deploy/kubernetes/shovel.yaml
@@ -126,3 +132,12 @@ deploy-check: | $(BIN)/python
 	promtool check config --lint=all --lint-fatal deploy/prometheus/prometheus.yml
 	promtool check rules --lint=all --lint-fatal deploy/prometheus/alerts.yml
 	promtool test rules deploy/prometheus/alerts_test.yml
+
+# The documentation site (docs/, Sphinx with Furo and MyST-Parser) into docs/_build/html, in
+# strict mode: any warning fails the build, a link to a missing page or heading and a page in
+# no toctree included (-n: nitpicky; --keep-going: all of them listed; -E: every page read
+# again each time, so that no warning hides in a saved environment). docs/index.md includes
+# README.md, so the README's links are checked too. The tools are the `docs` extra.
+docs: | $(BIN)/python
+	$(call install-extra,docs)
+	$(BIN)/sphinx-build -E -W --keep-going -n -b html docs docs/_build/html
