@@ -58,8 +58,8 @@ run: $(INSTALLED)
 demo: $(INSTALLED)
 	$(BIN)/python -m shovel demo
 
-# Regenerates the README's figures from a real run: docs/demo-results.md and
-# docs/demo-timeline.png (the README's table is copied from the first).
+# Regenerates the demo's figures from a real run: docs/demo-results.md (which docs/demo.md
+# includes) and docs/demo-timeline.png (the README and docs/demo.md show it).
 demo-docs: $(INSTALLED)
 	$(BIN)/python -m shovel demo --output-dir $(VENV)/demo-docs > $(VENV)/demo-results.md
 	mkdir -p docs

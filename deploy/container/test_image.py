@@ -90,7 +90,7 @@ def committed_offset(data_dir: Path) -> int | None:
 
 
 def stored_bytes(data_dir: Path) -> bytes:
-    """The stored byte stream: the segments concatenated in name order (README, "Using it")."""
+    """The stored byte stream: the segments concatenated in name order (docs/faults.md)."""
     return b"".join(p.read_bytes() for p in sorted((data_dir / "segments").glob("*.seg")))
 
 

@@ -1,4 +1,4 @@
-"""The demonstration's results: the table (Markdown, for the terminal and the README),
+"""The demonstration's results: the table (Markdown, for the terminal and docs/demo.md),
 results.json with every figure, and the timeline picture (with matplotlib, the 'demo' extra).
 
 A cell's verdict is one of three: clean; failed (a record lost or doubled, a hang, a non-zero

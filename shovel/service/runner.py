@@ -1,5 +1,5 @@
 """The service's run, and its ordered stop: the one place where the stop sequence is read top
-to bottom (README.md, "How a stop works", tells it for users).
+to bottom (docs/stopping.md tells it for users).
 
 The reader and storage tasks, and a third that acknowledges what is durable to a source that
 must be told, are the only children of one TaskGroup, and the only tasks this module ever

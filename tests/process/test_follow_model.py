@@ -3,7 +3,7 @@ ones, rotates by rename and by copy + truncate, stops shovel with SIGTERM and SI
 starts it again, in any order, and checks that what is stored is always a prefix of the lines
 written and, at the end, all of them: every complete line exactly once, in order.
 
-What the model holds to, because no tailer can do otherwise (see the README's limits):
+What the model holds to, because no tailer can do otherwise (docs/sources.md, "Follow", limits):
 - a file is rotated only after shovel has read what was written to the one before it (two
   rotations before shovel sees the first would hide the file in between); in the stopped
   case, only after a run that had stored everything written;

@@ -12,7 +12,7 @@ Its steps (the lifecycle of every source, sources/api.py; the runner drives it):
                  is durable, gives back (negative acknowledgement) what is not, so that
                  another replica takes it at once, then flushes and closes the connection,
                  all within the deadline; with no server connected it sends nothing (see
-                 README.md for the duplicates across replicas that this and two other cases
+                 docs/nats.md for the duplicates across replicas that this and two other cases
                  allow). Then it records beside the checkpoint which stored messages are still
                  not confirmed (ledger.StopRecord): the next start counts those, not what the
                  last checkpoint, written before the last acknowledgements, lists.
