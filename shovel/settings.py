@@ -12,6 +12,7 @@ import importlib.metadata
 import inspect
 import os
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -33,7 +34,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from shovel.cliparser import Parser, placer
+from shovel.cliparser import HelpFormatter, Parser, placer
 from shovel.redact import redact
 from shovel.sizes import format_size, parse_size
 from shovel.sources import FollowConfig, SourceOptions, SourceSpec, parse_source
@@ -89,7 +90,7 @@ class Settings(BaseSettings):
 
     # Where each value came from, for error messages (see `given_as`); set by load_settings.
     _argv: list[str] = PrivateAttr(default_factory=list)
-    _config_file: Path | None = PrivateAttr(default=None)
+    _config: ConfigFile | None = PrivateAttr(default=None)
 
     source: str = Field(
         "generate",
@@ -306,7 +307,7 @@ class Settings(BaseSettings):
 
     def given_as(self, name: str) -> str:
         """Where option `name` of these settings was set, in the user's words."""
-        return given_as(name, self._argv, self._config_file)
+        return given_as(name, self._argv, self._config)
 
 
 # The option groups of --help, in order, and the fields in each (in the order declared).
@@ -433,14 +434,15 @@ def _cli(prog: str) -> CliSettingsSource[Any]:
         cli_implicit_flags=True,
         cli_exit_on_error=False,
         add_argument_method=placer(_FIELD_GROUP, METAVARS, _help),
-        formatter_class=type(parser.formatter_class),
+        formatter_class=HelpFormatter,
     )
     return source
 
 
-def given_as(name: str, argv: list[str], config: Path | None = None) -> str:
+def given_as(name: str, argv: list[str], config: ConfigFile | None = None) -> str:
     """How the user set option `name`: its flag when the command line has it, else its
-    environment variable as spelled in the environment, else its key in the config file."""
+    environment variable as spelled in the environment, else its key in the config file
+    (else its flag: the default was not set by anyone)."""
     flag = "--" + name.replace("_", "-")
     if any(a == flag or a.startswith(flag + "=") for a in argv):
         return flag
@@ -448,8 +450,8 @@ def given_as(name: str, argv: list[str], config: Path | None = None) -> str:
     spelled = next((k for k in os.environ if k.upper() == env), None)
     if spelled is not None:
         return spelled
-    if config is not None:
-        return f"{name} in {config}"
+    if config is not None and name in config.keys:
+        return f"{name} in {config.path}"
     return flag
 
 
@@ -473,8 +475,16 @@ def _config_file(argv: list[str]) -> tuple[Path | None, str]:
     return Path(path), how
 
 
-def _read_config(path: Path, how: str) -> dict[str, Any]:
-    """The config file's table, checked for what pydantic would not say well."""
+@dataclass(frozen=True, slots=True)
+class ConfigFile:
+    """The --config file, and the keys it sets."""
+
+    path: Path
+    keys: frozenset[str]
+
+
+def _read_config(path: Path, how: str) -> ConfigFile:
+    """The config file's keys, checked for what pydantic would not say well."""
     try:
         with path.open("rb") as f:
             table = tomllib.load(f)
@@ -494,10 +504,10 @@ def _read_config(path: Path, how: str) -> dict[str, Any]:
             raise ConfigError(
                 f"{key} in {path}: expected a single value, got a TOML table or array"
             )
-    return table
+    return ConfigFile(path, frozenset(table))
 
 
-def _one_line(err: ValidationError, argv: list[str], config: Path | None) -> str:
+def _one_line(err: ValidationError, argv: list[str], config: ConfigFile | None) -> str:
     parts = []
     for e in err.errors():
         loc = [str(x) for x in e["loc"] if x != "__root__"]
@@ -530,10 +540,9 @@ def _as_typed(where: str, argv: list[str], parsed: object) -> object:
 def load_settings(argv: list[str], prog: str = "shovel") -> Settings:
     """Settings from `argv`, the environment, the --config file and defaults; raises
     ConfigError on bad input. `--help` and `--version` print and raise SystemExit(0)."""
-    config, how = _config_file(argv)
-    if config is not None:
-        _read_config(config, how)
-    token = _CONFIG_FILE.set(config)
+    path, how = _config_file(argv)
+    config = None if path is None else _read_config(path, how)
+    token = _CONFIG_FILE.set(path)
     try:
         settings = CliApp.run(Settings, cli_args=argv, cli_settings_source=_cli(prog))
     except ValidationError as e:
@@ -543,5 +552,5 @@ def load_settings(argv: list[str], prog: str = "shovel") -> Settings:
     finally:
         _CONFIG_FILE.reset(token)
     settings._argv = list(argv)
-    settings._config_file = config
+    settings._config = config
     return settings

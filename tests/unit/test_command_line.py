@@ -272,3 +272,15 @@ def test_the_log_format_of_an_error_in_the_settings(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert format_asked(argv) == asked
+
+
+def test_an_option_is_named_where_it_was_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = config(tmp_path, 'source = "in.log"\n')
+    from_file = load_settings(["--config", str(path)])
+    assert from_file.given_as("source") == f"source in {path}"
+    assert from_file.given_as("output_dir") == "--output-dir"  # the default: nobody set it
+    monkeypatch.setenv("shovel_source", "other.log")
+    assert load_settings(["--config", str(path)]).given_as("source") == "shovel_source"
+    assert load_settings(["--config", str(path), "--source=x.log"]).given_as("source") == "--source"
