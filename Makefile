@@ -32,7 +32,7 @@ try:
     ours = os.tcgetpgrp(tty) == os.getpgrp()
 except OSError:
     ours = False
-if not ours:
+if not ours:  # no terminal, or make runs in the background: nothing to hand over
     os.execv(sys.argv[1], sys.argv[1:])
 pid = os.fork()
 if pid == 0:
@@ -41,8 +41,21 @@ if pid == 0:
     os.tcsetpgrp(tty, os.getpgrp())
     signal.signal(signal.SIGTTOU, signal.SIG_DFL)
     os.execv(sys.argv[1], sys.argv[1:])
-status = os.waitpid(pid, 0)[1]
+os.setpgid(pid, pid)
 signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+# A signal for make (kill, a hangup) is shovel's too.
+for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+    signal.signal(sig, lambda s, _: os.killpg(pid, s))
+while True:
+    status = os.waitpid(pid, os.WUNTRACED)[1]
+    if not os.WIFSTOPPED(status):
+        break
+    # Ctrl-Z stopped shovel: stop make's group too, so the shell gets its prompt back; on fg,
+    # hand the terminal back to shovel and wake it.
+    os.tcsetpgrp(tty, os.getpgrp())
+    os.kill(0, signal.SIGTSTP)
+    os.tcsetpgrp(tty, pid)
+    os.killpg(pid, signal.SIGCONT)
 os.tcsetpgrp(tty, os.getpgrp())
 code = os.waitstatus_to_exitcode(status)
 sys.exit(code if code >= 0 else 128 - code)
@@ -51,7 +64,7 @@ export FOREGROUND
 ARGS ?=
 
 run: $(INSTALLED)
-	@$(BIN)/python -c "$$FOREGROUND" $(BIN)/python -m shovel $(ARGS)
+	@exec $(BIN)/python -c "$$FOREGROUND" $(BIN)/python -m shovel $(ARGS)
 
 # The demonstration: the naive ways to stop an asyncio pipeline next to shovel's, in numbers
 # (a table) and a picture, in shovel-demo/ (about a minute; see python -m shovel demo --help).

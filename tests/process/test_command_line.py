@@ -128,29 +128,65 @@ def _read_until(fd: int, want: bytes | None, seen: bytearray) -> bool:
     return True
 
 
-@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
-def test_make_run_stopped_by_ctrl_c_exits_0(tmp_path: Path) -> None:
-    out = tmp_path / "out"
+def _make_run(out: Path) -> tuple[int, int]:
+    """`make run` on a terminal of its own, as a person's shell starts it: its pid, and the
+    terminal's master end."""
     # -o: the venv this test runs in is the one make run uses; never rebuild it here.
     argv = ["make", "--no-print-directory", "-C", str(ROOT), "-o", ".venv/.installed", "run"]
     argv.append(f"ARGS=--source generate --output-dir {out} --metrics-port 0")
     pid, fd = pty.fork()
-    if pid == 0:  # the child, on a terminal of its own, as a person's shell would start make
+    if pid == 0:
         os.execvp(argv[0], argv)
-    seen = bytearray()
+    return pid, fd
+
+
+def _ended(pid: int, fd: int, seen: bytearray) -> int:
+    """Waits for the terminal to close and `pid` to exit; its exit code. Whatever is left on
+    the terminal is killed (shovel runs in a process group of its own)."""
+    # The terminal's foreground group now: shovel's, once make run has handed it over.
+    group = os.tcgetpgrp(fd)
     try:
-        assert _read_until(fd, b"shovel started", seen), seen
-        # Ctrl-C, typed: the terminal signals its foreground process group.
-        os.write(fd, b"\x03")
         assert _read_until(fd, None, seen), seen
-        status = os.waitpid(pid, 0)[1]
+        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
     finally:
+        # (Never 0 or this test's own group: killpg would kill pytest.)
+        if group > 1 and group != os.getpgrp():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         os.close(fd)
+
+
+needs_make = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+
+
+@needs_make
+def test_make_run_stopped_by_ctrl_c_exits_0(tmp_path: Path) -> None:
+    pid, fd = _make_run(tmp_path / "out")
+    seen = bytearray()
+    if _read_until(fd, b"shovel started", seen):
+        # Ctrl-C, typed: the terminal signals its foreground process group.
+        os.write(fd, b"\x03")
+    code = _ended(pid, fd, seen)
     text = seen.decode(errors="replace")
-    assert os.waitstatus_to_exitcode(status) == 0, text
+    assert "shovel started" in text
+    assert code == 0, text
     assert "SIGINT received" in text
     assert "Interrupt" not in text  # make's "*** [run] Interrupt"
-    stored = stored_bytes(out)
+    stored = stored_bytes(tmp_path / "out")
     assert stored == generated(0, stored.count(b"\n"))
+
+
+@needs_make
+def test_a_sigterm_for_make_run_stops_shovel_cleanly(tmp_path: Path) -> None:
+    pid, fd = _make_run(tmp_path / "out")
+    seen = bytearray()
+    if _read_until(fd, b"shovel started", seen):
+        os.kill(pid, signal.SIGTERM)  # make's, not shovel's
+    code = _ended(pid, fd, seen)
+    text = seen.decode(errors="replace")
+    assert "SIGTERM received" in text
+    assert "undelivered 0" in text
+    # make itself ends as a SIGTERM says, once shovel has stopped.
+    assert code == -signal.SIGTERM, text
