@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import re
+import shlex
 import textwrap
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
@@ -58,14 +60,25 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         prefix = "unrecognized arguments: "
         if message.startswith(prefix):
-            message = self._unknown(message.removeprefix(prefix).split())
-        raise SettingsError(message)
+            raise SettingsError(self._unknown(message.removeprefix(prefix).split()))
+        # argparse's own wording, in shovel's: "argument --a/--no-a: ..." -> "--a: ...".
+        match = re.fullmatch(r"argument (-[^/:]+)(?:/[^:]+)?: (.*)", message)
+        if match is None:
+            raise SettingsError(message)
+        flag, said = match.groups()
+        if said == "expected one argument":
+            said = "needs a value"
+        elif said.startswith("ignored explicit argument"):
+            said = f"takes no value (say {flag} or {flag.replace('--', '--no-', 1)})"
+        raise SettingsError(f"{flag}: {said}")
 
     def _unknown(self, args: list[str]) -> str:
-        options = [a.split("=", 1)[0] for a in args if a.startswith("-")]
+        options = [a.split("=", 1)[0] for a in args if a.startswith("-") and a != "-"]
         if not options:
-            # Only values: shovel takes no positional argument.
-            return f"{args[0]!r}: unexpected argument (options start with --; see --help)"
+            # Only values: shovel takes no positional argument; a lone one is likely a source.
+            return (
+                f"{args[0]!r}: unexpected argument; did you mean --source {shlex.quote(args[0])}?"
+            )
         # The first unknown option is enough: what follows it may be its value.
         near = difflib.get_close_matches(options[0], self.flags(), n=1, cutoff=0.6)
         hint = f"did you mean {near[0]}?" if near else "see --help for the options"

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 
+from shovel.prescan import env_spelled, flag_value
 from shovel.redact import redact
 
 # Every log line: when, how grave, which logger, what.
@@ -53,12 +54,11 @@ def configure(level: str | int, log_format: str) -> None:
 
 def format_asked(argv: list[str]) -> str:
     """The log format the flags or the environment ask for, read before the settings are (so
-    that an error in them is logged in that format); text when neither names a valid one."""
-    asked = os.environ.get("SHOVEL_LOG_FORMAT", "text")
-    for i, arg in enumerate(argv):
-        if arg == "--log-format" and i + 1 < len(argv):
-            asked = argv[i + 1]
-        elif arg.startswith("--log-format="):
-            asked = arg.removeprefix("--log-format=")
-    asked = asked.lower()
-    return asked if asked in FORMATS else "text"
+    that an error in them is logged in that format); text when neither names a valid one.
+    (A config file's log_format applies once the settings are read.)"""
+    asked = flag_value(argv, "--log-format")
+    if asked is None:
+        # Must match the settings' variable for log_format.
+        env = env_spelled("SHOVEL_LOG_FORMAT")
+        asked = "text" if env is None else os.environ[env]
+    return asked.lower() if asked.lower() in FORMATS else "text"

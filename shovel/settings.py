@@ -1,7 +1,8 @@
 """Configuration: CLI flags (--kebab-case) over SHOVEL_* environment variables over a TOML
 file (--config) over defaults.
 
-Validation only; the one file read here is the --config file.
+Validation only: the one file read here is the --config file (and, for --version, the
+package's metadata).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
-    model_validator,
 )
 from pydantic_settings import (
     BaseSettings,
@@ -35,14 +36,17 @@ from pydantic_settings import (
 )
 
 from shovel.cliparser import HelpFormatter, Parser, placer
+from shovel.oserrors import reason
+from shovel.prescan import env_spelled, flag_given, flag_value
 from shovel.redact import redact
-from shovel.sizes import format_size, parse_size
+from shovel.sizes import HOW, format_size, parse_size
 from shovel.sources import FollowConfig, SourceOptions, SourceSpec, parse_source
 from shovel.sources.generator import DEFAULT_GENERATE_RATE
 from shovel.storage import StorageConfig
 
 ENV_PREFIX = "SHOVEL_"
-# The name on the package index; the import package and the command stay `shovel`.
+# The name on the package index; the import package and the command stay `shovel`. Must match
+# [project] name in pyproject.toml.
 DISTRIBUTION = "shovel-pipeline"
 MiB = 1024 * 1024
 # Byte counts go to the native client as unsigned 64-bit integers.
@@ -50,14 +54,17 @@ U64_MAX = 2**64 - 1
 # The drain deadline must end this long before the orchestrator's SIGKILL.
 GRACE_MARGIN_S = 5.0
 
-# The --config file of the settings being loaded (load_settings sets it; the model's sources
-# read it).
-_CONFIG_FILE: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
+# The --config file of the settings being loaded: load_settings names it, the model's sources
+# read it (after the flags, so that --help and --version work whatever it holds).
+_CONFIG_FILE: contextvars.ContextVar[_ConfigRead | None] = contextvars.ContextVar(
     "shovel_config_file", default=None
 )
 
 
 def _size(value: object) -> object:
+    if isinstance(value, bool):
+        # TOML's true is no size, though Python counts it as 1.
+        raise ValueError(f"not a size: {HOW}")
     return parse_size(value) if isinstance(value, str) else value
 
 
@@ -101,7 +108,7 @@ class Settings(BaseSettings):
     )
     output_dir: Path = Field(
         Path("shovel-data"),
-        description="directory for segments/, the checkpoint and the lock (created if missing)",
+        description="directory for segments/, the checkpoint and the lock; created if missing",
     )
     follow: bool = Field(
         False,
@@ -121,7 +128,7 @@ class Settings(BaseSettings):
         ge=0,
         le=3_600_000,
         description="with --follow: after a rotation, keep reading the old file until it has "
-        "had no new data for this long (its writer may not have reopened yet)",
+        "had no new data for this long, as its writer may not have reopened yet",
     )
     generate_rate: float | None = Field(
         None,
@@ -219,10 +226,10 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The flags come first, added by CliApp; then these, in order.
-        config = _CONFIG_FILE.get()
-        if config is None:
+        named = _CONFIG_FILE.get()
+        if named is None:
             return (init_settings, env_settings)
-        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, config))
+        return (init_settings, env_settings, _config_source(settings_cls, named))
 
     @field_validator("log_format", mode="before")
     @classmethod
@@ -250,22 +257,26 @@ class Settings(BaseSettings):
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @model_validator(mode="after")
-    def _follow_needs_a_file(self) -> Settings:
-        if self.follow and not parse_source(self.source).followable:
-            raise ValueError(f"--follow reads a file, and the source is {self.source!r}")
-        return self
+    @field_validator("follow")
+    @classmethod
+    def _follow_needs_a_file(cls, follow: bool, info: ValidationInfo) -> bool:
+        # `source` is declared first, so it is in info.data once it is valid.
+        source = info.data.get("source")
+        if follow and source is not None and not parse_source(source).followable:
+            raise ValueError(f"reads a file, and the source is {source!r}")
+        return follow
 
-    @model_validator(mode="after")
-    def _fits_grace_period(self) -> Settings:
-        grace = self.grace_period_s
-        if grace is not None and self.shutdown_timeout_s + GRACE_MARGIN_S > grace:
+    @field_validator("grace_period_s")
+    @classmethod
+    def _fits_grace_period(cls, grace: float | None, info: ValidationInfo) -> float | None:
+        timeout = info.data.get("shutdown_timeout_s")
+        if grace is not None and timeout is not None and timeout + GRACE_MARGIN_S > grace:
             raise ValueError(
-                f"shutdown timeout {self.shutdown_timeout_s:g} s leaves less than "
-                f"{GRACE_MARGIN_S:g} s before the {grace:g} s grace period ends: the kill "
-                "would race the drain; lower --shutdown-timeout-s or raise the grace period"
+                f"the shutdown timeout, {timeout:g} s, leaves less than {GRACE_MARGIN_S:g} s "
+                "before this grace period ends: the kill would race the drain; lower the "
+                "shutdown timeout or raise the grace period"
             )
-        return self
+        return grace
 
     @property
     def source_spec(self) -> SourceSpec:
@@ -369,8 +380,9 @@ METAVARS = {
 _FIELD_GROUP = {field: group for group, fields in GROUPS.items() for field in fields}
 EPILOG = """\
 other command:
-  {prog} demo   the naive ways to stop an asyncio pipeline next to shovel's, in numbers
-                and a picture (see {prog} demo --help)
+  {prog} demo
+        the naive ways to stop an asyncio pipeline next to shovel's, in numbers and a
+        picture (see {prog} demo --help)
 
 Exit codes: 0 everything read is durable; 1 fatal runtime error (storage failure, output \
 directory in use or damaged, a source that does not continue what was stored); 2 bad usage \
@@ -444,35 +456,14 @@ def given_as(name: str, argv: list[str], config: ConfigFile | None = None) -> st
     environment variable as spelled in the environment, else its key in the config file
     (else its flag: the default was not set by anyone)."""
     flag = "--" + name.replace("_", "-")
-    if any(a == flag or a.startswith(flag + "=") for a in argv):
+    if flag_given(argv, flag):
         return flag
-    env = env_name(name)
-    spelled = next((k for k in os.environ if k.upper() == env), None)
+    spelled = env_spelled(env_name(name))
     if spelled is not None:
         return spelled
     if config is not None and name in config.keys:
         return f"{name} in {config.path}"
     return flag
-
-
-def _config_file(argv: list[str]) -> tuple[Path | None, str]:
-    """The --config file named by the flags or the environment, and how it was named."""
-    path: str | None = None
-    how = "--config"
-    for i, arg in enumerate(argv):
-        if arg == "--config" and i + 1 < len(argv):
-            path = argv[i + 1]
-        elif arg.startswith("--config="):
-            path = arg.removeprefix("--config=")
-    if path is None:
-        env = env_name("config")
-        how = next((k for k in os.environ if k.upper() == env), env)
-        path = os.environ.get(how)
-    if path is None:
-        return None, how
-    if not path:
-        raise ConfigError(f"{how}: is empty: name a TOML file, or leave it out")
-    return Path(path), how
 
 
 @dataclass(frozen=True, slots=True)
@@ -483,17 +474,48 @@ class ConfigFile:
     keys: frozenset[str]
 
 
-def _read_config(path: Path, how: str) -> ConfigFile:
-    """The config file's keys, checked for what pydantic would not say well."""
+@dataclass(slots=True)
+class _ConfigRead:
+    """The --config file as the user named it (`how`: the flag or the variable) and, once
+    the model's sources have read it, what it set."""
+
+    path: Path
+    how: str
+    file: ConfigFile | None = None
+
+
+def _config_named(argv: list[str]) -> _ConfigRead | None:
+    """The --config file the flags or the environment name, or None."""
+    how: str | None = "--config"
+    path = flag_value(argv, "--config")
+    if path is None:
+        how = env_spelled(env_name("config"))
+        path = None if how is None else os.environ[how]
+    if path is None or how is None:
+        return None
+    if not path:
+        raise ConfigError(f"{how} '': is empty: name a TOML file, or leave it out")
+    return _ConfigRead(Path(path), how)
+
+
+def _config_source(
+    settings_cls: type[BaseSettings], named: _ConfigRead
+) -> TomlConfigSettingsSource:
+    """pydantic-settings' TOML source for the --config file, with what it would not say well
+    said here: a missing or unreadable file (it would skip it), bad TOML, an unknown key."""
+    path, how = named.path, named.how
     try:
-        with path.open("rb") as f:
-            table = tomllib.load(f)
+        with path.open("rb"):
+            pass
+        source = TomlConfigSettingsSource(settings_cls, path)
     except OSError as e:
-        raise ConfigError(f"{how} {str(path)!r}: cannot read it: {e.strerror or e}") from None
+        raise ConfigError(f"{how} {str(path)!r}: cannot read it: {reason(e)}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{how} {str(path)!r}: not valid TOML: {e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{how} {str(path)!r}: not valid TOML: not UTF-8") from None
     known = list(Settings.model_fields)
-    for key, value in table.items():
+    for key, value in source.toml_data.items():
         if key == "config":
             raise ConfigError(f"config in {path}: a config file cannot name another")
         if key not in known:
@@ -504,34 +526,43 @@ def _read_config(path: Path, how: str) -> ConfigFile:
             raise ConfigError(
                 f"{key} in {path}: expected a single value, got a TOML table or array"
             )
-    return ConfigFile(path, frozenset(table))
+    named.file = ConfigFile(path, frozenset(source.toml_data))
+    return source
 
 
 def _one_line(err: ValidationError, argv: list[str], config: ConfigFile | None) -> str:
     parts = []
     for e in err.errors():
         loc = [str(x) for x in e["loc"] if x != "__root__"]
-        msg = str(e["msg"]).removeprefix("Value error, ")
-        # pydantic's sentences start with a capital; here they follow a colon.
-        msg = msg[:1].lower() + msg[1:]
-        if loc:
-            where = given_as(loc[0], argv, config)
-            parts.append(f"{where} {_as_typed(where, argv, e['input'])!r}: {msg}")
-        else:
+        msg = _said(e["msg"], loc[0] if loc else "", e.get("ctx", {}))
+        if not loc:
             parts.append(msg)
+            continue
+        where = given_as(loc[0], argv, config)
+        if Settings.model_fields[loc[0]].annotation in (bool, "bool"):
+            # A flag has no value to show (what follows it is another option).
+            parts.append(f"{where}: {msg}")
+        else:
+            parts.append(f"{where} {_as_typed(where, argv, e['input'])!r}: {msg}")
     return "; ".join(parts)
+
+
+def _said(msg: str, field: str, ctx: dict[str, Any]) -> str:
+    """pydantic's message after a colon: lower-cased, and a size's bound in its unit."""
+    msg = msg.removeprefix("Value error, ")
+    if METAVARS.get(field) == "SIZE":
+        if "ge" in ctx:
+            return f"must be at least {format_size(int(ctx['ge']))}"
+        if "le" in ctx:
+            return f"must be at most {format_size(int(ctx['le']))}"
+    return msg[:1].lower() + msg[1:]
 
 
 def _as_typed(where: str, argv: list[str], parsed: object) -> object:
     """The value as the user wrote it where it was set (a size before its conversion)."""
     if where.startswith("--"):
-        typed: object = parsed
-        for i, arg in enumerate(argv):
-            if arg == where and i + 1 < len(argv):
-                typed = argv[i + 1]
-            elif arg.startswith(where + "="):
-                typed = arg.removeprefix(where + "=")
-        return typed
+        typed = flag_value(argv, where)
+        return parsed if typed is None else typed
     if where in os.environ:
         return os.environ[where]
     return str(parsed) if isinstance(parsed, Path) else parsed
@@ -540,17 +571,17 @@ def _as_typed(where: str, argv: list[str], parsed: object) -> object:
 def load_settings(argv: list[str], prog: str = "shovel") -> Settings:
     """Settings from `argv`, the environment, the --config file and defaults; raises
     ConfigError on bad input. `--help` and `--version` print and raise SystemExit(0)."""
-    path, how = _config_file(argv)
-    config = None if path is None else _read_config(path, how)
-    token = _CONFIG_FILE.set(path)
+    named = _config_named(argv)
+    token = _CONFIG_FILE.set(named)
     try:
         settings = CliApp.run(Settings, cli_args=argv, cli_settings_source=_cli(prog))
     except ValidationError as e:
+        config = None if named is None else named.file
         raise ConfigError(redact(_one_line(e, argv, config))) from None
     except SettingsError as e:
         raise ConfigError(redact(str(e).removeprefix("error parsing CLI: "))) from None
     finally:
         _CONFIG_FILE.reset(token)
     settings._argv = list(argv)
-    settings._config = config
+    settings._config = None if named is None else named.file
     return settings

@@ -21,7 +21,7 @@ from shovel.service.metrics import Metrics, MetricsServer, host_port
 from shovel.service.signals import StopRequest
 from shovel.service.state import RunState
 from shovel.service.waits import until
-from shovel.settings import ENV_PREFIX, Settings
+from shovel.settings import Settings
 from shovel.sources import Source, SourceError, SourceMismatch
 from shovel.storage import (
     CorruptStoreError,
@@ -92,7 +92,12 @@ async def open_run(
     try:
         storage = await open_storage(settings.storage_config)
     except (DirectoryLockedError, CorruptStoreError, StorageError) as e:
-        log.error("cannot open the output directory: %s", e)
+        log.error(
+            "%s %r: cannot open it: %s",
+            settings.given_as("output_dir"),
+            str(settings.output_dir),
+            e,
+        )
         return ExitCode.FATAL
     state = RunState(
         RejectWriter(settings.output_dir, settings.max_record_bytes), storage, started_at=started_at
@@ -103,11 +108,11 @@ async def open_run(
             server = MetricsServer(metrics, settings.metrics_host, settings.metrics_port)
         except OSError as e:
             log.error(
-                "cannot serve metrics on %s: %s; choose another port with --metrics-port "
-                "(or %sMETRICS_PORT), or 0 to serve none",
+                "%s %r: cannot serve metrics on %s: %s; choose another port, or 0 to serve none",
+                settings.given_as("metrics_port"),
+                settings.metrics_port,
                 host_port(settings.metrics_host, settings.metrics_port),
                 e.strerror or e,
-                ENV_PREFIX,
             )
             await close_unused(storage, settings)
             return ExitCode.USAGE

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from shovel._native import ReadFile
+from shovel.oserrors import reason
 from shovel.sources.api import FollowConfig, Source, SourceError, SourceOptions
 from shovel.sources.file import FileSource
 from shovel.sources.stream import stream_of
@@ -50,7 +51,7 @@ def _open_path(
             return FileSource(path, chunk_bytes, max_record_bytes, follow)
         raise SourceError("no such file or directory") from None
     except OSError as e:
-        raise SourceError(f"cannot read it: {_lower(e.strerror)}") from e
+        raise SourceError(f"cannot read it: {reason(e)}") from e
     if stat.S_ISDIR(mode):
         raise SourceError("is a directory, not a file")
     if not stat.S_ISREG(mode):
@@ -77,20 +78,15 @@ def _open_path(
     return stream_of(path, chunk_bytes, max_record_bytes)
 
 
-def _lower(reason: str | None) -> str:
-    """An OS error's reason as the middle of a sentence ("No such file" -> "no such file")."""
-    return (reason or "error")[:1].lower() + (reason or "error")[1:]
-
-
 def _pseudo_filesystem(path: Path) -> str | None:
     """The pseudo filesystem `path` is on (procfs, sysfs, ...), or None."""
     try:
         file = ReadFile(path)
     except OSError as e:
-        raise SourceError(f"cannot open it: {_lower(e.strerror)}") from e
+        raise SourceError(f"cannot open it: {reason(e)}") from e
     try:
         return file.pseudo_filesystem()
     except OSError as e:
-        raise SourceError(f"cannot tell which filesystem it is on: {_lower(e.strerror)}") from e
+        raise SourceError(f"cannot tell which filesystem it is on: {reason(e)}") from e
     finally:
         file.close()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from shovel.batches import Batch, Piece
+from shovel.oserrors import reason
 from shovel.sources.api import Source, SourceError, SourceOptions, stored_origin
 from shovel.sources.identity import StreamOrigin, encode
 from shovel.sources.records import RecordSplitter
@@ -141,5 +142,5 @@ def stream_of(path: Path, chunk_bytes: int, max_record_bytes: int) -> StreamSour
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as e:
-        raise SourceError(f"cannot open it: {(e.strerror or str(e)).lower()}") from e
+        raise SourceError(f"cannot open it: {reason(e)}") from e
     return StreamSource(fd, f"stream {path}", chunk_bytes, max_record_bytes, owns_fd=True)

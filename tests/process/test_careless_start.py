@@ -44,7 +44,7 @@ def _run(
         ({"SHOVEL_METRICS_PORT": "99999"}, [], "SHOVEL_METRICS_PORT '99999': "),
         ({"SHOVEL_SOURCE": "generate:x"}, [], "SHOVEL_SOURCE 'generate:x': "),
         ({"SHOVEL_FSYNC_MAX_BYTES": "16XB"}, [], "SHOVEL_FSYNC_MAX_BYTES '16XB': not a size"),
-        ({}, ["--read-chunk-bytes", "1KiB"], "--read-chunk-bytes '1KiB': input should be"),
+        ({}, ["--read-chunk-bytes", "1KiB"], "--read-chunk-bytes '1KiB': must be at least 4KiB"),
     ],
 )
 def test_a_bad_value_is_reported_under_the_name_it_was_given(

@@ -641,7 +641,7 @@ def test_damaged_store_is_refused_with_exit_1_naming_the_file_and_left_untouched
     assert_clean_stderr(text)
     errors = [line for line in text.splitlines() if " ERROR " in line]
     assert len(errors) == 1, text
-    assert f"cannot open the output directory: damaged store file {path}: {detail}" in errors[0]
+    assert f"cannot open it: damaged store file {path}: {detail}" in errors[0]
     assert "shovel started" not in text
     assert snapshot(out) == before, "a refused store must not be modified"
 

@@ -167,7 +167,7 @@ def test_the_output_directory_lock_is_taken_before_the_metrics_port(tmp_path: Pa
             tmp_path / "second.log",
         )  # fmt: skip
         assert code == 1, text
-        assert "cannot open the output directory" in text
+        assert "cannot open it: in use by another shovel process" in text
         assert "in use" in text
         assert "metrics" not in text
         other = tmp_path / "other"
@@ -177,8 +177,8 @@ def test_the_output_directory_lock_is_taken_before_the_metrics_port(tmp_path: Pa
             tmp_path / "third.log",
         )  # fmt: skip
         assert code == 2, text
-        assert f"cannot serve metrics on 127.0.0.1:{port}" in text
-        assert "choose another port with --metrics-port" in text
+        assert f"--metrics-port {port}: cannot serve metrics on 127.0.0.1:{port}" in text
+        assert "choose another port, or 0 to serve none" in text
         assert_clean_stderr(text)
         # The refused run left the directory unlocked and untouched.
         code, text = run_shovel(

@@ -39,6 +39,8 @@ LAYERS = (
         "shovel.logs",
         "shovel.cliparser",
         "shovel.sizes",
+        "shovel.prescan",
+        "shovel.oserrors",
     ),
     ("shovel.exitcodes",),
     ("shovel._early", "shovel"),

@@ -142,6 +142,18 @@ def test_a_mistyped_option_gets_the_nearest_one(argv: list[str], message: str) -
         ({}, ["--fsync-max-bytes", "lots"], "--fsync-max-bytes 'lots': not a size"),
         ({}, ["--source", "generate:abc"], "--source 'generate:abc': generate:N needs a whole"),
         ({}, ["--log-format", "xml"], "--log-format 'xml': input should be 'text' or 'json'"),
+        ({}, ["-"], "'-': unexpected argument; did you mean --source -?"),
+        ({}, ["--source"], "--source: needs a value"),
+        ({}, ["--follow=maybe"], "--follow: takes no value (say --follow or --no-follow)"),
+        ({"SHOVEL_FOLLOW": "1"}, [], "SHOVEL_FOLLOW: reads a file, and the source is 'generate'"),
+        (
+            {"SHOVEL_GRACE_PERIOD_S": "8"},
+            ["--shutdown-timeout-s", "5"],
+            "SHOVEL_GRACE_PERIOD_S '8': the shutdown timeout, 5 s, leaves less than 5 s",
+        ),
+        ({}, ["--read-chunk-bytes", "1GiB"], "--read-chunk-bytes '1GiB': must be at most 256MiB"),
+        ({}, ["--fsync-max-bytes", "0"], "--fsync-max-bytes '0': must be at least 1"),
+        ({}, ["--fsync-max-bytes", "1.5"], "--fsync-max-bytes '1.5': not a whole number of bytes"),
     ],
 )
 def test_an_error_names_what_was_typed_where(
@@ -207,7 +219,9 @@ def test_a_config_file_error_names_the_key_and_the_file(
 
 
 def test_a_missing_config_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(ConfigError, match=r"^--config '.*nope.toml': cannot read it: No such"):
+    with pytest.raises(
+        ConfigError, match=r"^--config '.*nope.toml': cannot read it: no such file or directory$"
+    ):
         load_settings(["--config", str(tmp_path / "nope.toml")])
     monkeypatch.setenv("SHOVEL_CONFIG", str(tmp_path / "nope.toml"))
     with pytest.raises(ConfigError, match=r"^SHOVEL_CONFIG '.*nope.toml': cannot read it"):
@@ -284,3 +298,25 @@ def test_an_option_is_named_where_it_was_set(
     monkeypatch.setenv("shovel_source", "other.log")
     assert load_settings(["--config", str(path)]).given_as("source") == "shovel_source"
     assert load_settings(["--config", str(path), "--source=x.log"]).given_as("source") == "--source"
+
+
+def test_a_config_file_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "shovel.toml"
+    path.write_bytes(b'source = "\xff"\n')
+    with pytest.raises(ConfigError, match=r"not valid TOML: not UTF-8$"):
+        load_settings(["--config", str(path)])
+
+
+def test_a_true_is_not_a_size(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"fsync_max_bytes in .* True: not a size"):
+        load_settings(["--config", str(config(tmp_path, "fsync_max_bytes = true\n"))])
+
+
+@pytest.mark.parametrize("asked", [["--help"], ["--version"]])
+def test_help_and_version_work_whatever_the_config_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, asked: list[str]
+) -> None:
+    monkeypatch.setenv("SHOVEL_CONFIG", str(tmp_path / "not-mounted.toml"))
+    with pytest.raises(SystemExit) as exit_:
+        load_settings(asked)
+    assert exit_.value.code == 0

@@ -102,12 +102,9 @@ impl fmt::Display for StoreError {
                 }
                 Ok(())
             }
-            StoreError::Locked { dir, holder } => {
-                write!(
-                    f,
-                    "output directory {} is in use by another shovel process",
-                    dir.display()
-                )?;
+            // The caller names the directory (as the user gave it).
+            StoreError::Locked { holder, .. } => {
+                write!(f, "in use by another shovel process")?;
                 if let Some(holder) = holder {
                     write!(f, " (pid {holder})")?;
                 }

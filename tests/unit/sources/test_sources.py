@@ -7,6 +7,7 @@ import logging
 import os
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -230,3 +231,20 @@ def test_a_followed_name_that_never_appears_is_said_at_warning_again_and_again(
     assert all("has not appeared in" in w and "still waiting" in w for w in warnings())
     said = [r.getMessage() for r in caplog.records if r.getMessage().endswith("to appear")]
     assert len(said) == 1, said
+
+
+def test_a_name_still_absent_is_said_once_a_minute_not_at_every_look(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(file_module, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    source = FileSource(tmp_path / "never.log", 4096, 1 << 20, FollowConfig(0.2, 1.0))
+    with caplog.at_level(logging.WARNING, logger="shovel"):
+        for t in (0, 0.2, 30, 59.8, 60, 60.2, 119.9, 120, 150):
+            now[0] = 1000.0 + t
+            source._still_absent(str(tmp_path / "never.log"))
+    said = [r.getMessage() for r in caplog.records]
+    assert [m.split(" has not appeared in ")[1] for m in said] == [
+        "60 s: still waiting for it (is the path right?)",
+        "120 s: still waiting for it (is the path right?)",
+    ]
