@@ -308,13 +308,7 @@ def _run(
     if no_nats is not None:
         sys.stderr.write(no_nats + "\n")
     if have_matplotlib():
-        panels = [
-            (pattern, results[Cell(pattern, "python").key][0]) for pattern in _patterns(with_aiorun)
-        ]
-        nats_panels = [
-            (cell.pattern, results[cell.key][0]) for cell in cells if cell.source == "nats"
-        ]
-        draw(config.output_dir / PICTURE_FILE, config, panels, nats_panels)
+        draw(config.output_dir / PICTURE_FILE, config, cells, results)
         sys.stderr.write(f"the picture: {config.output_dir / PICTURE_FILE}\n")
     else:
         sys.stderr.write(

@@ -743,7 +743,44 @@ def test_an_incomplete_count_of_shovels_runner_is_unknown_and_exits_3(
     assert (run["tally"]["lost"], run["tally"]["uncounted"]) == (0, 4)
     # The picture's panel for this run.
     assert (out / cli.PICTURE_FILE).read_bytes().startswith(PNG_SIGNATURE)
-    assert picture._lost_label(0, 4) == "lost 0\nnot counted 4\n(unknown, not lost)"
+    assert picture._verdict(summary).startswith(
+        "none lost of what was counted; 1 run not counted to the end: up to 4 unknown"
+    )
+
+
+def test_the_picture_shows_every_run_not_only_the_first(tmp_path: Path) -> None:
+    """The first run kept everything, the second lost 3: the answer's dots, its words and the
+    timeline all show the second run's loss."""
+    plt = pytest.importorskip("matplotlib.pyplot")
+    cell = Cell("cancel-all", "python")
+    kept = _clean_run(cell, 0)
+    lossy = replace(
+        _clean_run(cell, 1),
+        tally=Tally(10, 7, 7, 3, 0, 0, 0),
+        timeline=[(-0.1, 5, 5), (0.0, 10, 7), (0.1, 10, 7)],
+    )
+    results = {cell.key: [kept, lossy]}
+    config = DemoConfig(2, 1000.0, 10.0, 1, tmp_path, 1)
+    fig, (answer, timeline) = plt.subplots(2)
+    try:
+        picture._answer(answer, config, [cell], results)
+        dots = [list(c.get_offsets()[:, 0]) for c in answer.collections if len(c.get_offsets())]
+        assert dots == [[0, 3]]
+        assert picture._verdict(summarize([kept, lossy])).startswith(
+            "lost records in 1 of 2 runs: 1.5 a run on average"
+        )
+        picture._timeline(timeline, cell, [kept, lossy])
+        # After each run's exit, a line at what it left: red where that was lost.
+        after_exit = {
+            (line.get_color(), tuple(line.get_ydata()))
+            for line in timeline.get_lines()
+            if line.get_color() != "black"
+        }
+        assert (picture.LOST, (3, 3)) in after_exit
+        assert (picture.KEPT, (0, 0)) in after_exit
+        assert timeline.get_ylim()[0] == 0
+    finally:
+        plt.close(fig)
 
 
 def test_a_loss_in_an_incomplete_count_is_still_a_loss(
@@ -758,6 +795,7 @@ def test_a_loss_in_an_incomplete_count_is_still_a_loss(
     assert "| 1/1, 1 not counted | 1 (1); not counted: up to 4 |" in table(
         [SHOVEL_NATIVE], {SHOVEL_NATIVE.key: [lossy]}
     )
+    assert picture._verdict(summarize([lossy])).startswith("lost records in 1 of 1 runs")
 
 
 @pytest.fixture(scope="module")
