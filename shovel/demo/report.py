@@ -42,7 +42,7 @@ def cell_title(cell: Cell) -> tuple[str, str]:
     """(pattern, client) as the table shows them."""
     pattern = PATTERN_TITLES[cell.pattern]
     if cell.kill_restart:
-        pattern = "SIGKILL, restart" + (" (shovel)" if cell.pattern == "shovel" else " (naive)")
+        pattern = short_title(cell)[0]
     client = CLIENT_TITLES[cell.client]
     if cell.source == "nats":
         client = f"{client}; {NATS_TITLE}"
@@ -401,7 +401,7 @@ def results_markdown(
     parts = [
         "# The demo's results",
         "",
-        *_settings(config, cells),
+        *(f"- {line}" for line in _settings(config, cells)),
         "",
         "## Records lost, per stop and client",
         "",
