@@ -181,7 +181,9 @@ fn second_open_of_a_directory_is_refused_until_close() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(config(dir.path())).unwrap();
     match Store::open(config(dir.path())) {
-        Err(StoreError::Locked { dir: d, .. }) => assert_eq!(d, dir.path()),
+        Err(StoreError::Locked { holder }) => {
+            assert_eq!(holder, Some(std::process::id().to_string()))
+        }
         other => panic!("expected Locked, got {other:?}"),
     }
     store.close(Duration::from_secs(5)).unwrap();

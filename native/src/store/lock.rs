@@ -30,10 +30,7 @@ pub fn acquire(dir: &Path) -> StoreResult<File> {
                 .ok()
                 .map(|_| holder.trim().to_string())
                 .filter(|h| !h.is_empty());
-            return Err(StoreError::Locked {
-                dir: dir.to_path_buf(),
-                holder,
-            });
+            return Err(StoreError::Locked { holder });
         }
         Err(TryLockError::Error(e)) => return Err(StoreError::io("lock", &path, &e)),
     }
@@ -55,7 +52,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let first = acquire(dir.path()).expect("first");
         match acquire(dir.path()) {
-            Err(StoreError::Locked { holder, .. }) => {
+            Err(StoreError::Locked { holder }) => {
                 assert_eq!(holder, Some(std::process::id().to_string()))
             }
             other => panic!("expected Locked, got {other:?}"),
