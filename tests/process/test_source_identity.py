@@ -189,7 +189,7 @@ def test_the_same_file_under_another_name_resumes(tmp_path: Path) -> None:
 def test_follow_needs_a_file(tmp_path: Path) -> None:
     code, text = store("generate", tmp_path / "out", tmp_path / "1.log", "--follow")
     assert code == 2, text
-    assert "--follow reads a file" in text
+    assert "--follow: reads a file, and the source is" in text
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     writer = subprocess.Popen(["sh", "-c", f"exec 3>{fifo}; sleep 30"])
