@@ -113,7 +113,7 @@ def test_close_twice_and_concurrently_gives_one_outcome_and_refuses_writes(
 def test_second_client_on_a_directory_is_refused(tmp_path: Path) -> None:
     async def run() -> None:
         first = await Storage.open(config(tmp_path))
-        with pytest.raises(DirectoryLockedError, match="^in use by another shovel process"):
+        with pytest.raises(DirectoryLockedError, match=r"^in use by another shovel process"):
             await Storage.open(config(tmp_path))
         await first.close(5)
         second = await Storage.open(config(tmp_path))
