@@ -142,8 +142,8 @@ def _shovel_origin(cwd: Path) -> tuple[str, str]:
         [
             sys.executable,
             "-c",
-            "import shovel, importlib.metadata as m; "
-            "print(m.version('shovel')); print(shovel.__file__)",
+            "import shovel; from shovel.settings import version; "
+            "print(version()); print(shovel.__file__)",
         ],
         capture_output=True,
         text=True,
