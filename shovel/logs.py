@@ -6,13 +6,16 @@ import json
 import logging
 import os
 import sys
+from typing import Literal, get_args
 
 from shovel.prescan import env_spelled, flag_value
 from shovel.redact import redact
 
 # Every log line: when, how grave, which logger, what.
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-FORMATS = ("text", "json")
+# The formats --log-format takes; the settings type the option with it.
+LogFormat = Literal["text", "json"]
+FORMATS: tuple[str, ...] = get_args(LogFormat)
 
 
 class RedactingFormatter(logging.Formatter):

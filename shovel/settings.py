@@ -36,6 +36,7 @@ from pydantic_settings import (
 )
 
 from shovel.cliparser import HelpFormatter, Parser, placer
+from shovel.logs import LogFormat
 from shovel.oserrors import reason
 from shovel.prescan import env_spelled, flag_given, flag_value
 from shovel.redact import redact
@@ -205,7 +206,7 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="the least grave lines logged"
     )
-    log_format: Literal["text", "json"] = Field(
+    log_format: LogFormat = Field(
         "text",
         description="text: one line per event (time, level, logger: message); json: one object "
         "per line with the same fields, for a log collector",
