@@ -7,7 +7,9 @@
 //!
 //! - [`store`]: an output directory: its lock, recovery, ordered segment writes, grouped
 //!   fsyncs, the checkpoint. Its doc states the durability protocol.
-//! - [`runtime`]: the tokio runtime thread the store writes on: start, stop, join.
+//! - [`runtime`]: a tokio runtime on a thread of its own (the store writes on one): start,
+//!   stop, join.
+//! - [`notify`]: the wake-up channel by which native work tells the event loop to look.
 //! - [`buffers`]: read buffers that go from the reader to the writer and back, never copied.
 //! - [`split`]: cutting a byte stream into batches of whole lines, long lines set apart.
 //! - [`fskind`]: what a follower needs beyond `stat`: pseudo filesystems and birth times.
@@ -22,6 +24,7 @@
 
 pub mod buffers;
 pub mod fskind;
+pub mod notify;
 pub mod runtime;
 pub mod split;
 pub mod store;

@@ -80,7 +80,9 @@ pub struct Records {
 }
 
 impl Records {
-    fn new(parts: Vec<Part>) -> Records {
+    /// Records made of `parts`, each a window of whole lines (the NATS source builds its
+    /// batches' records into such a part, as the splitter does from a file's chunks).
+    pub(crate) fn new(parts: Vec<Part>) -> Records {
         Records {
             len: buffers::total_len(&parts),
             parts: Mutex::new(Some(parts)),

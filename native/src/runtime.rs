@@ -3,6 +3,9 @@
 //! The runtime is built, driven and dropped on its own named thread, never inside another
 //! runtime and never while a caller is attached to Python. Stopping is explicit: cancel the
 //! token, and the thread shuts the runtime down (giving blocking tasks a short grace) and exits.
+//!
+//! Every runtime has timers. Only one that talks over the network (the NATS source's) enables
+//! the IO driver as well: the store writes files on blocking threads and needs no reactor.
 
 use std::io;
 use std::sync::mpsc;
@@ -14,6 +17,15 @@ use tokio_util::sync::CancellationToken;
 
 /// How long runtime shutdown waits for blocking tasks (a stuck fsync) before leaving them.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(200);
+
+/// Whether a runtime drives sockets (tokio's IO driver), besides timers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Io {
+    /// Timers only: files are written on blocking threads (the store).
+    Off,
+    /// Timers and sockets (a network client).
+    On,
+}
 
 /// A running runtime thread.
 #[derive(Debug)]
@@ -27,16 +39,21 @@ pub struct RuntimeThread {
 }
 
 impl RuntimeThread {
-    /// Starts a thread named `name` running a current-thread runtime until `stop` is cancelled.
-    pub fn start(name: &str) -> io::Result<RuntimeThread> {
+    /// Starts a thread named `name` running a current-thread runtime, with the IO driver when
+    /// `io` says so, until its stop token is cancelled.
+    pub fn start(name: &str, io: Io) -> io::Result<RuntimeThread> {
         let stop = CancellationToken::new();
         let (tx, rx) = mpsc::sync_channel::<io::Result<Handle>>(1);
         let thread_stop = stop.clone();
         let thread = thread::Builder::new()
             .name(name.to_string())
             .spawn(move || {
-                let rt = match Builder::new_current_thread()
-                    .enable_time()
+                let mut builder = Builder::new_current_thread();
+                builder.enable_time();
+                if io == Io::On {
+                    builder.enable_io();
+                }
+                let rt = match builder
                     .thread_name(format!(
                         "{}-blocking",
                         thread::current().name().unwrap_or("shovel")
@@ -97,7 +114,7 @@ mod tests {
 
     #[test]
     fn runs_tasks_then_stops() {
-        let rt = RuntimeThread::start("shovel-test").expect("start");
+        let rt = RuntimeThread::start("shovel-test", Io::Off).expect("start");
         let (tx, rx) = mpsc::channel();
         rt.handle().spawn(async move {
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -105,6 +122,27 @@ mod tests {
         });
         let name = rx.recv_timeout(Duration::from_secs(5)).expect("task ran");
         assert_eq!(name.as_deref(), Some("shovel-test"));
+        rt.stop_and_join();
+    }
+
+    #[test]
+    fn drives_sockets_with_io_on() {
+        let rt = RuntimeThread::start("shovel-test-io", Io::On).expect("start");
+        let (tx, rx) = mpsc::channel();
+        rt.handle().spawn(async move {
+            let echoed = async {
+                let (a, b) = tokio::net::UnixStream::pair()?;
+                a.writable().await?;
+                a.try_write(b"ping")?;
+                b.readable().await?;
+                let mut buf = [0u8; 8];
+                let n = b.try_read(&mut buf)?;
+                io::Result::Ok(buf[..n].to_vec())
+            };
+            let _ = tx.send(echoed.await.map_err(|e| e.to_string()));
+        });
+        let got = rx.recv_timeout(Duration::from_secs(5)).expect("task ran");
+        assert_eq!(got.as_deref(), Ok(&b"ping"[..]));
         rt.stop_and_join();
     }
 }

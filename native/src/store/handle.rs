@@ -16,13 +16,13 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
 use super::checkpoint::{validate_source, Checkpoint};
 use super::error::{StoreError, StoreResult};
-use super::notify::Notifier;
 use super::recovery;
 use super::shared::Shared;
 use super::stats::StatsSnapshot;
 use super::writer::{WriteRequest, Writer, WriterConfig, WriterOutcome};
 use crate::buffers::{self, Part};
-use crate::runtime::RuntimeThread;
+use crate::notify::Notifier;
+use crate::runtime::{Io, RuntimeThread};
 
 /// The bytes of a batch handed to [`Store::submit_data`].
 #[derive(Debug)]
@@ -210,7 +210,7 @@ impl Store {
             .stats
             .stored_bytes_total
             .store(rec.checkpoint.bytes, Ordering::Release);
-        let runtime = RuntimeThread::start("shovel-storage")
+        let runtime = RuntimeThread::start("shovel-storage", Io::Off)
             .map_err(|e| StoreError::io("start storage thread", &config.dir, &e))?;
         let writer = Writer::new(
             config.dir.clone(),

@@ -52,7 +52,6 @@ mod error;
 pub mod fault;
 mod handle;
 mod lock;
-mod notify;
 pub mod perm;
 mod recovery;
 mod segment;

@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use super::error::StoreError;
-use super::notify::Notifier;
 use super::stats::Stats;
+use crate::notify::Notifier;
 
 /// Counters, the first error, and the wake-up channel.
 #[derive(Debug)]

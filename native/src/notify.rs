@@ -1,7 +1,9 @@
 //! A wake-up channel to the Python event loop that never touches Python.
 //!
-//! The writer writes a byte to one end of a socket pair; the event loop watches the other end's
-//! file descriptor (`loop.add_reader`) and, when woken, reads the counters. No Rust thread ever
+//! A task with news (the store's writer, at each durable step) writes a byte to one end of a
+//! socket pair; the event loop watches the other end's file descriptor (`loop.add_reader`)
+//! and, when woken, reads the counters. Each native object Python watches has a notifier of
+//! its own. No Rust thread ever
 //! attaches to the interpreter, so an interpreter that is finalizing or a loop that is closed
 //! cannot be reached from tokio threads at all.
 
@@ -12,7 +14,7 @@ use std::os::unix::net::UnixStream;
 /// Both ends of the wake-up channel.
 #[derive(Debug)]
 pub struct Notifier {
-    /// The end the writer writes to.
+    /// The end a task with news writes to.
     tx: UnixStream,
     /// The end the event loop watches.
     rx: UnixStream,
