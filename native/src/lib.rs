@@ -9,6 +9,8 @@
 //!   fsyncs, the checkpoint. Its doc states the durability protocol.
 //! - [`runtime`]: a tokio runtime on a thread of its own (the store writes on one): start,
 //!   stop, join.
+//! - [`nats`]: the NATS JetStream source: its stored records, checkpoint descriptor and
+//!   listings, in today's formats.
 //! - [`notify`]: the wake-up channel by which native work tells the event loop to look.
 //! - [`buffers`]: read buffers that go from the reader to the writer and back, never copied.
 //! - [`split`]: cutting a byte stream into batches of whole lines, long lines set apart.
@@ -24,6 +26,7 @@
 
 pub mod buffers;
 pub mod fskind;
+pub mod nats;
 pub mod notify;
 pub mod runtime;
 pub mod split;

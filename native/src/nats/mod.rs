@@ -1,0 +1,14 @@
+//! The NATS JetStream source, free of Python: what it stores and records, byte for byte as
+//! the Python source before it, so that an output directory written by either goes on with
+//! the other.
+//!
+//! - [`record`]: the stored line of a message.
+//! - [`descriptor`]: the checkpoint's source descriptor (stream, consumer, listing).
+//! - [`ranges`]: lists of stream sequences as `"A-B,C"` text.
+//! - [`text`]: JSON string escaping as CPython's, `%g`, `repr`, creation times, reply
+//!   subjects, subject patterns.
+
+pub mod descriptor;
+pub mod ranges;
+pub mod record;
+pub mod text;
