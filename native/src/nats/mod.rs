@@ -4,11 +4,15 @@
 //!
 //! - [`record`]: the stored line of a message.
 //! - [`descriptor`]: the checkpoint's source descriptor (stream, consumer, listing).
+//! - [`ledger`]: the sequences stored here that a delivery may bring again, by state.
 //! - [`ranges`]: lists of stream sequences as `"A-B,C"` text.
+//! - [`stoprecord`]: `nats-acks.json`, what a stop saw confirmed after its last checkpoint.
 //! - [`text`]: JSON string escaping as CPython's, `%g`, `repr`, creation times, reply
 //!   subjects, subject patterns.
 
 pub mod descriptor;
+pub mod ledger;
 pub mod ranges;
 pub mod record;
+pub mod stoprecord;
 pub mod text;
