@@ -316,18 +316,20 @@ impl Ledger {
     /// ledger, the longest confirmed first.
     pub fn listing(&mut self, max_chars: usize) -> Listing {
         let unconfirmed = self.unconfirmed_with([]);
-        // Negative when the unconfirmed ones alone are over: then no confirmed one fits.
-        let room = max_chars as i128 - unconfirmed.len() as i128;
+        // None when the unconfirmed ones alone are over: then no confirmed one fits.
+        let room = max_chars.checked_sub(unconfirmed.len());
+        let within_room = |text: &str| room.is_some_and(|room| text.len() <= room);
         let kept: Vec<u64> = self.kept.values().copied().collect();
-        let fits = |n: usize| ranges::encode(kept[kept.len() - n..].iter().copied());
-        let mut confirmed = fits(kept.len());
-        if confirmed.len() as i128 > room {
+        // The listing of the `n` most recently confirmed.
+        let newest = |n: usize| ranges::encode(kept[kept.len() - n..].iter().copied());
+        let mut confirmed = newest(kept.len());
+        if !within_room(&confirmed) {
             // The most recently confirmed that fit: a bisection over how many (adding one can
             // join two ranges, so the length is not monotonic: any count that fits will do).
             let (mut low, mut high) = (0, kept.len());
             while low < high {
                 let mid = (low + high).div_ceil(2);
-                if fits(mid).len() as i128 <= room {
+                if within_room(&newest(mid)) {
                     low = mid;
                 } else {
                     high = mid - 1;
@@ -336,7 +338,7 @@ impl Ledger {
             for &seq in &kept[..kept.len() - low] {
                 self.drop_entry(seq);
             }
-            confirmed = fits(low);
+            confirmed = newest(low);
         }
         Listing {
             unconfirmed,
