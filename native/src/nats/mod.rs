@@ -2,6 +2,9 @@
 //! the Python source before it, so that an output directory written by either goes on with
 //! the other.
 //!
+//! - [`connect`]: the connection: options from the source's settings, its attempts and
+//!   events as log lines.
+//! - [`events`]: the log lines queued for Python.
 //! - [`record`]: the stored line of a message.
 //! - [`descriptor`]: the checkpoint's source descriptor (stream, consumer, listing).
 //! - [`ledger`]: the sequences stored here that a delivery may bring again, by state.
@@ -10,7 +13,9 @@
 //! - [`text`]: JSON string escaping as CPython's, `%g`, `repr`, creation times, reply
 //!   subjects, subject patterns.
 
+pub mod connect;
 pub mod descriptor;
+pub mod events;
 pub mod ledger;
 pub mod ranges;
 pub mod record;
