@@ -4,6 +4,7 @@
 //!
 //! - [`connect`]: the connection: options from the source's settings, its attempts and
 //!   events as log lines.
+//! - [`consumer`]: the stream and consumer lookups, checks, refusals and creation.
 //! - [`events`]: the log lines queued for Python.
 //! - [`record`]: the stored line of a message.
 //! - [`descriptor`]: the checkpoint's source descriptor (stream, consumer, listing).
@@ -14,6 +15,7 @@
 //!   subjects, subject patterns.
 
 pub mod connect;
+pub mod consumer;
 pub mod descriptor;
 pub mod events;
 pub mod ledger;

