@@ -28,7 +28,8 @@ fn config(urls: &[String], timeout: Duration) -> NatsConfig {
     }
 }
 
-fn spec(server: &NatsServer, consumer: &str) -> ConsumerSpec {
+/// Consumer `consumer` of stream S, as the messages name `server`.
+fn spec_on(server: String, consumer: &str) -> ConsumerSpec {
     ConsumerSpec {
         stream: "S".into(),
         consumer: consumer.into(),
@@ -36,8 +37,25 @@ fn spec(server: &NatsServer, consumer: &str) -> ConsumerSpec {
         ack_wait: Duration::from_secs(40),
         max_ack_pending: 4096,
         shutdown_timeout: Duration::from_secs(20),
-        server: server.url(),
+        server,
     }
+}
+
+fn spec(server: &NatsServer, consumer: &str) -> ConsumerSpec {
+    spec_on(server.url(), consumer)
+}
+
+/// A JetStream server (with `config`) holding stream S, a client of it, and the source's
+/// settings for it; `None` without a server binary.
+async fn with_stream(
+    config: &str,
+    jetstream: &str,
+) -> Option<(NatsServer, async_nats::Client, NatsConfig)> {
+    let server = NatsServer::start_on(support::free_port(), config, Some(jetstream))?;
+    let admin = admin(&server).await;
+    make_stream(&admin).await;
+    let settings = self::config(&[server.url()], OPEN_LIMIT);
+    Some((server, admin, settings))
 }
 
 /// Opens (connect and bind) as the source does; returns what came of it and the lines said.
@@ -111,12 +129,9 @@ fn mismatch(result: Result<Bound, OpenError>) -> String {
 
 #[tokio::test]
 async fn creates_the_consumer_then_binds_it_again() {
-    let Some(server) = NatsServer::start("") else {
+    let Some((server, admin, config)) = with_stream("", "").await else {
         return;
     };
-    let admin = admin(&server).await;
-    make_stream(&admin).await;
-    let config = config(&[server.url()], OPEN_LIMIT);
     let spec = spec(&server, "c");
 
     let (bound, lines) = open(&config, &spec, None).await;
@@ -161,11 +176,9 @@ async fn creates_the_consumer_then_binds_it_again() {
 
 #[tokio::test]
 async fn two_replicas_creating_the_consumer_at_once_bind_the_same_one() {
-    let Some(server) = NatsServer::start("") else {
+    let Some((server, _admin, config)) = with_stream("", "").await else {
         return;
     };
-    make_stream(&admin(&server).await).await;
-    let config = config(&[server.url()], OPEN_LIMIT);
     let one = spec(&server, "c");
     // Other settings: whichever comes second is refused the creation and takes the first's.
     let mut other = one.clone();
@@ -178,12 +191,9 @@ async fn two_replicas_creating_the_consumer_at_once_bind_the_same_one() {
 
 #[tokio::test]
 async fn consumers_that_could_lose_messages_are_refused() {
-    let Some(server) = NatsServer::start("") else {
+    let Some((server, admin, config)) = with_stream("", "").await else {
         return;
     };
-    let admin = admin(&server).await;
-    make_stream(&admin).await;
-    let config = config(&[server.url()], OPEN_LIMIT);
     let explicit = json!({"ack_policy": "explicit"});
     let mut cases = vec![
         (
@@ -234,11 +244,9 @@ async fn consumers_that_could_lose_messages_are_refused() {
 
 #[tokio::test]
 async fn a_missing_stream_or_a_filter_outside_it_is_refused() {
-    let Some(server) = NatsServer::start("") else {
+    let Some((server, _admin, config)) = with_stream("", "").await else {
         return;
     };
-    make_stream(&admin(&server).await).await;
-    let config = config(&[server.url()], OPEN_LIMIT);
     let mut nope = spec(&server, "c");
     nope.stream = "NOPE".into();
     assert_eq!(
@@ -256,15 +264,10 @@ async fn a_missing_stream_or_a_filter_outside_it_is_refused() {
 
 #[tokio::test]
 async fn the_server_refusing_the_creation_is_refused_with_its_words() {
-    let Some(server) = NatsServer::start_on(
-        support::free_port(),
-        "",
-        Some("limits { max_ack_pending: 1000 }"),
-    ) else {
+    let Some((server, _admin, config)) = with_stream("", "limits { max_ack_pending: 1000 }").await
+    else {
         return;
     };
-    make_stream(&admin(&server).await).await;
-    let config = config(&[server.url()], OPEN_LIMIT);
     let why = refused(open(&config, &spec(&server, "c"), None).await.0);
     assert!(why.starts_with("cannot create consumer c: "), "{why}");
     assert!(why.contains("1000"), "{why}");
@@ -272,12 +275,9 @@ async fn the_server_refusing_the_creation_is_refused_with_its_words() {
 
 #[tokio::test]
 async fn a_stream_or_consumer_made_again_is_a_mismatch() {
-    let Some(server) = NatsServer::start("") else {
+    let Some((server, admin, config)) = with_stream("", "").await else {
         return;
     };
-    let admin = admin(&server).await;
-    make_stream(&admin).await;
-    let config = config(&[server.url()], OPEN_LIMIT);
     let spec = spec(&server, "c");
     let bound = open(&config, &spec, None).await.0.expect("bound");
 
@@ -396,10 +396,7 @@ async fn no_server_is_a_warning_at_each_attempt_until_the_timeout() {
     }
     let port = support::free_port();
     let url = format!("nats://127.0.0.1:{port}");
-    let spec = ConsumerSpec {
-        server: url.clone(),
-        ..spec_without_server()
-    };
+    let spec = spec_on(url.clone(), "c");
     let (result, lines) = open(&config(&[url], Duration::from_millis(2500)), &spec, None).await;
     let why = match result {
         Err(OpenError::Unavailable(why)) => why,
@@ -420,18 +417,6 @@ async fn no_server_is_a_warning_at_each_attempt_until_the_timeout() {
         })
         .collect();
     assert!(warnings.len() >= 2, "one line per attempt: {lines:?}");
-}
-
-fn spec_without_server() -> ConsumerSpec {
-    ConsumerSpec {
-        stream: "S".into(),
-        consumer: "c".into(),
-        subject: None,
-        ack_wait: Duration::from_secs(40),
-        max_ack_pending: 4096,
-        shutdown_timeout: Duration::from_secs(20),
-        server: String::new(),
-    }
 }
 
 #[tokio::test]

@@ -523,6 +523,21 @@ mod tests {
         }
     }
 
+    /// Stream S there, consumer c missing, and its creation answered by `creation`.
+    fn missing_then(
+        creation: impl Fn() -> Result<Message, RequestError>,
+    ) -> Fake<impl Fn(&str) -> Result<Message, RequestError>> {
+        Fake(move |subject: &str| {
+            if subject.starts_with("STREAM.INFO") {
+                reply(STREAM_INFO)
+            } else if subject.starts_with("CONSUMER.INFO") {
+                error(404, "consumer not found")
+            } else {
+                creation()
+            }
+        })
+    }
+
     fn spec() -> ConsumerSpec {
         ConsumerSpec {
             stream: "S".into(),
@@ -584,15 +599,7 @@ mod tests {
             || Err(RequestError::new(RequestErrorKind::TimedOut)),
             || error(503, "JetStream system temporarily unavailable"),
         ] {
-            let api = Fake(|subject: &str| {
-                if subject.starts_with("STREAM.INFO") {
-                    reply(STREAM_INFO)
-                } else if subject.starts_with("CONSUMER.INFO") {
-                    error(404, "consumer not found")
-                } else {
-                    failure()
-                }
-            });
+            let api = missing_then(failure);
             let events = Events::new(None);
             match run(look_up(&api, &events, &spec(), None)) {
                 Err(Stop::NotNow(why)) => {
@@ -606,15 +613,8 @@ mod tests {
     #[test]
     fn consumer_the_server_refuses_to_create_is_refused_with_its_words() {
         // A 400 and no consumer there: no race with another replica, nor worth waiting for.
-        let api = Fake(|subject: &str| {
-            if subject.starts_with("STREAM.INFO") {
-                reply(STREAM_INFO)
-            } else if subject.starts_with("CONSUMER.INFO") {
-                error(404, "consumer not found")
-            } else {
-                error(400, "consumer max ack pending exceeds system limit of 1000")
-            }
-        });
+        let api =
+            missing_then(|| error(400, "consumer max ack pending exceeds system limit of 1000"));
         let events = Events::new(None);
         match run(look_up(&api, &events, &spec(), None)) {
             Err(Stop::Open(OpenError::Refused(why))) => assert_eq!(
