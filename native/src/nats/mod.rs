@@ -2,6 +2,11 @@
 //! the Python source before it, so that an output directory written by either goes on with
 //! the other.
 //!
+//! - [`source`]: the source as one object (what the Python class wraps): open, read, stop.
+//! - [`core`]: the state the tasks and the Python side share, and the cutting of batches.
+//! - [`reader`]: the pull requests and their deliveries.
+//! - [`acker`]: acknowledgements after durability, their confirmations, the consumer's floor.
+//! - [`finish`]: the stop protocol.
 //! - [`connect`]: the connection: options from the source's settings, its attempts and
 //!   events as log lines.
 //! - [`consumer`]: the stream and consumer lookups, checks, refusals and creation.
@@ -14,12 +19,17 @@
 //! - [`text`]: JSON string escaping as CPython's, `%g`, `repr`, creation times, reply
 //!   subjects, subject patterns.
 
+pub mod acker;
 pub mod connect;
 pub mod consumer;
+pub mod core;
 pub mod descriptor;
 pub mod events;
+pub mod finish;
 pub mod ledger;
 pub mod ranges;
+pub mod reader;
 pub mod record;
+pub mod source;
 pub mod stoprecord;
 pub mod text;
