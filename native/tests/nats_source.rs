@@ -118,9 +118,13 @@ fn open(source: &Source) -> String {
     }
 }
 
-/// Takes batches until `done` says so, each made durable when `durable` says so; returns
-/// them.
-fn read(source: &Source, mut done: impl FnMut(usize) -> bool, durable: bool) -> Vec<Batch> {
+/// Takes batches until `done` (given the records read) says so; returns them. With
+/// `durable`, the count of records made durable before these: each is made durable as read.
+fn read(
+    source: &Source,
+    mut done: impl FnMut(usize) -> bool,
+    durable: Option<usize>,
+) -> Vec<Batch> {
     let mut batches: Vec<Batch> = Vec::new();
     let mut records = 0;
     let deadline = Instant::now() + WAIT;
@@ -130,8 +134,8 @@ fn read(source: &Source, mut done: impl FnMut(usize) -> bool, durable: bool) -> 
             Some(batch) => {
                 records += batch.records;
                 batches.push(batch);
-                if durable {
-                    source.made_durable(records as u64);
+                if let Some(before) = durable {
+                    source.made_durable((before + records) as u64);
                 }
             }
             None => std::thread::sleep(Duration::from_millis(2)),
@@ -191,7 +195,7 @@ fn ten_thousand_messages_stored_once_acknowledged_after_durability() {
         phrase,
         "consumer c: ack_wait 60s, max_ack_pending 100000, 10000 messages pending"
     );
-    let batches = read(&source, |n| n >= 10_000, true);
+    let batches = read(&source, |n| n >= 10_000, Some(0));
     let by_seq = stored(&batches);
     assert_eq!(by_seq.len(), 10_000);
     assert_eq!(
@@ -255,7 +259,9 @@ fn a_stop_gives_back_what_is_not_durable_to_another_replica_at_once() {
         return;
     };
     // Three batches read; only the first made durable.
-    let batches = read(&first, |n| n >= 300, false);
+    let mut batches = read(&first, |n| n >= 300, None);
+    // The tail (what arrived and was not cut yet) is stored too, but not made durable.
+    batches.extend(first.take_tail());
     let durable = batches[0].records;
     first.made_durable(durable as u64);
     let taken: usize = batches.iter().map(|b| b.records).sum();
@@ -273,7 +279,7 @@ fn a_stop_gives_back_what_is_not_durable_to_another_replica_at_once() {
     let other_out = tempfile::tempdir().expect("tempdir");
     let second = Source::new(settings(&server, 100, 2000, other_out.path())).expect("source");
     open(&second);
-    let rest = read(&second, |n| n >= 1000 - durable, true);
+    let rest = read(&second, |n| n >= 1000 - durable, Some(0));
     assert!(started.elapsed() < Duration::from_secs(30));
     let mut all = stored(&batches[..1]);
     for (seq, record) in stored(&rest) {
@@ -297,7 +303,7 @@ fn the_consumer_deleted_while_reading_ends_reading() {
     let Some((server, _out, source, _)) = reading(10, 100, 500) else {
         return;
     };
-    let batches = read(&source, |n| n >= 10, true);
+    let batches = read(&source, |n| n >= 10, Some(0));
     assert_eq!(stored(&batches).len(), 10);
     let deleted = api(&server, "CONSUMER.DELETE.S.c", json!({}));
     assert_eq!(deleted["success"], true, "{deleted}");
@@ -317,4 +323,44 @@ fn the_consumer_deleted_while_reading_ends_reading() {
     );
     let report = source.finish(10, Duration::from_secs(5)).expect("report");
     assert_eq!(report.due_back, 0, "{report:?}");
+}
+
+#[test]
+fn a_wait_for_room_is_said_with_its_cause_and_its_end() {
+    let Some((_server, _out, source, _)) = reading(100, 20, 50) else {
+        return;
+    };
+    // 50 read, none made durable: the reader may hold no more.
+    let batches = read(&source, |n| n >= 50, None);
+    let warning = "NATS: reading has waited 5s for room: this replica holds the most messages \
+                   it may (50) fetched and not confirmed acknowledged: 50 fetched and not yet \
+                   made durable by storage";
+    let mut lines = Vec::new();
+    wait_until(WAIT, "the stall said", || {
+        lines.extend(source.take_events());
+        lines.iter().any(|(_, text)| text == warning)
+    });
+    assert_eq!(source.stats().stalls.load(Ordering::Relaxed), 1);
+    assert!(source.stalled() >= Duration::from_secs(5));
+    assert!(source.take_batch().expect("reading").is_none());
+    // Made durable: acknowledged, confirmed, room again, and the end said.
+    source.made_durable(50);
+    let _rest = read(&source, |n| n >= 50, Some(50));
+    wait_until(WAIT, "the end of the stall said", || {
+        lines.extend(source.take_events());
+        lines.iter().any(|(level, text)| {
+            *level == Level::Info && text.starts_with("NATS: reading again after waiting 5.")
+        })
+    });
+    // Everything confirmed: no wait for room any more.
+    wait_until(WAIT, "no wait for room", || {
+        source.stalled() == Duration::ZERO
+    });
+    assert_eq!(stored(&batches).len(), 50);
+    let buckets = source.stats().ack_latency_buckets();
+    assert_eq!(
+        buckets[buckets.len() - 1],
+        source.stats().acked.load(Ordering::Relaxed)
+    );
+    source.close();
 }

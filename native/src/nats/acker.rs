@@ -110,7 +110,7 @@ async fn look_at_consumer(shared: &Shared, acker: &Acker, missing: u32) -> u32 {
         stats.acknowledged(ack.fetched_at);
     }
     if dropped > 0 {
-        shared.room.notify_one();
+        shared.room_made();
     }
     0
 }
@@ -136,7 +136,7 @@ fn drop_restored(shared: &Shared) {
              replica stored them)"
         ),
     );
-    shared.room.notify_one();
+    shared.room_made();
 }
 
 /// The acknowledging task: runs until its runtime stops or the stop aborts it.
@@ -205,7 +205,7 @@ pub async fn run_confirmations(shared: Arc<Shared>, mut subscription: Subscriber
         let news = shared.lock().ledger.confirmed(seq);
         if let Some(ack) = news {
             shared.stats.acknowledged(ack.fetched_at);
-            shared.room.notify_one();
+            shared.room_made();
         }
         shared.confirmations.notify_one();
     }

@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 
 use super::connect::Link;
 use super::descriptor::NatsDescriptor;
+use super::events::Level;
 use super::ledger::Ledger;
 use super::record::{msg_id, Record};
 use super::text::parse_reply;
@@ -48,6 +49,15 @@ pub const MISSING_WARN_AFTER: u32 = 3;
 pub const RESTORED_MARGIN: Duration =
     Duration::from_secs(PULL_EXPIRES.as_secs() + PULL_LOST.as_secs() + CONSUMER_INFO.as_secs());
 
+/// A reader that has waited this long for room (to pull, or to hand over what it fetched)
+/// says so, with the cause.
+pub const STALL_WARN: Duration = Duration::from_secs(5);
+/// The upper bounds of the acknowledgement latency histogram's buckets, in seconds (must
+/// match `ack_latency_histogram` in shovel/sources/nats/metrics.py); one more bucket, +Inf.
+pub const ACK_LATENCY_BOUNDS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
 /// Counters for the metrics, read at scrape time from any thread.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -69,6 +79,11 @@ pub struct Stats {
     pub ack_latency_ns: AtomicU64,
     /// How many latencies the sum holds.
     pub ack_latency_count: AtomicU64,
+    /// Latencies by bucket (not cumulative): one per bound of [`ACK_LATENCY_BOUNDS`], then
+    /// +Inf.
+    ack_latency_buckets: [AtomicU64; ACK_LATENCY_BOUNDS.len() + 1],
+    /// Waits for room long enough to be said.
+    pub stalls: AtomicU64,
 }
 
 impl Stats {
@@ -89,10 +104,26 @@ impl Stats {
     pub fn acknowledged(&self, fetched_at: Option<Instant>) {
         Self::add(&self.acked, 1);
         if let Some(at) = fetched_at {
-            let ns = u64::try_from(at.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            let latency = at.elapsed();
+            let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
             Self::add(&self.ack_latency_ns, ns);
             Self::add(&self.ack_latency_count, 1);
+            let bucket = ACK_LATENCY_BOUNDS
+                .iter()
+                .position(|&bound| latency.as_secs_f64() <= bound)
+                .unwrap_or(ACK_LATENCY_BOUNDS.len());
+            Self::add(&self.ack_latency_buckets[bucket], 1);
         }
+    }
+
+    /// The latency histogram's cumulative bucket counts (Prometheus's `le` buckets, the
+    /// last one +Inf).
+    pub fn ack_latency_buckets(&self) -> [u64; ACK_LATENCY_BOUNDS.len() + 1] {
+        let mut total = 0;
+        std::array::from_fn(|i| {
+            total += self.ack_latency_buckets[i].load(Ordering::Relaxed);
+            total
+        })
     }
 }
 
@@ -159,6 +190,13 @@ pub struct Core {
     /// When the restored entries not delivered again leave the ledger (`None`: not yet
     /// bound).
     pub restored_until: Option<Instant>,
+    /// Messages are held that the checkpoint's listing has no room for (set and cleared by
+    /// the batch cutting; the reader times the wait).
+    pub listing_wait: bool,
+    /// When the reader began to wait for room (`None`: it does not wait).
+    pub stall_started: Option<Instant>,
+    /// The wait was said (a WARNING): its end is said too.
+    pub stall_said: bool,
 }
 
 impl Core {
@@ -330,6 +368,100 @@ impl Shared {
             max_unacked,
             batch,
         }
+    }
+
+    /// Room was made (a confirmation, the floor, restored entries dropped): the reader may
+    /// pull again, and the Python side may cut a batch of what it holds.
+    pub fn room_made(&self) {
+        self.room.notify_one();
+        if self.lock().holds() {
+            self.python.notify();
+        }
+    }
+
+    /// Times the reader's wait for room (`no_room`: it may not pull; or messages held that
+    /// the listing has no room for): once it has waited [`STALL_WARN`], says so with the
+    /// cause (a WARNING, counted); when it ends, says that (INFO) if the start was said.
+    /// Returns when to look again (`None`: no need).
+    pub fn stall_check(&self, no_room: bool) -> Option<Instant> {
+        let now = Instant::now();
+        let mut core = self.lock();
+        if !no_room && !core.listing_wait {
+            if let Some(started) = core.stall_started.take() {
+                if core.stall_said {
+                    self.link.events().say(
+                        Level::Info,
+                        format!(
+                            "NATS: reading again after waiting {:.1}s for room",
+                            (now - started).as_secs_f64()
+                        ),
+                    );
+                }
+            }
+            core.stall_said = false;
+            return None;
+        }
+        let started = *core.stall_started.get_or_insert(now);
+        if core.stall_said {
+            return None;
+        }
+        let waited = now - started;
+        if waited < STALL_WARN {
+            return Some(started + STALL_WARN);
+        }
+        core.stall_said = true;
+        Stats::add(&self.stats.stalls, 1);
+        let cause = self.stall_cause(&core, !no_room);
+        drop(core);
+        self.link.events().say(
+            Level::Warning,
+            format!(
+                "NATS: reading has waited {:.0}s for room: {cause}",
+                waited.as_secs_f64()
+            ),
+        );
+        None
+    }
+
+    /// Why the reader waits for room, by the ledger's counts.
+    fn stall_cause(&self, core: &Core, listing_full: bool) -> String {
+        let counts = core.ledger.counts();
+        let mut parts = Vec::new();
+        if counts.pending > 0 {
+            parts.push(format!(
+                "{} fetched and not yet made durable by storage",
+                counts.pending
+            ));
+        }
+        if counts.durable > 0 {
+            let offline = if self.link.state().connected {
+                ""
+            } else {
+                " (no server connected)"
+            };
+            parts.push(format!(
+                "{} stored, their acknowledgement not confirmed by the server{offline}",
+                counts.durable
+            ));
+        }
+        if counts.restored > 0 {
+            parts.push(format!(
+                "{} stored before this start, listed until the server delivers them again or \
+                 ack_wait has passed",
+                counts.restored
+            ));
+        }
+        let what = if listing_full {
+            "the checkpoint's listing of the stored messages not confirmed acknowledged is full"
+                .to_string()
+        } else {
+            format!(
+                "this replica holds the most messages it may ({}) fetched and not confirmed \
+                 acknowledged",
+                self.max_unacked
+            )
+        };
+        format!("{what}: {}", parts.join(", "))
     }
 
     /// The state, locked (never across an `.await`).

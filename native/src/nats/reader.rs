@@ -86,23 +86,30 @@ pub async fn run(shared: Arc<Shared>, consumer: String, mut reader: Reader) {
         if refused_until.is_some_and(|t| now >= t) {
             refused_until = None;
         }
-        if requested == 0 && refused_until.is_none() {
-            let room = {
-                let core = shared.lock();
-                shared
-                    .max_unacked
-                    .saturating_sub(core.ledger.in_flight() + core.unsorted())
-            };
-            if room > 0 {
-                let n = room.min(shared.batch);
-                if shared.link.state().connected && pull(&reader, n).await {
-                    requested = n;
-                    lost_at = Instant::now() + PULL_EXPIRES + PULL_LOST;
-                } else {
-                    refused_until = Some(Instant::now() + PULL_REFUSED_PAUSE);
-                }
+        let room = {
+            let core = shared.lock();
+            shared
+                .max_unacked
+                .saturating_sub(core.ledger.in_flight() + core.unsorted())
+        };
+        if requested == 0 && refused_until.is_none() && room > 0 {
+            let n = room.min(shared.batch);
+            if shared.link.state().connected && pull(&reader, n).await {
+                requested = n;
+                lost_at = Instant::now() + PULL_EXPIRES + PULL_LOST;
+            } else {
+                // No server now: no request piles up in the client's buffer meanwhile.
+                refused_until = Some(Instant::now() + PULL_REFUSED_PAUSE);
             }
         }
+        // Everything this replica may hold is held, or the listing is full: a wait for room.
+        let stall_at = shared.stall_check(requested == 0 && room == 0);
+        let stall_look = async {
+            match stall_at {
+                Some(t) => sleep_until(t.into()).await,
+                None => std::future::pending().await,
+            }
+        };
         let lost = async {
             if requested > 0 {
                 sleep_until(lost_at).await
@@ -140,6 +147,7 @@ pub async fn run(shared: Arc<Shared>, consumer: String, mut reader: Reader) {
             }
             () = lost => requested = 0,
             () = pause_over => {}
+            () = stall_look => {}
             () = shared.room.notified() => {}
             _ = link.changed() => {}
             _ = &mut reader.drain => {

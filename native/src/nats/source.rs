@@ -298,11 +298,17 @@ impl Source {
             self.shared.durable.notify_one();
         }
         let batch = core.batch();
-        if batch.is_none() && core.holds() {
+        let listing_wait = batch.is_none() && core.holds();
+        if listing_wait {
             // The listing is full of this replica's unconfirmed messages: the acknowledging
             // task looks at the consumer sooner.
             core.listing_full = true;
             self.shared.durable.notify_one();
+        }
+        if core.listing_wait != listing_wait {
+            // The reader times the wait.
+            core.listing_wait = listing_wait;
+            self.shared.room.notify_one();
         }
         Ok(batch)
     }
@@ -428,6 +434,14 @@ impl Source {
     /// The counters.
     pub fn stats(&self) -> &super::core::Stats {
         &self.shared.stats
+    }
+
+    /// How long the reader has waited for room (zero when it does not wait).
+    pub fn stalled(&self) -> Duration {
+        self.shared
+            .lock()
+            .stall_started
+            .map_or(Duration::ZERO, |t| t.elapsed())
     }
 }
 
