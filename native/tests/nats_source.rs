@@ -364,3 +364,58 @@ fn a_wait_for_room_is_said_with_its_cause_and_its_end() {
     );
     source.close();
 }
+
+#[test]
+fn a_server_killed_and_restarted_mid_read_loses_nothing_and_stores_nothing_twice() {
+    let Some(mut server) = NatsServer::start("") else {
+        return;
+    };
+    publish(&server, 5000);
+    let out = tempfile::tempdir().expect("tempdir");
+    // A single server killed outright may come back without its consumer's state (seen
+    // here: the ack floor back at 0), and then delivers every message again. What guards an
+    // output directory against storing one twice is the ledger's window of confirmed
+    // entries (max_unacked of them): here it covers every message.
+    let mut settings = settings(&server, 100, 5000, out.path());
+    // Whatever was delivered and not acknowledged when the server died comes again soon.
+    settings.spec.ack_wait = Duration::from_secs(3);
+    let source = Source::new(settings).expect("source");
+    open(&source);
+    let mut batches = read(&source, |n| n >= 1000, Some(0));
+    server.kill_and_restart();
+    let before: usize = batches.iter().map(|b| b.records).sum();
+    batches.extend(read(&source, |n| before + n >= 5000, Some(before)));
+    let lines = source.take_events();
+    assert!(
+        lines
+            .iter()
+            .any(|(level, text)| *level == Level::Warning
+                && text == "NATS: disconnected; reconnecting"),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().any(|(level, text)| *level == Level::Info
+            && *text == format!("NATS: reconnected to {}", server.host_port())),
+        "{lines:?}"
+    );
+    // Until the floor is at the last message, whatever comes is read and made durable too
+    // (a delivery again of a message whose acknowledgement the restarted server lost).
+    let mut records: usize = batches.iter().map(|b| b.records).sum();
+    wait_until(WAIT, "the consumer's floor at the last message", || {
+        while let Some(batch) = source.take_batch().expect("reading") {
+            records += batch.records;
+            batches.push(batch);
+        }
+        source.made_durable(records as u64);
+        consumer(&server)["ack_floor"]["stream_seq"] == 5000
+    });
+    let by_seq = stored(&batches);
+    assert_eq!(
+        by_seq.keys().copied().collect::<Vec<_>>(),
+        (1..=5000).collect::<Vec<_>>()
+    );
+    let report = source
+        .finish(records as u64, Duration::from_secs(10))
+        .expect("report");
+    assert_eq!(report.not_confirmed, 0, "{report:?}");
+}

@@ -98,31 +98,41 @@ impl NatsServer {
             format!("listen: \"127.0.0.1:{port}\"\n{js}{config}\n"),
         )
         .expect("write config");
-        let log = dir.path().join("server.log");
-        let child = Command::new(binary)
-            .arg("-c")
-            .arg(&conf)
-            .arg("-l")
-            .arg(&log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nats-server");
+        let child = spawn(&binary, dir.path());
         let mut server = NatsServer { child, port, dir };
+        server.wait_ready(1);
+        Some(server)
+    }
+
+    /// Waits until the log says the server is ready for the `nth` time.
+    fn wait_ready(&mut self, nth: usize) {
+        let log = self.dir.path().join("server.log");
         let deadline = Instant::now() + READY_WAIT;
         loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if text.contains("Server is ready") {
-                break;
+            if text.matches("Server is ready").count() >= nth {
+                return;
             }
-            if let Ok(Some(status)) = server.child.try_wait() {
+            if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("nats-server exited ({status}):\n{text}");
             }
             assert!(Instant::now() < deadline, "nats-server not ready:\n{text}");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Some(server)
+    }
+
+    /// SIGKILL, as a lost node; then the same server again (its port, config and store).
+    pub fn kill_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let log = self.dir.path().join("server.log");
+        let started = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("Server is ready")
+            .count();
+        let binary = binary().expect("a server binary: it started once");
+        self.child = spawn(&binary, self.dir.path());
+        self.wait_ready(started + 1);
     }
 
     /// `nats://127.0.0.1:PORT`.
@@ -134,6 +144,20 @@ impl NatsServer {
     pub fn host_port(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
+}
+
+/// nats-server with the config in `dir`, logging to `dir`/server.log (appended).
+fn spawn(binary: &std::path::Path, dir: &std::path::Path) -> Child {
+    Command::new(binary)
+        .arg("-c")
+        .arg(dir.join("server.conf"))
+        .arg("-l")
+        .arg(dir.join("server.log"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nats-server")
 }
 
 impl Drop for NatsServer {
