@@ -237,8 +237,9 @@ fn ten_thousand_messages_stored_once_acknowledged_after_durability() {
         (10_000, 0, 0, 0)
     );
     assert_eq!(report.stop_record_error, None);
-    // The closing round trip is quick: nothing waited for the deadline.
-    assert!(report.took < Duration::from_secs(3), "{:?}", report.took);
+    // Nothing waited for the deadline (10 s): the last pull request's expiry (2 s) and the
+    // closing round trip.
+    assert!(report.took < Duration::from_secs(5), "{:?}", report.took);
     let record = stoprecord::read(out.path())
         .expect("stop record")
         .expect("written");

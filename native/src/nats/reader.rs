@@ -12,6 +12,11 @@
 //! leader change, too many waiting requests) or the run (the consumer was deleted); a request
 //! with no answer for [`PULL_LOST`] past its expiry is taken as lost (a reconnect dropped it).
 //! With no server connected, nothing is asked (no request piles up in the client's buffer).
+//!
+//! At a stop the reader asks for nothing more and unsubscribes only once the last request is
+//! over (filled, expired, or lost): the server goes on filling a request whose inbox has no
+//! subscriber, and what it delivers there would be neither stored nor given back, only
+//! redelivered after ack_wait. (The Python source unsubscribed at once.)
 
 use std::sync::Arc;
 
@@ -33,7 +38,8 @@ pub struct Reader {
     pub subscription: Subscriber,
     /// `$JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>`.
     pub pull_subject: String,
-    /// Said by a stop: unsubscribe, take what is still on its way, end.
+    /// Said by a stop: ask for nothing more, take what the last request brings, unsubscribe,
+    /// end.
     pub drain: oneshot::Receiver<()>,
 }
 
@@ -81,7 +87,13 @@ pub async fn run(shared: Arc<Shared>, consumer: String, mut reader: Reader) {
     let mut lost_at = Instant::now();
     let mut refused_until: Option<Instant> = None;
     let mut link = shared.link.watch();
+    // Set by the stop: no more requests; once the last one is over, unsubscribe.
+    let mut draining = false;
     loop {
+        if draining && requested == 0 {
+            drain(&shared, reader.subscription).await;
+            return;
+        }
         let now = Instant::now();
         if refused_until.is_some_and(|t| now >= t) {
             refused_until = None;
@@ -92,7 +104,7 @@ pub async fn run(shared: Arc<Shared>, consumer: String, mut reader: Reader) {
                 .max_unacked
                 .saturating_sub(core.ledger.in_flight() + core.unsorted())
         };
-        if requested == 0 && refused_until.is_none() && room > 0 {
+        if requested == 0 && refused_until.is_none() && room > 0 && !draining {
             let n = room.min(shared.batch);
             if shared.link.state().connected && pull(&reader, n).await {
                 requested = n;
@@ -150,10 +162,7 @@ pub async fn run(shared: Arc<Shared>, consumer: String, mut reader: Reader) {
             () = stall_look => {}
             () = shared.room.notified() => {}
             _ = link.changed() => {}
-            _ = &mut reader.drain => {
-                drain(&shared, reader.subscription).await;
-                return;
-            }
+            _ = &mut reader.drain, if !draining => draining = true,
         }
     }
 }
