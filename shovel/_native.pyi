@@ -1,5 +1,5 @@
-"""The native module (Rust, tokio): the storage client, the read path that feeds it, and the
-checkpoint reader.
+"""The native module (Rust, tokio): the storage client, the read path that feeds it, the
+checkpoint reader, and the NATS JetStream source.
 
 Imported by the storage and sources packages, `shovel.batches` and `shovel.safefiles`. The
 demo's accounting, the tests and the image tests read checkpoints with `read_checkpoint`
@@ -10,6 +10,10 @@ segment files in order on a tokio runtime of its own, groups fsyncs, and after e
 atomically persists a checkpoint with the committed source offset. No method waits for I/O
 except the constructor and `close`, which release the GIL while they block. Progress is
 signalled by making `notify_fd()` readable; the counters can be read at any time.
+
+The NATS source works the same way: its connection, pull requests and acknowledgements run on
+a runtime thread of its own; the event loop watches its `notify_fd()` and calls its
+non-blocking methods; `restore`, `finish` and `close` block with the GIL released.
 """
 
 from os import PathLike
@@ -21,6 +25,8 @@ __all__ = [
     "FAULT_INJECTION",
     "FILE_MODE",
     "LOCK_FILE",
+    "NATS_ACK_LATENCY_BOUNDS",
+    "NATS_STALL_WARN_S",
     "RETRIES",
     "Checkpoint",
     "Chunk",
@@ -29,6 +35,14 @@ __all__ = [
     "CloseTimeoutError",
     "CorruptStoreError",
     "DirectoryLockedError",
+    "FinishReport",
+    "NatsError",
+    "NatsMismatch",
+    "NatsRefused",
+    "NatsSource",
+    "NatsSourceError",
+    "NatsStats",
+    "NatsUnavailable",
     "ReadFile",
     "Records",
     "Splitter",
@@ -37,6 +51,7 @@ __all__ = [
     "StorageError",
     "StorageIOError",
     "birth_time_ns",
+    "nats_record_line",
     "read_checkpoint",
     "retry_wait_s",
     "retryable_errno",
@@ -318,3 +333,196 @@ class Splitter:
     @property
     def rejecting_line(self) -> bool:
         """Whether an oversized line is being streamed out."""
+
+NATS_STALL_WARN_S: float
+"""How long the NATS reader waits for room before it says so (a WARNING with the cause)."""
+NATS_ACK_LATENCY_BOUNDS: tuple[float, ...]
+"""The upper bounds of the NATS acknowledgement latency histogram's buckets, in seconds
+(+Inf not included; must match shovel/sources/nats/metrics.py)."""
+
+def nats_record_line(seq: int, subject: str, msg_id: str | None, data: bytes) -> bytes:
+    """The line the NATS source stores for a message, newline included:
+    `{"seq":N,"subject":S,"id":ID,"data":B64}` as `json.dumps(..., separators=(",", ":"),
+    ensure_ascii=True)` writes it, `id` only when `msg_id` is not empty. For tests: the
+    service never needs it."""
+
+class NatsError(Exception):
+    """Base class of the NATS source's errors."""
+
+class NatsRefused(NatsError):
+    """The NATS source is unusable as configured (a missing stream, a consumer that could
+    lose messages, a credentials file that cannot be read): a usage error, exit 2."""
+
+class NatsMismatch(NatsError):
+    """The stream or consumer is not the one the output directory was written from, or the
+    checkpoint's listing cannot be read: exit 1."""
+
+class NatsUnavailable(NatsError):
+    """No NATS server accepted the connection within the connect timeout: exit 1."""
+
+class NatsSourceError(NatsError):
+    """Reading cannot go on (the consumer was deleted on the server): exit 1."""
+
+@final
+class NatsStats:
+    """A point-in-time copy of the NATS source's counters (the shovel_nats_* metrics)."""
+
+    @property
+    def fetched(self) -> int:
+        """Messages delivered (redeliveries included)."""
+    @property
+    def acked(self) -> int:
+        """Deliveries the server holds acknowledged (confirmed, or passed by its floor)."""
+    @property
+    def redelivered(self) -> int:
+        """Deliveries that were not the first of their message."""
+    @property
+    def skipped(self) -> int:
+        """Deliveries of messages already stored here: not stored again."""
+    @property
+    def nacked(self) -> int:
+        """Messages given back at a stop (negative acknowledgements sent)."""
+    @property
+    def consumer_pending(self) -> int:
+        """The consumer's messages not yet delivered, at the last look."""
+    @property
+    def consumer_ack_pending(self) -> int:
+        """The consumer's messages delivered and not acknowledged, at the last look."""
+    @property
+    def stalled_s(self) -> float:
+        """How long the reader has waited for room, in seconds (0 when it does not wait)."""
+    @property
+    def stalls(self) -> int:
+        """Waits for room long enough to be said."""
+    @property
+    def ack_latency_buckets(self) -> list[int]:
+        """The acknowledgement latency histogram's cumulative counts, one per bound of
+        NATS_ACK_LATENCY_BOUNDS, then +Inf."""
+    @property
+    def ack_latency_sum(self) -> float:
+        """The sum of the latencies counted, in seconds."""
+    @property
+    def ack_latency_count(self) -> int:
+        """How many latencies are counted."""
+
+@final
+class FinishReport:
+    """What a NATS source's stop did, for its log lines."""
+
+    @property
+    def connected(self) -> bool:
+        """A server was connected when the stop began (the acknowledgements could go out)."""
+    @property
+    def acked(self) -> int:
+        """Deliveries the server holds acknowledged, over the whole run."""
+    @property
+    def not_confirmed(self) -> int:
+        """Stored messages whose acknowledgement is not confirmed."""
+    @property
+    def given_back(self) -> int:
+        """Negative acknowledgements sent at the stop."""
+    @property
+    def due_back(self) -> int:
+        """Messages that were due to be given back (sent or not)."""
+    @property
+    def took_s(self) -> float:
+        """How long the stop took, in seconds."""
+    @property
+    def stop_record_error(self) -> str | None:
+        """Why the stop record could not be written, if it could not."""
+
+_NatsBatch: TypeAlias = tuple[Records, int, int, str]
+# A batch from `NatsSource`: `(records, count, end_offset, descriptor)`, the descriptor being
+# the checkpoint's source descriptor once the batch is stored.
+
+@final
+class NatsSource:
+    """The NATS JetStream source: a durable pull consumer whose messages are acknowledged
+    once stored durably, on a runtime thread of its own.
+
+    Its steps: `restore` (the checkpoint), `start_open` then `open_result` (connect, bind the
+    consumer), `start_reading` then `take_batch` (each batch's records made durable are told
+    with `made_durable`), `take_tail` and `finish` at a stop; `close` for a run that never
+    started reading. `notify_fd()` becomes readable when there is news: the open's outcome,
+    a batch, a log line (`take_events`).
+    """
+
+    def __new__(
+        cls,
+        *,
+        servers: list[str],
+        stream: str,
+        consumer: str,
+        subject: str | None,
+        batch: int,
+        ack_wait_s: float,
+        max_ack_pending: int,
+        max_unacked: int,
+        shutdown_timeout_s: float,
+        output_dir: str | PathLike[str] | None,
+        creds: str | PathLike[str] | None = None,
+        tls_ca: str | PathLike[str] | None = None,
+        tls_cert: str | PathLike[str] | None = None,
+        tls_key: str | PathLike[str] | None = None,
+        connect_timeout_s: float | None = None,
+    ) -> NatsSource:
+        """A source, not connected: no thread, no I/O.
+
+        `servers` are `nats://` or `tls://` URLs, user information (`user:password@` or
+        `token@`, the first URL's) kept on them; `tls://` or any `tls_*` file asks for TLS
+        (`tls_cert` and `tls_key` together). `ack_wait_s` and `max_ack_pending` are those of
+        a consumer the source creates; it holds at most `max_unacked` messages fetched and not
+        confirmed acknowledged, and asks for `batch` at a time. `connect_timeout_s` bounds the
+        open (None: it waits for the servers forever). Stops are recorded in `output_dir`
+        (None: nowhere). Raises ValueError on a malformed URL or value.
+        """
+    def restore(
+        self,
+        committed_offset: int,
+        *,
+        stored: str | None = None,
+        acked: str = "",
+        created: str = "",
+        consumer_created: str = "",
+    ) -> tuple[int, bool, str | None]:
+        """Restores the ledger from the checkpoint, whose committed offset is
+        `committed_offset`; `stored` and the rest are its NATS descriptor's fields (`stored`
+        None: the checkpoint has none of this source's). Reads the last stop's record
+        (blocking, with the GIL released). Returns `(restored, from_stop, warning)`: the
+        stored messages that may await acknowledgement, whether their states come from the
+        stop record, and why a stop record was ignored (a line to log). Raises NatsMismatch
+        when the listing cannot be read."""
+    def start_open(self) -> None:
+        """Starts the runtime thread and the open (connect, look up and check the stream and
+        the consumer, create it when missing); `notify_fd()` becomes readable when it ends.
+        Raises OSError when the thread cannot start."""
+    def open_result(self) -> str | None:
+        """None while opening; then the start line's phrase. Raises NatsRefused, NatsMismatch
+        or NatsUnavailable (the open's error), each time it is asked."""
+    def start_reading(self, start_offset: int) -> None:
+        """Starts reading after stream sequence `start_offset`. RuntimeError when not open."""
+    def take_batch(self) -> _NatsBatch | None:
+        """The next batch, if one is ready (None: wait for `notify_fd()`). Raises
+        NatsSourceError once reading cannot go on (the consumer was deleted)."""
+    def take_tail(self) -> list[_NatsBatch]:
+        """At a stop, before storage is closed: every message held, in batches."""
+    def made_durable(self, records_durable: int) -> None:
+        """Storage made `records_durable` records of this run durable: their messages are
+        acknowledged."""
+    def finish(self, records_durable: int, timeout_s: float) -> FinishReport | None:
+        """The stop, after storage is closed, within `timeout_s`: acknowledges what is durable,
+        gives back what is not, closes the connection, records which stored messages are still
+        not confirmed; then the runtime thread stops. Blocking, with the GIL released. None
+        when the source never opened or already finished."""
+    def close(self) -> None:
+        """For a run that never started reading: stops the open, closes the connection (within
+        2 s), stops the runtime thread. Blocking, with the GIL released; idempotent."""
+    def notify_fd(self) -> int:
+        """File descriptor that becomes readable when there is news."""
+    def drain_notifications(self) -> int:
+        """Consumes pending wake-ups; returns how many there were."""
+    def take_events(self) -> list[tuple[int, str]]:
+        """Takes the log lines said since the last call, oldest first: `(levelno, text)`,
+        the level as `logging`'s number."""
+    def stats(self) -> NatsStats:
+        """The counters, now (from any thread)."""

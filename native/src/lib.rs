@@ -21,6 +21,7 @@
 //! - `client`: the storage client, its exceptions, counters and close report, and the
 //!   checkpoint reader.
 //! - `reading`: a file read in chunks, the splitter, and the batches of records it makes.
+//! - `natsource`: the NATS source, its counters, stop report and exceptions.
 //!
 //! `native_module` below is the one list of what Python sees; `shovel/_native.pyi` mirrors it.
 
@@ -35,10 +36,14 @@ pub mod store;
 #[cfg(feature = "python")]
 mod client;
 #[cfg(feature = "python")]
+mod natsource;
+#[cfg(feature = "python")]
 mod reading;
 
 #[cfg(feature = "python")]
 use pyo3::prelude::*;
+#[cfg(feature = "python")]
+use pyo3::types::PyTuple;
 
 /// The `shovel._native` extension module: every class, function, exception and constant it
 /// exports, in one table.
@@ -78,5 +83,26 @@ fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<reading::Chunk>()?;
     m.add_class::<reading::Records>()?;
     m.add_class::<reading::Splitter>()?;
+    // The NATS source, what it reports, and its exceptions.
+    m.add_class::<natsource::NatsSource>()?;
+    m.add_class::<natsource::NatsStats>()?;
+    m.add_class::<natsource::FinishReport>()?;
+    for exception in [
+        py.get_type::<natsource::NatsError>(),
+        py.get_type::<natsource::NatsRefused>(),
+        py.get_type::<natsource::NatsMismatch>(),
+        py.get_type::<natsource::NatsUnavailable>(),
+        py.get_type::<natsource::NatsSourceError>(),
+    ] {
+        m.add(exception.name()?, exception)?;
+    }
+    // What Python says and shows as the source does: the stall warning's wait, the latency
+    // histogram's bounds (must match shovel/sources/nats/metrics.py).
+    m.add("NATS_STALL_WARN_S", nats::core::STALL_WARN.as_secs_f64())?;
+    m.add(
+        "NATS_ACK_LATENCY_BOUNDS",
+        PyTuple::new(py, nats::core::ACK_LATENCY_BOUNDS)?,
+    )?;
+    m.add_function(wrap_pyfunction!(natsource::nats_record_line, m)?)?;
     Ok(())
 }
