@@ -514,9 +514,9 @@ class NatsSource:
         gives back what is not, closes the connection, records which stored messages are still
         not confirmed; then the runtime thread stops. Blocking, with the GIL released. None
         when the source never opened or already finished."""
-    def close(self) -> None:
+    def close(self, timeout_s: float) -> None:
         """For a run that never started reading: stops the open, closes the connection (within
-        2 s), stops the runtime thread. Blocking, with the GIL released; idempotent."""
+        `timeout_s`), stops the runtime thread. Blocking, with the GIL released; idempotent."""
     def notify_fd(self) -> int:
         """File descriptor that becomes readable when there is news."""
     def drain_notifications(self) -> int:

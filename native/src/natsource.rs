@@ -350,11 +350,13 @@ impl NatsSource {
         Ok(report.map(FinishReport))
     }
 
-    /// A run that never started reading: the open stops, the connection closes, the runtime
-    /// thread stops. Blocking, with the GIL released; idempotent.
-    fn close(&self, py: Python<'_>) {
+    /// A run that never started reading: the open stops, the connection closes (within
+    /// `timeout_s`), the runtime thread stops. Blocking, with the GIL released; idempotent.
+    fn close(&self, py: Python<'_>, timeout_s: f64) -> PyResult<()> {
+        let wait = duration("timeout_s", timeout_s)?;
         let source = &self.source;
-        py.detach(|| source.close());
+        py.detach(|| source.close(wait));
+        Ok(())
     }
 
     /// File descriptor that becomes readable when there is news.

@@ -17,7 +17,7 @@ use shovel_native::nats::connect::NatsConfig;
 use shovel_native::nats::consumer::ConsumerSpec;
 use shovel_native::nats::core::Batch;
 use shovel_native::nats::events::Level;
-use shovel_native::nats::source::{Source, SourceSettings};
+use shovel_native::nats::source::{Source, SourceSettings, CLOSE_WAIT};
 use shovel_native::nats::stoprecord;
 use support::{wait_until, NatsServer};
 
@@ -363,7 +363,7 @@ fn a_wait_for_room_is_said_with_its_cause_and_its_end() {
         buckets[buckets.len() - 1],
         source.stats().acked.load(Ordering::Relaxed)
     );
-    source.close();
+    source.close(CLOSE_WAIT);
 }
 
 #[test]

@@ -133,7 +133,7 @@ def test_a_native_source_reads_stores_and_acknowledges_every_message(tmp_path: P
             assert time.monotonic() < deadline, again.take_events()
             wait_for_news(again)
         assert phrase == "consumer c: ack_wait 30s, max_ack_pending 1000, 0 messages pending"
-        again.close()
+        again.close(2.0)
         assert again.finish(0, 1.0) is None
 
     # The descriptors are the Python source's, byte for byte.

@@ -34,7 +34,8 @@ use super::{ranges, stoprecord};
 use crate::notify::Notifier;
 use crate::runtime::{Io, RuntimeThread};
 
-/// How long [`Source::close`] gives a connection that never started reading.
+/// How long the Python source gives a connection that never started reading to close
+/// (source.py's CLOSE_S): what [`Source::close`] is usually given.
 pub const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// Everything the source is told when made.
@@ -339,7 +340,7 @@ impl Source {
             let runtime = run.runtime.take()?;
             let Some((client, acker, acker_task)) = run.reading.take() else {
                 drop(run);
-                self.close_runtime(runtime);
+                self.close_runtime(runtime, time);
                 return None;
             };
             let parts = Parts {
@@ -363,20 +364,21 @@ impl Source {
     }
 
     /// A run that never started reading: the open stops, the connection closes (within
-    /// [`CLOSE_WAIT`]), the runtime stops. Blocking; idempotent.
-    pub fn close(&self) {
+    /// `wait`), the runtime stops. Blocking; idempotent.
+    pub fn close(&self, wait: Duration) {
         let runtime = {
             let mut run = self.run();
             run.done = true;
             run.runtime.take()
         };
         if let Some(runtime) = runtime {
-            self.close_runtime(runtime);
+            self.close_runtime(runtime, wait);
         }
     }
 
-    /// Stops the open task, closes whatever client there is, stops the runtime.
-    fn close_runtime(&self, runtime: RuntimeThread) {
+    /// Stops the open task, closes whatever client there is (within `wait`), stops the
+    /// runtime.
+    fn close_runtime(&self, runtime: RuntimeThread, wait: Duration) {
         let (open_task, client) = {
             let mut run = self.run();
             let client = match (run.take_opened(), run.reading.take()) {
@@ -404,7 +406,7 @@ impl Source {
             if let Some(client) = client {
                 link.closing();
                 let mut state = link.watch();
-                let _ = tokio::time::timeout(CLOSE_WAIT, async {
+                let _ = tokio::time::timeout(wait, async {
                     let _ = client.drain().await;
                     let _ = state.wait_for(|s| s.closed).await;
                 })

@@ -5,6 +5,7 @@ record line against the reference `json.dumps`, and the constants Python mirrors
 from __future__ import annotations
 
 import base64
+import gc
 import json
 import select
 import time
@@ -52,8 +53,8 @@ def test_a_source_is_made_unconnected_and_counts_nothing() -> None:
     with pytest.raises(RuntimeError, match="not opened"):
         s.start_reading(0)
     assert s.finish(0, 1.0) is None
-    s.close()
-    s.close()
+    s.close(2.0)
+    s.close(2.0)
 
 
 @pytest.mark.parametrize(
@@ -117,8 +118,33 @@ def test_an_open_with_no_server_ends_unavailable_within_its_timeout() -> None:
     assert lines, "no attempt was said"
     assert any(level == 30 and "NATS: cannot connect to" in text for level, text in lines), lines
     assert not any("secret" in text for _, text in lines)
-    s.close()
-    s.close()
+    s.close(2.0)
+    s.close(2.0)
+
+
+def _nats_threads() -> int:
+    """This process's threads named shovel-nats (the source's runtime thread)."""
+    return sum(
+        (task / "comm").read_text().strip() == "shovel-nats"
+        for task in Path("/proc/self/task").iterdir()
+    )
+
+
+def test_a_source_dropped_while_opening_lets_its_thread_go() -> None:
+    before = _nats_threads()
+    s = source(servers=[f"nats://127.0.0.1:{free_port()}"])
+    s.start_open()
+    assert _nats_threads() == before + 1
+    with pytest.raises(ValueError, match="timeout_s must be"):
+        s.close(-1.0)
+    started = time.monotonic()
+    del s
+    gc.collect()
+    assert time.monotonic() - started < 1.0, "dropping the source blocked"
+    deadline = time.monotonic() + 10
+    while _nats_threads() > before:
+        assert time.monotonic() < deadline, "the runtime thread did not end"
+        time.sleep(0.02)
 
 
 def _open_outcome(s: _native.NatsSource) -> BaseException | None:
