@@ -2,16 +2,19 @@
 //! durable, give back what is not, close the connection, record what stays unconfirmed; all
 //! within the deadline, in the order and with the budget of the Python source's `finish()`:
 //!
-//! 1. settle: acknowledgements of what is durable go first; then the messages held and those
-//!    handed over and not made durable are given back (`-NAK`, counted as each is sent), so
-//!    that another replica takes them at once;
+//! 1. acknowledgements of what is durable go first;
 //! 2. if connected: the pull inbox is drained (no more deliveries; what the last request
-//!    still brings is given back too), for at most a quarter of the time left, and settled;
-//! 3. the confirmations of every acknowledgement sent are awaited, at most 2 s;
-//! 4. the connection is drained and closed: `Client::drain` sends the unsubscriptions and a
+//!    still brings is held too), for at most a quarter of the time left;
+//! 3. settle: the acknowledgements again, then the messages held and those handed over and
+//!    not made durable are given back (`-NAK`, counted as each is sent), so that another
+//!    replica takes them at once. Not before the drain, as the Python source did: a message
+//!    given back while this replica's last pull request is open is delivered again to that
+//!    very request (the server fills waiting requests first), and would be given back twice;
+//! 4. the confirmations of every acknowledgement sent are awaited, at most 2 s;
+//! 5. the connection is drained and closed: `Client::drain` sends the unsubscriptions and a
 //!    PING and closes on the PONG, the round trip that says the server has everything sent
 //!    (`flush` only empties the socket buffer);
-//! 5. the stored messages whose acknowledgement is not confirmed are recorded beside the
+//! 6. the stored messages whose acknowledgement is not confirmed are recorded beside the
 //!    checkpoint (the stop record), at most 1 s.
 //!
 //! With no server connected nothing is sent: the server redelivers it all after ack_wait (a
@@ -84,7 +87,7 @@ fn left(deadline: Instant) -> Duration {
         .max(LAST_WORD)
 }
 
-/// Step 1: acknowledges what is durable and gives back the rest; returns how many were due
+/// Step 3: acknowledges what is durable and gives back the rest; returns how many were due
 /// to be given back, sent or not.
 async fn settle(shared: &Shared, acker: &Acker) -> usize {
     // Redeliveries of stored messages are acknowledged by send_acks below.
@@ -124,8 +127,9 @@ pub async fn finish(
         .load(std::sync::atomic::Ordering::Relaxed);
     let connected = shared.link.state().connected;
     // 1. What matters most goes first: acknowledgements of what is durable.
-    let mut due_back = settle(&shared, &parts.acker).await;
-    // 2. No more deliveries; what the last pull request still brings is given back too.
+    shared.lock().take_arrived(&shared.stats);
+    send_acks(&shared, &parts.acker).await;
+    // 2. No more deliveries; what the last pull request still brings is held too.
     if let Some((task, drain)) = parts.reader {
         if shared.link.state().connected && drain.send(()).is_ok() {
             let share = left(deadline).mul_f64(INBOX_DRAIN_SHARE);
@@ -133,17 +137,18 @@ pub async fn finish(
             if timeout(share, task).await.is_err() {
                 abort.abort();
             }
-            due_back += settle(&shared, &parts.acker).await;
         } else {
             task.abort();
         }
     }
+    // 3. Everything held or not durable is given back, once.
+    let due_back = settle(&shared, &parts.acker).await;
     let given_back = shared
         .stats
         .nacked
         .load(std::sync::atomic::Ordering::Relaxed)
         - nacked_before;
-    // 3. The confirmations of what was sent.
+    // 4. The confirmations of what was sent.
     if shared.link.state().connected {
         let wait = CONFIRM_WAIT.min(deadline.saturating_duration_since(Instant::now()));
         let _ = timeout(wait, async {
@@ -157,13 +162,13 @@ pub async fn finish(
         })
         .await;
     }
-    // 4. A round trip, then the connection closes.
+    // 5. A round trip, then the connection closes.
     shared.link.closing();
     if timeout(left(deadline), parts.client.drain()).await.is_ok() {
         let mut state = shared.link.watch();
         let _ = timeout(left(deadline), state.wait_for(|s| s.closed)).await;
     }
-    // 5. Taken once the connection is closed, with every confirmation that came.
+    // 6. Taken once the connection is closed, with every confirmation that came.
     let (not_confirmed, listing) = {
         let core = shared.lock();
         (
