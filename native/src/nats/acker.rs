@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer;
-use async_nats::{Client, Subscriber};
+use async_nats::{Client, Message, Subscriber};
 use bytes::Bytes;
 use futures_util::StreamExt;
 
@@ -176,32 +176,48 @@ pub async fn run(shared: Arc<Shared>, acker: Acker) {
     }
 }
 
+/// What a message on the acknowledgement inbox says.
+#[derive(Debug, PartialEq, Eq)]
+enum Inbox {
+    /// The acknowledgement of this sequence was applied.
+    Confirmed(u64),
+    /// A status in its place (see the module doc): nothing confirmed, sent again later.
+    NotApplied(u64, String),
+    /// Not about one of our acknowledgements.
+    Other,
+}
+
+/// Reads a message of the acknowledgement inbox (`<ack inbox>.<seq>`).
+fn inbox_answer(message: &Message) -> Inbox {
+    let Some(seq) = message
+        .subject
+        .rsplit_once('.')
+        .and_then(|(_, tail)| tail.parse::<u64>().ok())
+    else {
+        return Inbox::Other;
+    };
+    let header_status = message.headers.as_ref().and_then(|h| h.get("Status"));
+    match (&message.status, header_status) {
+        (None, None) => Inbox::Confirmed(seq),
+        (Some(status), _) => Inbox::NotApplied(seq, format!("{status:?}")),
+        (None, Some(status)) => Inbox::NotApplied(seq, status.to_string()),
+    }
+}
+
 /// The confirmations task: reads the acknowledgement inbox until its subscription ends.
 pub async fn run_confirmations(shared: Arc<Shared>, mut subscription: Subscriber) {
     while let Some(message) = subscription.next().await {
-        let Some(seq) = message
-            .subject
-            .rsplit_once('.')
-            .and_then(|(_, tail)| tail.parse::<u64>().ok())
-        else {
-            continue;
+        let seq = match inbox_answer(&message) {
+            Inbox::Confirmed(seq) => seq,
+            Inbox::NotApplied(seq, status) => {
+                shared.link.events().say(
+                    Level::Debug,
+                    format!("NATS: acknowledgement of {seq} not applied: {status}"),
+                );
+                continue;
+            }
+            Inbox::Other => continue,
         };
-        let has_status = message.status.is_some()
-            || message
-                .headers
-                .as_ref()
-                .is_some_and(|h| h.get("Status").is_some());
-        if has_status {
-            // Not a confirmation (see the module doc): sent again later.
-            shared.link.events().say(
-                Level::Debug,
-                format!(
-                    "NATS: acknowledgement of {seq} not applied: {:?}",
-                    message.status
-                ),
-            );
-            continue;
-        }
         let news = shared.lock().ledger.confirmed(seq);
         if let Some(ack) = news {
             shared.stats.acknowledged(ack.fetched_at);
@@ -214,4 +230,56 @@ pub async fn run_confirmations(shared: Arc<Shared>, mut subscription: Subscriber
 /// Counts a negative acknowledgement sent.
 pub(crate) fn nacked(stats: &Stats) {
     Stats::add(&stats.nacked, 1);
+}
+
+#[cfg(test)]
+mod tests {
+    use async_nats::{HeaderMap, Message, StatusCode};
+    use bytes::Bytes;
+
+    use super::{inbox_answer, Inbox};
+
+    fn on_inbox(subject: &str, status: Option<StatusCode>, headers: Option<HeaderMap>) -> Message {
+        Message {
+            subject: subject.into(),
+            reply: None,
+            payload: Bytes::new(),
+            headers,
+            status,
+            description: None,
+            length: 0,
+        }
+    }
+
+    /// A status the server sends in place of a confirmation (a 503, no responders, while the
+    /// consumer has no leader) confirms nothing. Taken as a confirmation, it let a stop record
+    /// the message as confirmed; the consumer's next leader delivered it again once the ledger
+    /// had let it go, and it was stored twice in one output directory (seen with a cluster
+    /// whose consumer leader's server was killed). Was tests/unit/sources/test_nats_acks.py.
+    #[test]
+    fn a_status_on_the_ack_inbox_is_no_confirmation() {
+        let inbox = "_INBOX.ackbox";
+        assert_eq!(
+            inbox_answer(&on_inbox(&format!("{inbox}.4583"), None, None)),
+            Inbox::Confirmed(4583)
+        );
+        let no_responders = on_inbox(
+            &format!("{inbox}.4586"),
+            Some(StatusCode::NO_RESPONDERS),
+            None,
+        );
+        assert!(matches!(
+            inbox_answer(&no_responders),
+            Inbox::NotApplied(4586, _)
+        ));
+        // As nats-py handed it over: a Status header, no status line read.
+        let mut headers = HeaderMap::new();
+        headers.insert("Status", "503");
+        headers.insert("Nats-Subject", "$JS.ACK.ORDERS.shovel.1.4586.4586.1.0");
+        assert_eq!(
+            inbox_answer(&on_inbox(&format!("{inbox}.4586"), None, Some(headers))),
+            Inbox::NotApplied(4586, "503".to_owned())
+        );
+        assert_eq!(inbox_answer(&on_inbox(inbox, None, None)), Inbox::Other);
+    }
 }
