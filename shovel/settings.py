@@ -183,6 +183,15 @@ class Settings(BaseSettings):
         allow_inf_nan=False,
         description="deadline for the whole drain after a stop signal",
     )
+    nats_connect_timeout_s: float | None = Field(
+        None,
+        gt=0,
+        le=86_400,
+        allow_inf_nan=False,
+        description="with a nats:// source: how long the start may wait for a server to accept "
+        "the connection and answer about the stream and consumer before it gives up (exit 1); "
+        "unset: it waits as long as it takes",
+    )
     grace_period_s: float | None = Field(
         None,
         gt=0,
@@ -304,6 +313,7 @@ class Settings(BaseSettings):
             queue_max_batches=self.queue_max_batches,
             shutdown_timeout_s=self.shutdown_timeout_s,
             output_dir=self.output_dir,
+            connect_timeout_s=self.nats_connect_timeout_s,
         )
 
     @property
@@ -350,13 +360,16 @@ GROUPS = {
         "log_format",
     ),
     "configuration": ("config",),
+    "NATS": ("nats_connect_timeout_s",),
 }
 NATS_HELP = """\
   --source 'nats://[USER:PASS@]HOST[:PORT][,HOST...]/STREAM?consumer=NAME[&OPTION=VALUE...]'
 
 reads the JetStream stream STREAM through the durable pull consumer NAME, which replicas of \
 shovel share; each message is acknowledged once it is durable. OPTION: subject=FILTER, \
-batch=N, creds=PATH, ack_wait_s=SECONDS, max_ack_pending=N."""
+batch=N, creds=PATH, ack_wait_s=SECONDS, max_ack_pending=N, tls_ca=PATH, \
+tls_cert=PATH, tls_key=PATH (cert and key together); tls://... instead of nats://... asks for \
+TLS with the system's roots or tls_ca."""
 # What to type for each option; flags and choices have none.
 METAVARS = {
     "source": "SOURCE",
@@ -373,6 +386,7 @@ METAVARS = {
     "max_inflight_bytes": "SIZE",
     "shutdown_timeout_s": "SECONDS",
     "grace_period_s": "SECONDS",
+    "nats_connect_timeout_s": "SECONDS",
     "metrics_host": "HOST",
     "metrics_port": "PORT",
     "status_interval_s": "SECONDS",
@@ -386,9 +400,9 @@ other command:
         picture (see {prog} demo --help)
 
 Exit codes: 0 everything read is durable; 1 fatal runtime error (storage failure, output \
-directory in use or damaged, a source that does not continue what was stored); 2 bad usage \
-or configuration; 3 stopped by the deadline or a second signal with records read but not \
-stored (their number is logged).
+directory in use or damaged, a source that does not continue what was stored, no NATS server \
+within --nats-connect-timeout-s); 2 bad usage or configuration; 3 stopped by the deadline or a \
+second signal with records read but not stored (their number is logged).
 
 Stop signals: SIGTERM, SIGINT and SIGHUP (unless started with it ignored, as by nohup) stop \
 shovel cleanly; a second one stops waiting for the queue."""
@@ -438,8 +452,7 @@ def _cli(prog: str) -> CliSettingsSource[Any]:
         "--version", action="version", version=f"%(prog)s {version()}", help="show the version"
     )
     for title in GROUPS:
-        parser.group(title)
-    parser.group("NATS", NATS_HELP)
+        parser.group(title, NATS_HELP if title == "NATS" else None)
     source: CliSettingsSource[Any] = CliSettingsSource(
         Settings,
         root_parser=parser,

@@ -22,7 +22,7 @@ from shovel.service.signals import StopRequest
 from shovel.service.state import RunState
 from shovel.service.waits import until
 from shovel.settings import Settings
-from shovel.sources import Source, SourceError, SourceMismatch
+from shovel.sources import Source, SourceError, SourceMismatch, SourceUnavailable
 from shovel.storage import (
     CorruptStoreError,
     DirectoryLockedError,
@@ -170,7 +170,8 @@ async def _resume(settings: Settings, storage: Store, source: Source) -> str | _
 async def _connect(source: Source, stop: StopRequest) -> str | _Refused:
     """Connects the source (a broker; nothing for a file); a stop that comes first ends the run
     (exit 0, nothing was read). Refuses with exit code 1 when the source is not the stored
-    one, 2 when it is not usable as configured (a missing stream, a push consumer)."""
+    one or no server answered within the connect timeout, 2 when it is not usable as configured
+    (a missing stream, a push consumer)."""
     opening = asyncio.ensure_future(source.open())
     await until(stop.stop, opening)
     if not opening.done():
@@ -183,6 +184,9 @@ async def _connect(source: Source, stop: StopRequest) -> str | _Refused:
     except SourceMismatch as e:
         log.error("refusing to start: %s", e)
         return _Refused(f"refusing to start: {e}")
+    except SourceUnavailable as e:
+        log.error("%s", e)
+        return _Refused(str(e), ExitCode.FATAL)
     except SourceError as e:
         log.error("%s", e)
         return _Refused(str(e), ExitCode.USAGE)

@@ -19,6 +19,7 @@ from shovel.sources.api import (
     SourceMismatch,
     SourceOptions,
     SourceSpec,
+    SourceUnavailable,
 )
 from shovel.sources.file import FileSource
 from shovel.sources.generator import (
@@ -43,6 +44,7 @@ __all__ = [
     "SourceMismatch",
     "SourceOptions",
     "SourceSpec",
+    "SourceUnavailable",
     "StdinSpec",
     "StreamSource",
     "generated_record",

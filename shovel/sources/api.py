@@ -42,6 +42,11 @@ class SourceMismatch(SourceError):
     """The source is not the one the output directory was storing (or cannot continue it)."""
 
 
+class SourceUnavailable(SourceError):
+    """The source could not be reached in the time given (no server answered): exit 1, not a
+    usage error."""
+
+
 @dataclass(frozen=True, slots=True)
 class FollowConfig:
     """How --follow waits and decides."""
@@ -64,6 +69,8 @@ class SourceOptions:
     shutdown_timeout_s: float = 20.0
     # Where a source may keep files of its own beside the checkpoint (None: nowhere).
     output_dir: Path | None = None
+    # --nats-connect-timeout-s: how long opening a broker may wait for it (None: forever).
+    connect_timeout_s: float | None = None
 
 
 class SourceSpec(Protocol):

@@ -10,7 +10,7 @@ into this output directory, so they only grow, across rotations too, and a file 
 `offset - base`. `open_line` says that the last stored record was a final line without a
 newline, completed by shovel. For a NATS stream it names the stream and the consumer (and when
 each was created), and lists the stream sequences stored here whose acknowledgement the server
-has not confirmed, and apart some it has (see nats/ledger.py).
+has not confirmed, and apart some it has (see native/src/nats/ledger.rs).
 """
 
 from __future__ import annotations
@@ -96,8 +96,8 @@ class NatsOrigin:
 
     `stored` lists, as ranges "A-B" or "A" joined by commas, the sequences stored in this
     output directory whose acknowledgement the server had not confirmed, and `acked` some whose
-    acknowledgement it had (see nats/ledger.py): a redelivery of one of them is acknowledged,
-    not stored again."""
+    acknowledgement it had (see native/src/nats/ledger.rs): a redelivery of one of them is
+    acknowledged, not stored again."""
 
     stream: str
     consumer: str

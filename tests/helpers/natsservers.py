@@ -315,6 +315,16 @@ def replica_holds(batch: int) -> int:
     return NatsSource(spec, Settings.model_fields["queue_max_batches"].default, 20.0).max_unacked
 
 
+def decode_ranges(text: str) -> list[int]:
+    """The sequences of a checkpoint's listing ("1-3,7" -> [1, 2, 3, 7]), as the source
+    writes it."""
+    seqs: list[int] = []
+    for part in filter(None, text.split(",")):
+        first, _, last = part.partition("-")
+        seqs.extend(range(int(first), int(last or first) + 1))
+    return seqs
+
+
 def payload(i: int) -> bytes:
     """Message i's payload: bytes of every kind, newlines included, of varied length."""
     body = bytes((i * 31 + k) % 256 for k in range(i % 97))

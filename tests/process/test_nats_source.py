@@ -15,7 +15,6 @@ from nats.js.api import AckPolicy, ConsumerConfig
 
 from shovel.service.laststop import read_report
 from shovel.sources.identity import NatsOrigin, decode
-from shovel.sources.nats.ledger import decode_ranges
 from tests.helpers import (
     Shovel,
     assert_clean_stderr,
@@ -32,6 +31,7 @@ from tests.helpers.natsservers import (
     ack_floor,
     consumer_info,
     create_stream,
+    decode_ranges,
     msg_id,
     on_servers,
     payload,
@@ -242,11 +242,28 @@ def test_other_source_in_output_dir_is_refused(tmp_path: Path) -> None:
 
 def test_sigterm_while_waiting_for_a_server(tmp_path: Path) -> None:
     s = Shovel(args_for(nowhere(), tmp_path / "out"), tmp_path / "log")
-    s.wait_for_log("Connect call failed")
+    s.wait_for_log("NATS: cannot connect to")
     s.signal(signal.SIGTERM)
     assert s.wait() == 0
     assert "received while connecting: nothing was read" in s.stderr
     assert_clean_stderr(s.stderr)
+
+
+def test_no_server_within_the_connect_timeout_is_exit_1(tmp_path: Path) -> None:
+    """--nats-connect-timeout-s bounds the start: no server, exit 1 (not a usage error), and
+    the report says why."""
+    out = tmp_path / "out"
+    code, err = run_shovel(
+        [*args_for(nowhere(), out), "--nats-connect-timeout-s", "1.5"], tmp_path / "log"
+    )
+    assert code == 1, err
+    assert "NATS: cannot connect to 127.0.0.1:" in err
+    assert "no NATS server accepted the connection within 1.5s: " in err
+    assert_clean_stderr(err)
+    report = read_report(out)
+    assert report is not None
+    assert report.exit_code == 1
+    assert "no NATS server accepted the connection within 1.5s" in (report.detail or "")
 
 
 def _stored_all(out: Path, count: int) -> bool:
@@ -336,7 +353,7 @@ def test_sigterm_with_the_server_gone(server: Cluster, tmp_path: Path) -> None:
     wait_until(lambda: all_acknowledged(server, "c", 200), what="every message acknowledged")
     server.servers[0].kill()
     # Reconnection attempts are 1 s apart: a few of them, with pull requests due meanwhile.
-    wait_until(lambda: s.stderr.count("Connect call failed") >= 3, what="reconnection attempts")
+    wait_until(lambda: s.stderr.count("NATS: cannot connect to") >= 3, what="reconnection attempts")
     s.signal(signal.SIGTERM)
     assert s.wait() == 0
     assert_clean_stderr(s.stderr)

@@ -1,14 +1,14 @@
 //! Lists of stream sequences as the checkpoint and the stop record write them: ascending
-//! runs, `"A-B"` or `"A"`, joined by commas (`"1-3,7,9-10"`). The format of today's
-//! `encode_ranges`/`decode_ranges` (nats/ledger.py), byte for byte, so that directories
-//! written by either read the same.
+//! runs, `"A-B"` or `"A"`, joined by commas (`"1-3,7,9-10"`). The format of the Python
+//! source's `encode_ranges`/`decode_ranges` (nats/ledger.py, gone with step 7 of issue 17),
+//! byte for byte, so that directories written by either read the same.
 
 use std::fmt::{self, Write as _};
 
 use super::text::py_repr;
 
-/// The most sequences a listing may hold; a longer one is not one shovel wrote (must match
-/// `MAX_LISTED` in shovel/sources/nats/ledger.py while that file lives).
+/// The most sequences a listing may hold; a longer one is not one shovel wrote (as
+/// `MAX_LISTED` was in the Python source's nats/ledger.py).
 pub const MAX_LISTED: usize = 10_000_000;
 
 /// A listing that is not one shovel wrote.

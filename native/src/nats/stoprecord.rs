@@ -1,6 +1,6 @@
-//! The record of a stop, `nats-acks.json` beside the checkpoint: the format today's Python
-//! source writes and reads (nats/ledger.py, `write_stop_record`/`read_stop_record`), so a
-//! directory stopped by either starts with the other.
+//! The record of a stop, `nats-acks.json` beside the checkpoint: the format the Python
+//! source wrote and read (nats/ledger.py, `write_stop_record`/`read_stop_record`, gone with
+//! step 7 of issue 17), so a directory stopped by either starts with the other.
 //!
 //! Why it exists: the last acknowledgements are sent once storage is closed, after the last
 //! checkpoint was written, so the checkpoint lists as unconfirmed what the stop then saw
@@ -26,8 +26,8 @@ use super::ranges;
 use super::text::push_json_string;
 use crate::store::perm;
 
-/// The file's name in the output directory (must match `STOP_RECORD_FILE` in
-/// shovel/sources/nats/ledger.py while that file lives).
+/// The file's name in the output directory (as `STOP_RECORD_FILE` was in the Python
+/// source's nats/ledger.py).
 pub const STOP_RECORD_FILE: &str = "nats-acks.json";
 /// The format's version.
 const VERSION: u64 = 1;

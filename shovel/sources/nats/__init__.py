@@ -1,2 +1,2 @@
-"""The NATS JetStream source: its URL, the ledger of what is stored and acknowledged, and the
-consumer itself."""
+"""The NATS JetStream source: its URL, the Python side of the consumer (the native one,
+native/src/nats/, does the work), and its metrics."""

@@ -1,13 +1,16 @@
 """The `--source nats://...` syntax: servers, stream, durable consumer and options.
 
     nats://[USER:PASSWORD@]HOST[:PORT][,HOST[:PORT]...]/STREAM?consumer=NAME[&OPTION=VALUE...]
+    tls://... the same, over TLS
 
 Several servers of one cluster are separated by commas (the client fails over between them).
 Options: `consumer` (required: the durable pull consumer that every replica shares),
 `subject` (the consumer's filter subject, when shovel creates it), `batch` (messages asked for
 per pull request), `creds` (a NATS credentials file), `ack_wait_s` and `max_ack_pending` (the
-consumer's settings when shovel creates it; defaults sized in nats/source.py). No I/O here but
-the check that a credentials file can be read.
+consumer's settings when shovel creates it; defaults sized in nats/source.py), `tls_ca` (the
+certificate authorities to trust instead of the system's), `tls_cert` and `tls_key` (a client
+certificate and its key, given together). `tls://`, or any `tls_*` option, asks for TLS. No I/O
+here but the check that the files named can be read.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from shovel.redact import remember
 from shovel.sources.api import Source, SourceError, SourceOptions
 
 SCHEME = "nats://"
+TLS_SCHEME = "tls://"
+SCHEMES = (SCHEME, TLS_SCHEME)
 DEFAULT_PORT = 4222
 DEFAULT_BATCH = 256
 MAX_BATCH = 10_000
@@ -31,7 +36,24 @@ MAX_BATCH = 10_000
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")
 _SUBJECT = re.compile(r"[!-~]+")
 _HOST = re.compile(r"[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]")
-OPTIONS = ("consumer", "subject", "batch", "creds", "ack_wait_s", "max_ack_pending")
+OPTIONS = (
+    "consumer",
+    "subject",
+    "batch",
+    "creds",
+    "ack_wait_s",
+    "max_ack_pending",
+    "tls_ca",
+    "tls_cert",
+    "tls_key",
+)
+# The files an option names, and what each is called when it cannot be read.
+_FILES = {
+    "creds": "credentials file",
+    "tls_ca": "TLS certificate authority file",
+    "tls_cert": "TLS client certificate",
+    "tls_key": "TLS client key",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +69,9 @@ class NatsSpec:
     creds: Path | None = None
     ack_wait_s: float | None = None
     max_ack_pending: int | None = None
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     followable: ClassVar[bool] = False
     reads_stdin: ClassVar[bool] = False
 
@@ -61,20 +86,27 @@ class NatsSpec:
         # Imported here: the NATS client is needed only by this source.
         from shovel.sources.nats.source import NatsSource  # noqa: PLC0415
 
-        if self.creds is not None and not os.access(self.creds, os.R_OK):
-            raise SourceError(f"cannot read the NATS credentials file {self.creds}")
+        for option, what in _FILES.items():
+            path = getattr(self, option)
+            if path is not None and not os.access(path, os.R_OK):
+                raise SourceError(f"cannot read the NATS {what} {path}")
         return NatsSource(
-            self, options.queue_max_batches, options.shutdown_timeout_s, options.output_dir
+            self,
+            options.queue_max_batches,
+            options.shutdown_timeout_s,
+            options.output_dir,
+            options.connect_timeout_s,
         )
 
 
 def _without_secret(server: str) -> str:
-    rest = server.removeprefix(SCHEME)
+    scheme = next(s for s in SCHEMES if server.startswith(s))
+    rest = server.removeprefix(scheme)
     _, at, host = rest.rpartition("@")
-    return SCHEME + (host if at else rest)
+    return scheme + (host if at else rest)
 
 
-def _servers(userinfo: str, at: str, hosts: str) -> tuple[str, ...]:
+def _servers(scheme: str, userinfo: str, at: str, hosts: str) -> tuple[str, ...]:
     if at and not userinfo:
         raise ValueError("empty user before '@' in the nats:// URL")
     if not hosts:
@@ -88,7 +120,7 @@ def _servers(userinfo: str, at: str, hosts: str) -> tuple[str, ...]:
             raise ValueError(f"bad NATS server host {part!r} (expected HOST or HOST:PORT)")
         if not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"bad NATS server port in {part!r} (expected 1-65535)")
-        servers.append(f"{SCHEME}{userinfo + '@' if at else ''}{host}:{int(port)}")
+        servers.append(f"{scheme}{userinfo + '@' if at else ''}{host}:{int(port)}")
     return tuple(servers)
 
 
@@ -109,15 +141,17 @@ def _seconds(name: str, raw: str) -> float:
 
 
 def parse_nats_source(text: str) -> NatsSpec | None:
-    """A `nats://` source, or None for any other text; raises ValueError with a reason."""
-    return parse_nats(text) if text.startswith(SCHEME) else None
+    """A `nats://` or `tls://` source, or None for any other text; raises ValueError with a
+    reason."""
+    return parse_nats(text) if text.startswith(SCHEMES) else None
 
 
 def parse_nats(text: str) -> NatsSpec:
-    """Parses a `nats://` source; raises ValueError with a reason."""
-    if not text.startswith(SCHEME):
-        raise ValueError(f"a NATS source starts with {SCHEME}")
-    rest = text.removeprefix(SCHEME)
+    """Parses a `nats://` or `tls://` source; raises ValueError with a reason."""
+    scheme = next((s for s in SCHEMES if text.startswith(s)), None)
+    if scheme is None:
+        raise ValueError(f"a NATS source starts with {SCHEME} or {TLS_SCHEME}")
+    rest = text.removeprefix(scheme)
     # The user information ends at the last '@' before the query (no host or stream holds
     # one): a password with a '/' typed unencoded still stays in it.
     before_query, _, query = rest.partition("?")
@@ -127,7 +161,7 @@ def parse_nats(text: str) -> NatsSpec:
         # A password, or a token (no user); masked in every text shovel writes from now on.
         remember(password if colon else userinfo)
     hosts, slash, path = rest.partition("/")
-    servers = _servers(userinfo, at, hosts)
+    servers = _servers(scheme, userinfo, at, hosts)
     stream = unquote(path)
     if not slash or not stream:
         raise ValueError("nats:// needs the stream name after the servers: nats://HOST/STREAM")
@@ -160,6 +194,8 @@ def parse_nats(text: str) -> NatsSpec:
         not _SUBJECT.fullmatch(subject) or ".." in subject or subject.strip(".") != subject
     ):
         raise ValueError(f"bad subject filter {subject!r}")
+    if ("tls_cert" in options) != ("tls_key" in options):
+        raise ValueError("nats:// options tls_cert and tls_key go together")
     return NatsSpec(
         servers=servers,
         stream=stream,
@@ -175,4 +211,7 @@ def parse_nats(text: str) -> NatsSpec:
         max_ack_pending=_whole("max_ack_pending", options["max_ack_pending"], 1, 10_000_000)
         if "max_ack_pending" in options
         else None,
+        tls_ca=Path(options["tls_ca"]) if "tls_ca" in options else None,
+        tls_cert=Path(options["tls_cert"]) if "tls_cert" in options else None,
+        tls_key=Path(options["tls_key"]) if "tls_key" in options else None,
     )

@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shovel import _native
-from shovel.sources.nats.metrics import ack_latency_histogram
+from shovel.sources.nats.metrics import ack_latency
 from shovel.sources.nats.source import STALL_WARN_S
 from tests.helpers import free_port
 
@@ -169,9 +169,38 @@ def test_the_exceptions_say_their_exits() -> None:
 
 def test_the_constants_match_the_python_source() -> None:
     assert _native.NATS_STALL_WARN_S == STALL_WARN_S
-    histogram = ack_latency_histogram()
-    bounds = tuple(float(b) for b in histogram._upper_bounds[:-1])
-    assert bounds == _native.NATS_ACK_LATENCY_BOUNDS
+    # The buckets shovel_nats_ack_latency_seconds had when it was a Python histogram.
+    assert _native.NATS_ACK_LATENCY_BOUNDS == (
+        0.005,
+        0.01,
+        0.025,
+        0.05,
+        0.1,
+        0.25,
+        0.5,
+        1.0,
+        2.5,
+        5.0,
+        10.0,
+        30.0,
+    )
+    family = ack_latency(source().stats())
+    labels = [s.labels["le"] for s in family.samples if s.name.endswith("_bucket")]
+    assert labels == [
+        "0.005",
+        "0.01",
+        "0.025",
+        "0.05",
+        "0.1",
+        "0.25",
+        "0.5",
+        "1.0",
+        "2.5",
+        "5.0",
+        "10.0",
+        "30.0",
+        "+Inf",
+    ]
 
 
 def reference_line(seq: int, subject: str, msg_id: str | None, data: bytes) -> bytes:
