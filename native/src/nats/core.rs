@@ -312,16 +312,19 @@ impl Core {
     }
 
     /// At a stop: the reply subjects of every held message (given back), and of what was
-    /// handed over and not made durable; they leave.
+    /// handed over and not made durable; they leave. In stream order: the server delivers
+    /// what is given back in the order it was given back, and the next reader then stores it
+    /// in stream order too.
     pub fn take_back(&mut self) -> Vec<String> {
-        let mut back: Vec<String> = self
+        let mut back: Vec<(u64, String)> = self
             .held
             .drain(..)
-            .filter_map(|h| h.message.reply.map(|r| r.to_string()))
+            .filter_map(|h| h.message.reply.map(|r| (h.seq, r.to_string())))
             .collect();
         self.held_seqs.clear();
-        back.extend(self.ledger.take_not_durable().into_iter().map(|(_, r)| r));
-        back
+        back.extend(self.ledger.take_not_durable());
+        back.sort_unstable_by_key(|(seq, _)| *seq);
+        back.into_iter().map(|(_, reply)| reply).collect()
     }
 }
 
