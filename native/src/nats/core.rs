@@ -315,7 +315,7 @@ impl Core {
     /// handed over and not made durable; they leave. In stream order: the server delivers
     /// what is given back in the order it was given back, and the next reader then stores it
     /// in stream order too.
-    pub fn take_back(&mut self) -> Vec<String> {
+    pub fn take_back(&mut self) -> Vec<(u64, String)> {
         let mut back: Vec<(u64, String)> = self
             .held
             .drain(..)
@@ -324,7 +324,7 @@ impl Core {
         self.held_seqs.clear();
         back.extend(self.ledger.take_not_durable());
         back.sort_unstable_by_key(|(seq, _)| *seq);
-        back.into_iter().map(|(_, reply)| reply).collect()
+        back
     }
 }
 

@@ -2,25 +2,26 @@
 //! durable, give back what is not, close the connection, record what stays unconfirmed; all
 //! within the deadline, in the order and with the budget of the Python source's `finish()`:
 //!
-//! 1. acknowledgements of what is durable go first;
+//! 1. settle: acknowledgements of what is durable go first; then the messages held and those
+//!    handed over and not made durable are given back (`-NAK`), so that another replica
+//!    takes them at once;
 //! 2. if connected: the pull inbox is drained (no more deliveries; what the last request
-//!    still brings is held too), for at most a quarter of the time left;
-//! 3. settle: the acknowledgements again, then the messages held and those handed over and
-//!    not made durable are given back (`-NAK`, counted as each is sent), so that another
-//!    replica takes them at once. Not before the drain, as the Python source did: a message
-//!    given back while this replica's last pull request is open is delivered again to that
-//!    very request (the server fills waiting requests first), and would be given back twice;
-//! 4. the confirmations of every acknowledgement sent are awaited, at most 2 s;
-//! 5. the connection is drained and closed: `Client::drain` sends the unsubscriptions and a
+//!    still brings is given back too), for at most a quarter of the time left, and settled.
+//!    A message given back while this replica's last pull request is open may come back on
+//!    it (the server fills waiting requests first) and be given back again: each message is
+//!    counted once, in the report and in the `nacked` counter;
+//! 3. the confirmations of every acknowledgement sent are awaited, at most 2 s;
+//! 4. the connection is drained and closed: `Client::drain` sends the unsubscriptions and a
 //!    PING and closes on the PONG, the round trip that says the server has everything sent
 //!    (`flush` only empties the socket buffer);
-//! 6. the stored messages whose acknowledgement is not confirmed are recorded beside the
+//! 5. the stored messages whose acknowledgement is not confirmed are recorded beside the
 //!    checkpoint (the stop record), at most 1 s.
 //!
 //! With no server connected nothing is sent: the server redelivers it all after ack_wait (a
 //! restart here acknowledges what is stored without storing it again). Every await is bounded
 //! by the deadline; one that the deadline has already passed still gets [`LAST_WORD`].
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -87,25 +88,27 @@ fn left(deadline: Instant) -> Duration {
         .max(LAST_WORD)
 }
 
-/// Step 3: acknowledges what is durable and gives back the rest; returns how many were due
-/// to be given back, sent or not.
-async fn settle(shared: &Shared, acker: &Acker) -> usize {
+/// Steps 1 and 2: acknowledges what is durable and gives back the rest; records in `due` the
+/// messages due to be given back and in `sent` those given back.
+async fn settle(shared: &Shared, acker: &Acker, due: &mut HashSet<u64>, sent: &mut HashSet<u64>) {
     // Redeliveries of stored messages are acknowledged by send_acks below.
     shared.lock().take_arrived(&shared.stats);
     send_acks(shared, acker).await;
     let back = shared.lock().take_back();
-    if shared.link.state().connected {
-        for reply in &back {
-            let sent = acker
+    let connected = shared.link.state().connected;
+    for (seq, reply) in back {
+        due.insert(seq);
+        if connected
+            && acker
                 .client
-                .publish(reply.clone(), Bytes::from_static(b"-NAK"))
-                .await;
-            if sent.is_ok() {
-                acker::nacked(&shared.stats);
-            }
+                .publish(reply, Bytes::from_static(b"-NAK"))
+                .await
+                .is_ok()
+            && sent.insert(seq)
+        {
+            acker::nacked(&shared.stats);
         }
     }
-    back.len()
 }
 
 /// The stop protocol (see the module doc).
@@ -121,15 +124,14 @@ pub async fn finish(
         task.abort();
     }
     shared.lock().records_durable = records_durable;
-    let nacked_before = shared
-        .stats
-        .nacked
-        .load(std::sync::atomic::Ordering::Relaxed);
     let connected = shared.link.state().connected;
-    // 1. What matters most goes first: acknowledgements of what is durable.
-    shared.lock().take_arrived(&shared.stats);
-    send_acks(&shared, &parts.acker).await;
-    // 2. No more deliveries; what the last pull request still brings is held too.
+    // Messages due to be given back, and given back: each counted once, though one given
+    // back while the last pull request is open may come back on it and be given back again.
+    let (mut due, mut sent) = (HashSet::new(), HashSet::new());
+    // 1. What matters most goes first: acknowledgements of what is durable; then what is not
+    // durable is given back, so that another replica takes it at once.
+    settle(&shared, &parts.acker, &mut due, &mut sent).await;
+    // 2. No more deliveries; what the last pull request still brings is given back too.
     if let Some((task, drain)) = parts.reader {
         if shared.link.state().connected && drain.send(()).is_ok() {
             let share = left(deadline).mul_f64(INBOX_DRAIN_SHARE);
@@ -137,18 +139,14 @@ pub async fn finish(
             if timeout(share, task).await.is_err() {
                 abort.abort();
             }
+            // Settled again.
+            settle(&shared, &parts.acker, &mut due, &mut sent).await;
         } else {
             task.abort();
         }
     }
-    // 3. Everything held or not durable is given back, once.
-    let due_back = settle(&shared, &parts.acker).await;
-    let given_back = shared
-        .stats
-        .nacked
-        .load(std::sync::atomic::Ordering::Relaxed)
-        - nacked_before;
-    // 4. The confirmations of what was sent.
+    let (due_back, given_back) = (due.len(), sent.len() as u64);
+    // 3. The confirmations of what was sent.
     if shared.link.state().connected {
         let wait = CONFIRM_WAIT.min(deadline.saturating_duration_since(Instant::now()));
         let _ = timeout(wait, async {
@@ -162,13 +160,13 @@ pub async fn finish(
         })
         .await;
     }
-    // 5. A round trip, then the connection closes.
+    // 4. A round trip, then the connection closes.
     shared.link.closing();
     if timeout(left(deadline), parts.client.drain()).await.is_ok() {
         let mut state = shared.link.watch();
         let _ = timeout(left(deadline), state.wait_for(|s| s.closed)).await;
     }
-    // 6. Taken once the connection is closed, with every confirmation that came.
+    // 5. Taken once the connection is closed, with every confirmation that came.
     let (not_confirmed, listing) = {
         let core = shared.lock();
         (
