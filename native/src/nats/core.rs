@@ -197,6 +197,9 @@ pub struct Core {
     pub stall_started: Option<Instant>,
     /// The wait was said (a WARNING): its end is said too.
     pub stall_said: bool,
+    /// Until when the reader's last pull request may still take deliveries (set by the
+    /// reader; `None`: no request open). A stop gives back with a delay that outlasts it.
+    pub request_open_until: Option<Instant>,
 }
 
 impl Core {

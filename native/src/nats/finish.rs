@@ -4,12 +4,12 @@
 //!
 //! 1. settle: acknowledgements of what is durable go first; then the messages held and those
 //!    handed over and not made durable are given back (`-NAK`), so that another replica
-//!    takes them at once;
+//!    takes them at once, or, while this replica's last pull request is open, as soon as it
+//!    is over (see [`give_back_word`]);
 //! 2. if connected: the pull inbox is drained (no more deliveries; what the last request
 //!    still brings is given back too), for at most a quarter of the time left, and settled.
-//!    A message given back while this replica's last pull request is open may come back on
-//!    it (the server fills waiting requests first) and be given back again: each message is
-//!    counted once, in the report and in the `nacked` counter;
+//!    A message the last request brings (a new one) is given back like the others; each
+//!    message is counted once, in the report and in the `nacked` counter;
 //! 3. the confirmations of every acknowledgement sent are awaited, at most 2 s;
 //! 4. the connection is drained and closed: `Client::drain` sends the unsubscriptions and a
 //!    PING and closes on the PONG, the round trip that says the server has everything sent
@@ -44,6 +44,9 @@ pub const CONFIRM_WAIT: Duration = Duration::from_secs(2);
 pub const INBOX_DRAIN_SHARE: f64 = 0.25;
 /// A step the deadline has already passed still gets this long.
 pub const LAST_WORD: Duration = Duration::from_millis(100);
+/// What a delayed give-back adds to the time the last pull request stays open: the
+/// server's expiry timer starts when the request reaches it, after ours.
+pub const GIVE_BACK_MARGIN: Duration = Duration::from_millis(250);
 /// How long the stop may take to write its record beside the checkpoint.
 pub const STOP_RECORD_WAIT: Duration = Duration::from_secs(1);
 
@@ -94,20 +97,36 @@ async fn settle(shared: &Shared, acker: &Acker, due: &mut HashSet<u64>, sent: &m
     // Redeliveries of stored messages are acknowledged by send_acks below.
     shared.lock().take_arrived(&shared.stats);
     send_acks(shared, acker).await;
-    let back = shared.lock().take_back();
+    let (back, open_until) = {
+        let mut core = shared.lock();
+        (core.take_back(), core.request_open_until)
+    };
+    let now = std::time::Instant::now();
+    let nak = give_back_word(open_until.map(|t| t.saturating_duration_since(now)));
     let connected = shared.link.state().connected;
     for (seq, reply) in back {
         due.insert(seq);
-        if connected
-            && acker
-                .client
-                .publish(reply, Bytes::from_static(b"-NAK"))
-                .await
-                .is_ok()
-            && sent.insert(seq)
-        {
+        if connected && acker.client.publish(reply, nak.clone()).await.is_ok() && sent.insert(seq) {
             acker::nacked(&shared.stats);
         }
+    }
+}
+
+/// The negative acknowledgement that gives a message back while this replica's last pull
+/// request may stay open for `open_for` more: a plain `-NAK` when none is open; otherwise
+/// one that asks the server to redeliver only after the request is over
+/// (`-NAK {"delay": ns}`), with [`GIVE_BACK_MARGIN`] for the request's way to the server.
+/// The server fills open requests first: a message given back at once would come back on
+/// this replica's request, to an inbox about to go, and stay out until ack_wait, or be given
+/// back again behind the others (redelivered out of order). With the delay, the server
+/// redelivers them together when it falls due, in stream order.
+pub fn give_back_word(open_for: Option<Duration>) -> Bytes {
+    match open_for {
+        Some(d) if !d.is_zero() => {
+            let delay = d + GIVE_BACK_MARGIN;
+            Bytes::from(format!(r#"-NAK {{"delay":{}}}"#, delay.as_nanos()))
+        }
+        _ => Bytes::from_static(b"-NAK"),
     }
 }
 
@@ -215,5 +234,23 @@ async fn record_stop(
             path.display(),
             super::text::format_g(limit.as_secs_f64())
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_give_back_waits_for_the_open_request() {
+        assert_eq!(give_back_word(None), Bytes::from_static(b"-NAK"));
+        assert_eq!(
+            give_back_word(Some(Duration::ZERO)),
+            Bytes::from_static(b"-NAK")
+        );
+        assert_eq!(
+            give_back_word(Some(Duration::from_millis(1500))),
+            Bytes::from_static(br#"-NAK {"delay":1750000000}"#)
+        );
     }
 }

@@ -89,8 +89,11 @@ pub async fn run(shared: Arc<Shared>, consumer: String, mut reader: Reader) {
     let mut link = shared.link.watch();
     // Set by the stop: no more requests; once the last one is over, unsubscribe.
     let mut draining = false;
+    // `request_open_until` is set (cleared once the request is over).
+    let mut open_said = false;
     loop {
         if draining && requested == 0 {
+            shared.lock().request_open_until = None;
             drain(&shared, reader.subscription).await;
             return;
         }
@@ -108,7 +111,10 @@ pub async fn run(shared: Arc<Shared>, consumer: String, mut reader: Reader) {
             let n = room.min(shared.batch);
             if shared.link.state().connected && pull(&reader, n).await {
                 requested = n;
-                lost_at = Instant::now() + PULL_EXPIRES + PULL_LOST;
+                let now = Instant::now();
+                lost_at = now + PULL_EXPIRES + PULL_LOST;
+                shared.lock().request_open_until = Some((now + PULL_EXPIRES).into_std());
+                open_said = true;
             } else {
                 // No server now: no request piles up in the client's buffer meanwhile.
                 refused_until = Some(Instant::now() + PULL_REFUSED_PAUSE);
@@ -135,6 +141,10 @@ pub async fn run(shared: Arc<Shared>, consumer: String, mut reader: Reader) {
                 None => std::future::pending().await,
             }
         };
+        if requested == 0 && open_said {
+            shared.lock().request_open_until = None;
+            open_said = false;
+        }
         tokio::select! {
             message = reader.subscription.next() => {
                 let Some(message) = message else { return };
