@@ -12,8 +12,9 @@ TaskGroup, as the service does, and differs from shovel only in how a stop is ha
 In every one of them the main coroutine closes its client in a `finally`, as careful code does.
 Over a NATS source (nats_pipeline) the main also runs the source's acknowledging task, and its
 `finally` then does what shovel does after closing storage: acknowledge what is durable, give
-back the rest, drain and close the NATS connection (NatsSource.finish). Cancel-all cancels the
-NATS client's own tasks (its reader, flusher, pinger and subscription tasks) with the rest.
+back the rest, drain and close the NATS connection (NatsSource.finish). The NATS client runs in
+the native module on a runtime of its own, which cancel-all does not reach: it cancels the
+reader, storage and acknowledging tasks, not the client.
 The service never imports this module.
 """
 

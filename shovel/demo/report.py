@@ -31,7 +31,8 @@ PATTERN_TITLES = {
     "shovel": "shovel's runner",
 }
 CLIENT_TITLES = {"python": "Python, a task per write", "native": "shovel's native client"}
-NATS_TITLE = "NATS JetStream source (nats-py)"
+# The NATS source's client is async-nats, inside the native module on a runtime of its own.
+NATS_TITLE = "NATS JetStream source (native, async-nats)"
 # What the terminal is given: the headline table fits in it.
 HEADLINE_WIDTH = 100
 # The headline table's and the picture's shorter names.

@@ -159,6 +159,25 @@ def test_over_nats_shovel_acknowledges_exactly_what_it_stored(
         assert n["deliverable"] == n["published"] - n["read"], n
 
 
+def test_over_nats_cancel_all_loses_nothing_and_exits_1_with_a_traceback(
+    short_demo: ShortDemo,
+) -> None:
+    """The NATS client runs in the native module, out of cancel-all's reach, and the naive
+    main's `finally` closes storage and then finishes the source: what was stored is
+    acknowledged, what was read and not stored (the queue, cancelled) comes back, and the stop
+    does not hang. What cancel-all still costs is the exit: 1, with a traceback."""
+    _, results, _, _ = short_demo
+    for run in _cells(results)["cancel-all.native.nats"]["runs"]:
+        n = run["nats"]
+        assert n["read"] > 0
+        assert n["stored"] == n["acked"] == n["ack_floor"], n
+        assert n["stored"] + n["read_returned"] == n["read"], n
+        assert (n["lost"], n["doubled"], n["stored_unacked"]) == (0, 0, 0), n
+        assert not run["hung"], run
+        assert run["exit_codes"] == [1], run
+        assert run["traceback"], run
+
+
 def test_the_nats_accounting_agrees_with_the_server(
     short_demo: ShortDemo,
 ) -> None:
