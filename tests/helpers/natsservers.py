@@ -18,7 +18,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +95,9 @@ class Cluster:
     servers: list[Server] = field(default_factory=list)
     # A user's credentials file, when the servers require one.
     creds: Path | None = None
+    # What the helpers' own clients need beyond that (TLS, a user and password), when the
+    # servers require it: nats.connect() options.
+    client_options: dict[str, object] = field(default_factory=dict)
 
     async def connect(self, **options: object) -> Client:
         """A client connected to the servers (with the credentials, if any)."""
@@ -102,7 +105,7 @@ class Cluster:
         return await nats.connect(
             [s.url for s in self.servers],
             user_credentials=creds,
-            **options,
+            **{**self.client_options, **options},
         )
 
     @property
@@ -179,7 +182,7 @@ def operator_mode(directory: Path) -> tuple[list[str], Path]:
     return lines, creds
 
 
-def _config(server: Server, peers: list[Server], clustered: bool) -> str:
+def _config(server: Server, peers: list[Server], clustered: bool, jetstream: Sequence[str]) -> str:
     lines = [
         f"server_name: {server.name}",
         f"listen: 127.0.0.1:{server.port}",
@@ -187,6 +190,7 @@ def _config(server: Server, peers: list[Server], clustered: bool) -> str:
         f'  store_dir: "{server.directory / "js"}"',
         "  max_memory_store: 64MB",
         "  max_file_store: 1GB",
+        *(f"  {line}" for line in jetstream),
         "}",
     ]
     if clustered:
@@ -202,21 +206,30 @@ def _config(server: Server, peers: list[Server], clustered: bool) -> str:
 
 
 @contextmanager
-def running_cluster(tmp_path: Path, size: int, secured: bool = False) -> Iterator[Cluster]:
+def running_cluster(
+    tmp_path: Path,
+    size: int,
+    secured: bool = False,
+    *,
+    config: Sequence[str] = (),
+    jetstream: Sequence[str] = (),
+) -> Iterator[Cluster]:
     """`size` servers (1: a lone JetStream server), started, and stopped at the end; with
-    `secured`, clients need the credentials file `cluster.creds`."""
+    `secured`, clients need the credentials file `cluster.creds`. `config` adds lines to each
+    server's configuration, `jetstream` to its jetstream block."""
     cluster = Cluster()
-    security: list[str] = []
+    security: list[str] = [*config]
     if secured:
-        security, cluster.creds = operator_mode(tmp_path)
+        lines, cluster.creds = operator_mode(tmp_path)
+        security += lines
     for i in range(size):
         directory = tmp_path / f"nats{i}"
         directory.mkdir()
         cluster.servers.append(Server(f"n{i}", free_port(), free_port(), directory))
     for s in cluster.servers:
         peers = [p for p in cluster.servers if p is not s]
-        config = _config(s, peers, size > 1) + "".join(line + "\n" for line in security)
-        (s.directory / "server.conf").write_text(config)
+        text = _config(s, peers, size > 1, jetstream) + "".join(line + "\n" for line in security)
+        (s.directory / "server.conf").write_text(text)
     try:
         for s in cluster.servers:
             s.start()
@@ -357,10 +370,18 @@ async def create_stream(cluster: Cluster, stream: str, replicas: int) -> None:
         await nc.close()
 
 
-async def publish(cluster: Cluster, stream: str, first: int, count: int, rate: float = 0.0) -> None:
-    """Publishes messages first..first+count-1 with their ids, `rate` per second (0: as fast
-    as the server confirms). A publish that fails (a server went away) is tried again with
-    the same id: the stream drops the duplicate."""
+async def publish(
+    cluster: Cluster,
+    stream: str,
+    first: int,
+    count: int,
+    rate: float = 0.0,
+    *,
+    body: Callable[[int], bytes] = payload,
+) -> None:
+    """Publishes messages first..first+count-1 (`body(i)`, `payload(i)` unless told) with
+    their ids, `rate` per second (0: as fast as the server confirms). A publish that fails (a
+    server went away) is tried again with the same id: the stream drops the duplicate."""
     nc = await cluster.connect(max_reconnect_attempts=-1, reconnect_time_wait=0.2)
     try:
         js = nc.jetstream()
@@ -375,7 +396,7 @@ async def publish(cluster: Cluster, stream: str, first: int, count: int, rate: f
                 try:
                     await js.publish(
                         f"{stream}.orders",
-                        payload(i),
+                        body(i),
                         timeout=2,
                         headers={"Nats-Msg-Id": msg_id(i)},
                     )
@@ -477,3 +498,31 @@ def stored_messages(out: Path) -> list[StoredMessage]:
 def sequences(out: Path) -> Counter[int]:
     """How often each stream sequence is stored in `out`."""
     return Counter(m.seq for m in stored_messages(out))
+
+
+def assert_exactly(out: Path, count: int, *, in_order: bool = True) -> None:
+    """`out` holds messages 1..count of stream S once each, byte-exact, with their ids (as
+    `publish` sends them from message 0); in stream order unless `in_order` is false (what
+    the server delivers again after a restart comes in its own order)."""
+    stored = stored_messages(out)
+    seqs = [m.seq for m in stored]
+    expected = list(range(1, count + 1))
+    assert (seqs if in_order else sorted(seqs)) == expected, differences(seqs, count)
+    for m in stored:
+        i = m.seq - 1
+        assert (m.subject, m.msg_id, m.data) == ("S.orders", msg_id(i), payload(i))
+
+
+def differences(seqs: list[int], count: int) -> str:
+    """How `seqs` (stream sequences as stored) differ from 1..count once each, in order (this
+    module's asserts are not rewritten by pytest: they say it themselves)."""
+    times = Counter(seqs)
+    twice = sorted(seq for seq, n in times.items() if n > 1)
+    missing = sorted(set(range(1, count + 1)) - times.keys())
+    beyond = sorted(seq for seq in times if not 1 <= seq <= count)
+    disorder = next((i for i in range(1, len(seqs)) if seqs[i] <= seqs[i - 1]), None)
+    return (
+        f"{len(seqs)} stored for {count}: {len(twice)} more than once {twice[:10]}, "
+        f"{len(missing)} missing {missing[:10]}, beyond {beyond[:10]}, "
+        f"first out of order at index {disorder}"
+    )

@@ -29,15 +29,13 @@ from tests.helpers.faults import FaultyShovel, summary
 from tests.helpers.natsservers import (
     Cluster,
     ack_floor,
+    assert_exactly,
     consumer_info,
     create_stream,
     decode_ranges,
-    msg_id,
     on_servers,
-    payload,
     publish,
     running_cluster,
-    stored_messages,
 )
 
 # --- a bad source -----------------------------------------------------------------------------
@@ -88,15 +86,6 @@ def server(tmp_path: Path) -> Iterator[Cluster]:
 
 def all_acknowledged(cluster: Cluster, consumer: str, count: int) -> bool:
     return ack_floor(cluster, "S", consumer) == count
-
-
-def assert_exactly(out: Path, count: int) -> None:
-    """`out` holds messages 1..count once each, byte-exact, with their ids."""
-    stored = stored_messages(out)
-    assert [m.seq for m in stored] == list(range(1, count + 1))
-    for m in stored:
-        i = m.seq - 1
-        assert (m.subject, m.msg_id, m.data) == ("S.orders", msg_id(i), payload(i))
 
 
 def shovel_args(
