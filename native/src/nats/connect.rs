@@ -211,7 +211,11 @@ pub fn attempt_line(server: &str, error: &str) -> (Level, String) {
         return (Level::Error, format!("TLS with {server} failed: {said}"));
     }
     let said = error.strip_prefix("IO error: ").unwrap_or(error);
-    if said.contains("certificate") {
+    // A certificate refused here ("invalid peer certificate: UnknownIssuer"), or a fatal
+    // alert of the server's in the handshake (it wants a client certificate,
+    // "CertificateRequired", or refuses ours, "BadCertificate"): either repeats until a
+    // person fixes it.
+    if said.contains("certificate") || said.starts_with("received fatal alert") {
         return (Level::Error, format!("TLS with {server} failed: {said}"));
     }
     (
@@ -584,6 +588,11 @@ mod tests {
                 "IO error: invalid peer certificate: UnknownIssuer",
                 Level::Error,
                 "TLS with 127.0.0.1:4222 failed: invalid peer certificate: UnknownIssuer",
+            ),
+            (
+                "IO error: received fatal alert: CertificateRequired",
+                Level::Error,
+                "TLS with 127.0.0.1:4222 failed: received fatal alert: CertificateRequired",
             ),
             (
                 "TLS error: could not load root certificates",
