@@ -33,12 +33,16 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerInfo, StreamConfig
 
 from shovel.demo.natsserver import find_binary, stop_server
+from shovel.service.laststop import read_report
 from shovel.settings import Settings
 from shovel.sources.nats.source import NatsSource
 from shovel.sources.nats.url import parse_nats
-from tests.helpers import WAIT_S, free_port, wait_until
+from tests.helpers import ERROR_LINE, WAIT_S, assert_clean_stderr, free_port, wait_until
 
 T = TypeVar("T")
+
+# The logger of the NATS source's lines.
+SOURCE_LOGGER = "shovel.sources.nats.source"
 
 
 def server_binary() -> str:
@@ -526,3 +530,28 @@ def differences(seqs: list[int], count: int) -> str:
         f"{len(missing)} missing {missing[:10]}, beyond {beyond[:10]}, "
         f"first out of order at index {disorder}"
     )
+
+
+def assert_refused_at_each_attempt(
+    out: Path, err: str, code: int, refusal: str, timeout_s: float
+) -> int:
+    """A run (output directory `out`, log `err`, exit `code`) that no server accepted: exit 1
+    at the connect timeout `timeout_s`, each attempt an ERROR line that ends with `refusal`
+    (attempts are 1 s apart: at least two), the last line and the stop report saying why.
+    Returns the number of attempts said."""
+    assert code == 1, err
+    errors = [line for line in err.splitlines() if " ERROR " in line]
+    attempts = [
+        line for line in errors if line.endswith(f" ERROR {SOURCE_LOGGER}: NATS: {refusal}")
+    ]
+    why = f"no NATS server accepted the connection within {timeout_s:g}s: {refusal}"
+    assert len(attempts) >= 2, err
+    assert errors == [*attempts, errors[-1]], err
+    assert ERROR_LINE.match(errors[-1]), err
+    assert errors[-1].endswith(why), err
+    assert_clean_stderr(err)
+    report = read_report(out)
+    assert report is not None
+    assert report.exit_code == 1
+    assert why in (report.detail or ""), report
+    return len(attempts)
