@@ -16,7 +16,7 @@ import pytest
 from nats.js.api import StreamConfig
 
 from tests.helpers import ERROR_LINE, Shovel, free_port, http_get, wait_until
-from tests.helpers.natsservers import server_binary
+from tests.helpers.natsservers import assert_refused_at_each_attempt, server_binary
 
 PASSWORD = "S3cret-Pa55"
 TOKEN = "Tok3n-XYZ-987"
@@ -96,17 +96,24 @@ async def _create_stream(port: int) -> None:
         await nc.close()
 
 
+def _start_server(directory: Path, port: int) -> subprocess.Popen[bytes]:
+    """A server that requires alice's password, with stream S; its log in server.log."""
+    with (directory / "server.log").open("wb") as log:
+        server = subprocess.Popen(
+            [server_binary(), "-c", str(_write_config(directory, port))],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    asyncio.run(asyncio.wait_for(_wait_and_create(port), 30))
+    return server
+
+
 @pytest.mark.parametrize("case", ["refused by the server", "nothing listening", "connected"])
 def test_a_run_with_credentials_never_writes_them(tmp_path: Path, case: str) -> None:
     port = free_port()
     server = None
     if case != "nothing listening":
-        server = subprocess.Popen(
-            [server_binary(), "-c", str(_write_config(tmp_path, port))],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        asyncio.run(asyncio.wait_for(_wait_and_create(port), 30))
+        server = _start_server(tmp_path, port)
     password = PASSWORD if case == "connected" else "Wr0ng-" + PASSWORD
     out = tmp_path / "out"
     metrics = free_port()
@@ -147,3 +154,32 @@ async def _wait_and_create(port: int) -> None:
             return
         except (OSError, nats.errors.Error):
             await asyncio.sleep(0.05)
+
+
+def test_a_wrong_password_is_refused_at_each_attempt_until_the_connect_timeout(
+    tmp_path: Path,
+) -> None:
+    """Each attempt is refused with the server's reason, an ERROR line each (one per
+    authentication error the server logs; the server may log one more, an attempt under way
+    at the timeout); at the connect timeout the run exits 1 and says why, in the log and in
+    the report; no form of the password anywhere."""
+    port = free_port()
+    server = _start_server(tmp_path, port)
+    out = tmp_path / "out"
+    try:
+        source = f"nats://alice:Wr0ng-{PASSWORD}@127.0.0.1:{port}/S?consumer=c"
+        s = Shovel(
+            ["--source", source, "--output-dir", out, "--nats-connect-timeout-s", "3.5"],
+            tmp_path / "log",
+        )
+        code = s.wait()
+    finally:
+        server.terminate()
+        server.wait(30)
+    err = s.stderr
+    refusal = f"127.0.0.1:{port} refused the connection: Authorization Violation"
+    attempts = assert_refused_at_each_attempt(out, err, code, refusal, 3.5)
+    refused = (tmp_path / "server.log").read_text().count('authentication error - User "alice"')
+    assert attempts <= refused <= attempts + 1, (refused, err)
+    assert_no_secret(err, (out / "last-stop.json").read_text())
+    assert "Wr0ng" not in err + (out / "last-stop.json").read_text()
