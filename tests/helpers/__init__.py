@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Self
 
 from shovel import _native
 from shovel.sources import generated_record
@@ -126,6 +127,16 @@ class Shovel:
             cwd=cwd,
             env=env,
         )
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Kills the process if it still runs: a test that fails leaves no shovel behind."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._log_file.close()
 
     @property
     def stderr(self) -> str:

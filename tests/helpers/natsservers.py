@@ -67,19 +67,27 @@ class Server:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self) -> None:
+        """Starts the server (again, after `kill`: the same port and store); returns once it
+        is ready."""
+        # The log is appended to: a restart waits for a ready line of its own.
         log = (self.directory / "server.log").open("ab")
+        readies = self._log().count("Server is ready")
         self.proc = subprocess.Popen(
             [server_binary(), "-c", str(self.directory / "server.conf")],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
         log.close()
-        wait_until(self._listening, what=f"{self.name} to listen on {self.port}")
+        wait_until(lambda: self._readies() > readies, what=f"{self.name} to listen on {self.port}")
 
-    def _listening(self) -> bool:
+    def _log(self) -> str:
+        return (self.directory / "server.log").read_text()
+
+    def _readies(self) -> int:
+        """How many times the log says the server is ready (fails the test if it exited)."""
         assert self.proc is not None
-        assert self.proc.poll() is None, (self.directory / "server.log").read_text()
-        return "Server is ready" in (self.directory / "server.log").read_text()
+        assert self.proc.poll() is None, self._log()
+        return self._log().count("Server is ready")
 
     def kill(self) -> None:
         """SIGKILL, as a lost node."""
@@ -440,6 +448,34 @@ def consumer_info(cluster: Cluster, stream: str, consumer: str) -> ConsumerInfo 
     return on_servers(cluster, ask)
 
 
+def wait_for_consumer(
+    cluster: Cluster,
+    stream: str,
+    consumer: str,
+    predicate: Callable[[ConsumerInfo], bool],
+    what: str,
+) -> ConsumerInfo:
+    """Looks at the consumer's state every few milliseconds, on one connection, until
+    `predicate` holds; returns that state. Fails the test after WAIT_S."""
+
+    async def watch() -> ConsumerInfo:
+        nc = await cluster.connect()
+        try:
+            js = nc.jetstream()
+            deadline = time.monotonic() + WAIT_S
+            while True:
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    info: ConsumerInfo = await js.consumer_info(stream, consumer, timeout=2)
+                    if predicate(info):
+                        return info
+                assert time.monotonic() < deadline, f"timed out after {WAIT_S}s waiting for {what}"
+                await asyncio.sleep(0.005)
+        finally:
+            await nc.close()
+
+    return asyncio.run(watch())
+
+
 def ack_floor(cluster: Cluster, stream: str, consumer: str) -> int:
     """The consumer's acknowledgement floor (every message up to it is acknowledged); 0 while
     the consumer does not exist or no server answers (a cluster electing its leaders)."""
@@ -555,3 +591,27 @@ def assert_refused_at_each_attempt(
     assert report.exit_code == 1
     assert why in (report.detail or ""), report
     return len(attempts)
+
+
+# The NATS source's stop line (nats/source.py), when a server was connected at the stop.
+_STOP_LINE = re.compile(
+    r"NATS: (\d+) messages acknowledged, (\d+) stored messages await acknowledgement \(not "
+    r"confirmed\), (\d+) given back for redelivery, (\d+) left to ack_wait"
+)
+
+
+@dataclass(frozen=True)
+class NatsStop:
+    """The counts of the NATS source's stop line."""
+
+    acknowledged: int
+    awaiting: int
+    given_back: int
+    left_to_ack_wait: int
+
+
+def nats_stop(log: str) -> NatsStop:
+    """The counts of the one NATS stop line in `log`."""
+    found = _STOP_LINE.findall(log)
+    assert len(found) == 1, f"expected one NATS stop line:\n{log}"
+    return NatsStop(*map(int, found[0]))

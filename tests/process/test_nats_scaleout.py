@@ -55,6 +55,7 @@ from tests.helpers.natsservers import (
     consumer_info,
     create_stream,
     msg_id,
+    nats_stop,
     on_servers,
     payload,
     publish,
@@ -312,19 +313,14 @@ def test_replicas_store_the_backlog_past_what_a_killed_replica_held(
 
 # --- the counts -------------------------------------------------------------------------------
 
-STOP_LINE = re.compile(
-    r"NATS: (\d+) messages acknowledged, (\d+) stored messages await acknowledgement"
-)
-
 
 def stopped(run: Shovel) -> tuple[int, int]:
     """SIGTERM: exits 0; returns its stop line's acknowledged and awaiting counts."""
     run.signal(signal.SIGTERM)
     assert run.wait() == 0, run.stderr
     assert_clean_stderr(run.stderr)
-    found = STOP_LINE.findall(run.stderr)
-    assert len(found) == 1, f"expected one NATS stop line:\n{run.stderr}"
-    return int(found[0][0]), int(found[0][1])
+    stop = nats_stop(run.stderr)
+    return stop.acknowledged, stop.awaiting
 
 
 def start_line(log: str) -> str:

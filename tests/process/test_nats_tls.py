@@ -92,11 +92,11 @@ def args(cluster: Cluster, out: Path, scheme: str, options: str = "") -> list[st
 
 def store_all_and_stop(cluster: Cluster, out: Path, log: Path, arguments: list[str]) -> None:
     """A run stores every message, is stopped, and exits 0."""
-    s = Shovel(arguments, log)
-    wait_until(lambda: ack_floor(cluster, "S", "c") == COUNT, what="every message acknowledged")
-    s.signal(signal.SIGTERM)
-    assert s.wait() == 0, s.stderr
-    assert_clean_stderr(s.stderr)
+    with Shovel(arguments, log) as s:
+        wait_until(lambda: ack_floor(cluster, "S", "c") == COUNT, what="every message acknowledged")
+        s.signal(signal.SIGTERM)
+        assert s.wait() == 0, s.stderr
+        assert_clean_stderr(s.stderr)
     assert_exactly(out, COUNT)
 
 
