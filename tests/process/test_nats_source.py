@@ -413,3 +413,34 @@ def test_deadline_gives_back_what_is_not_durable(server: Cluster, tmp_path: Path
     again.signal(signal.SIGTERM)
     assert again.wait() == 0
     assert_exactly(out, count)
+
+
+def imported(importtime_log: str) -> set[str]:
+    """The modules a `-X importtime` log (PYTHONPROFILEIMPORTTIME) says were imported."""
+    return {
+        line.rsplit("|", 1)[-1].strip()
+        for line in importtime_log.splitlines()
+        if line.startswith("import time:") and not line.endswith("imported package")
+    }
+
+
+def test_a_nats_run_never_imports_nats_py(server: Cluster, tmp_path: Path) -> None:
+    """The native client does the work: a whole run (start, messages stored and
+    acknowledged, /metrics scraped, a stop) imports no module of the nats-py package (`nats`):
+    it can leave shovel's runtime dependencies. Every import is logged, those made late too
+    (the interpreter's importtime log, on stderr)."""
+    asyncio.run(publish(server, "S", 0, 10))
+    out = tmp_path / "out"
+    port = free_port()
+    profiled = ["env", "PYTHONPROFILEIMPORTTIME=1"]
+    with Shovel(shovel_args(server, out, "c", "", port), tmp_path / "log", launcher=profiled) as s:
+        wait_until(lambda: all_acknowledged(server, "c", 10), what="every message acknowledged")
+        code, text = http_get(port, "/metrics")
+        assert (code, metric(text, "shovel_nats_messages_acked_total")) == (200, 10)
+        s.signal(signal.SIGTERM)
+        assert s.wait() == 0, s.stderr
+    modules = imported(s.stderr)
+    # The log is complete: the NATS source and the native module are in it.
+    assert {"shovel.sources.nats.source", "shovel._native"} <= modules
+    assert not [m for m in modules if m == "nats" or m.startswith("nats.")]
+    assert_exactly(out, 10)
