@@ -242,6 +242,12 @@ impl Core {
                 ack_due |= entry.durable;
                 continue;
             }
+            if self.ledger.readmit(seq, reply).is_some() {
+                // Stored here, its entry gone: the server forgot its acknowledgement.
+                Stats::add(&stats.skipped, 1);
+                ack_due = true;
+                continue;
+            }
             if !self.held_seqs.insert(seq) {
                 continue;
             }

@@ -52,6 +52,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;
 
 use super::ranges;
+use super::seqset::SeqSet;
 
 /// A sequence stored (or being stored) here.
 #[derive(Debug, Clone, PartialEq)]
@@ -168,6 +169,10 @@ pub struct Ledger {
     /// The listing of the checkpoint on disk: the restored one until a batch of this run is
     /// durable.
     durable_listing: Listing,
+    /// The sequences stored here whose entries left while durable (passed by the floor,
+    /// confirmed and out of room, restored and not delivered again): see
+    /// [`Ledger::readmit`]. Not listed in the checkpoint: it lasts as long as the run.
+    left_stored: SeqSet,
 }
 
 impl Ledger {
@@ -277,6 +282,7 @@ impl Ledger {
     /// A delivery of `seq`: its entry if it is already stored (or being stored) here, with
     /// the delivery's acknowledgement subject kept for the acknowledgement (to be sent again:
     /// the server delivered it again, so it does not hold it acknowledged); `None` if new.
+    /// (See [`Ledger::readmit`] for one stored here whose entry left.)
     pub fn known(&mut self, seq: u64, reply: &str) -> Option<&Entry> {
         let entry = self.entries.get(&seq)?;
         let (was_restored, was_delivered) =
@@ -495,6 +501,32 @@ impl Ledger {
         } else if entry.reply.is_none() && !entry.confirmed {
             self.restored -= 1;
         }
+        if entry.durable {
+            self.left_stored.insert(seq);
+        }
+    }
+
+    /// A delivery of `seq` that [`Ledger::known`] did not know: if its entry left the ledger
+    /// while durable (it is stored here), it is made a durable entry again, with the
+    /// delivery's subject to acknowledge it with, and returned; `None` if it is new.
+    ///
+    /// A server that loses acknowledgements it had confirmed delivers such messages again
+    /// (a lone nats-server killed while acknowledgements stream in came back with a floor far
+    /// below the one it had reported): they are acknowledged, not stored twice, for as long
+    /// as this run lasts. (The Python ledger forgot them; `known` still does as it did.)
+    pub fn readmit(&mut self, seq: u64, reply: &str) -> Option<&Entry> {
+        if self.entries.contains_key(&seq) || !self.left_stored.contains(seq) {
+            return None;
+        }
+        self.entries
+            .insert(seq, Entry::new(Some(reply.to_string()), None, true));
+        self.in_flight += 1;
+        self.entries.get(&seq)
+    }
+
+    /// The runs of consecutive sequences that [`Ledger::readmit`] remembers.
+    pub fn left_stored_runs(&self) -> usize {
+        self.left_stored.runs()
     }
 
     /// Sequences handed over whose batches never became durable, with their subjects: they
@@ -603,6 +635,55 @@ mod tests {
         assert!(ledger.known(12, "r12-again").is_some());
         assert_eq!(ledger.unconfirmed(at(10.0)), pairs(&[(12, "r12-again")]));
         assert_eq!(ledger.listing(LISTING_MAX_CHARS), listing("12", ""));
+    }
+
+    #[test]
+    fn what_left_the_ledger_stored_is_acknowledged_again_not_stored() {
+        // A server killed and started again may deliver again what it had confirmed, under
+        // the floor it had reported: stored here, such a message is readmitted, to be
+        // acknowledged, for the rest of the run; one given back at a stop (never durable) or
+        // never seen is new.
+        let mut ledger = Ledger::new([5], [], 1, Listing::default());
+        ledger.hand_over(
+            vec![delivery(10, 1.0), delivery(11, 1.0), delivery(12, 1.0)],
+            LISTING_MAX_CHARS,
+        );
+        ledger.hand_over(vec![delivery(20, 2.0)], LISTING_MAX_CHARS);
+        ledger.made_durable(3);
+        for seq in [10, 11, 12] {
+            assert!(ledger.confirmed(seq).is_some());
+        }
+        // 10 and 11 left for room (one confirmed one kept); the floor passes 12 and 5.
+        assert_eq!(ledger.seqs().collect::<Vec<_>>(), [5, 12, 20]);
+        assert_eq!(ledger.below_floor(12).0, 2);
+        assert_eq!(ledger.seqs().collect::<Vec<_>>(), [20]);
+        // 20 was never durable: given back, it leaves and is not remembered.
+        assert_eq!(ledger.take_not_durable(), pairs(&[(20, "r20")]));
+        assert_eq!(ledger.left_stored_runs(), 2);
+        for seq in [5, 10, 11, 12] {
+            let reply = format!("again-{seq}");
+            assert_eq!(ledger.known(seq, &reply), None);
+            let entry = ledger.readmit(seq, &reply).expect("stored here");
+            assert!(entry.durable && !entry.confirmed);
+            assert_eq!(entry.reply.as_deref(), Some(reply.as_str()));
+            // Once is enough: it is an entry again.
+            assert_eq!(ledger.readmit(seq, &reply), None);
+            assert!(ledger.known(seq, &reply).is_some());
+        }
+        for seq in [6, 20, 99] {
+            assert_eq!(ledger.readmit(seq, "r"), None);
+        }
+        assert_eq!(ledger.in_flight(), 4);
+        assert_eq!(
+            ledger.unconfirmed(at(10.0)),
+            pairs(&[
+                (5, "again-5"),
+                (10, "again-10"),
+                (11, "again-11"),
+                (12, "again-12")
+            ])
+        );
+        assert_eq!(ledger.listing(LISTING_MAX_CHARS), listing("5,10-12", ""));
     }
 
     /// Confirmed entries are listed only as room allows: however many there are above an

@@ -15,6 +15,7 @@
 //! - [`descriptor`]: the checkpoint's source descriptor (stream, consumer, listing).
 //! - [`ledger`]: the sequences stored here that a delivery may bring again, by state.
 //! - [`ranges`]: lists of stream sequences as `"A-B,C"` text.
+//! - [`seqset`]: the sequences stored here that left the ledger, as runs.
 //! - [`stoprecord`]: `nats-acks.json`, what a stop saw confirmed after its last checkpoint.
 //! - [`text`]: JSON string escaping as CPython's, `%g`, `repr`, creation times, reply
 //!   subjects, subject patterns.
@@ -30,6 +31,7 @@ pub mod ledger;
 pub mod ranges;
 pub mod reader;
 pub mod record;
+pub mod seqset;
 pub mod source;
 pub mod stoprecord;
 pub mod text;
