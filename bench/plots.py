@@ -1,6 +1,6 @@
 """The PNG plots of bench/RESULTS.md: throughput per round, throughput and peak RSS against
-input size, kill-to-exit times, and the latency histogram. matplotlib is optional: without it
-nothing is drawn and the page says how to get the plots."""
+input size, kill-to-exit times, the latency histogram, and the NATS drains. matplotlib is
+optional: without it nothing is drawn and the page says how to get the plots."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from latency import LatencyResult
+from nats_bench import KINDS, LABELS, MIN_RATE, NatsResult
 from rss import MAX_RSS_MIB, RssResult
 from stop import MAX_P99_S, StopResult
 from throughput import MIN_WALL_RATIO, ThroughputResult
@@ -20,6 +21,7 @@ FILES = {
     RssResult.title: "throughput-rss-vs-size.png",
     StopResult.title: "stop-times.png",
     LatencyResult.title: "latency-histogram.png",
+    NatsResult.title: "nats-rates.png",
 }
 
 
@@ -136,12 +138,64 @@ def _latency(plt: Any, la: LatencyResult, path: Path) -> None:
     plt.close(fig)
 
 
+def _nats(plt: Any, n: NatsResult, path: Path) -> None:
+    fig = plt.figure(figsize=(10, 8))
+    grid = fig.add_gridspec(2, 2)
+    bars = fig.add_subplot(grid[0, :])
+    floors = fig.add_subplot(grid[1, 0])
+    rss = fig.add_subplot(grid[1, 1])
+    series = ("publish", *KINDS)
+    numbers = [r.number for r in n.rounds]
+    width = 0.8 / len(series)
+    color = {kind: f"C{k}" for k, kind in enumerate(series)}  # the same in both panels
+    highest = 0.0
+    for k, kind in enumerate(series):
+        rates = [r.publish_rate if kind == "publish" else r.drains[kind].rate for r in n.rounds]
+        highest = max(highest, *rates)
+        shift = (k - (len(series) - 1) / 2) * width
+        bars.bar([x + shift for x in numbers], rates, width, label=LABELS[kind], color=color[kind])
+    bars.axhline(MIN_RATE, color="red", linestyle=":", label="target, 1 replica")
+    bars.set_xticks(numbers, [f"{r.number}\n{next(iter(r.drains))} first" for r in n.rounds])
+    bars.set_ylabel("messages/s")
+    bars.set_ylim(0, highest * 1.3)  # room for the legend
+    bars.set_title(
+        f"{n.messages:,} messages of 100 bytes per round; median shovel 1 replica "
+        f"{n.median_rate('shovel-1'):,.0f} msg/s = {n.median_ratio('shovel-1'):.2f}x baseline"
+    )
+    bars.legend(fontsize="small", ncol=3)
+    last = n.rounds[-1]
+    for kind in KINDS:
+        samples = last.drains[kind].floors
+        floors.plot(
+            [t for t, _ in samples], [f for _, f in samples], label=LABELS[kind], color=color[kind]
+        )
+    floors.set_xlabel("seconds since the consumer's processes started")
+    floors.set_ylabel("acknowledgement floor")
+    floors.set_title(f"Round {last.number}: acknowledged over time")
+    floors.legend(fontsize="small")
+    sizes = [d.messages for d in n.sweep]
+    rss.plot(sizes, [d.rss_mib for d in n.sweep], "o-", label="shovel, 1 replica")
+    rss.set_xscale("log")
+    rss.set_xticks(sizes, [f"{s:,}" for s in sizes])
+    rss.minorticks_off()
+    rss.set_ylim(0, max(d.rss_mib for d in n.sweep) * 1.3)
+    rss.set_xlabel("backlog (messages)")
+    rss.set_ylabel("peak RSS (MiB)")
+    rss.set_title("Peak RSS against backlog")
+    rss.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def draw(
     where: Path,
+    *,
     throughput: ThroughputResult | None,
     rss: RssResult | None,
     stop: StopResult | None,
     latency: LatencyResult | None,
+    nats: NatsResult | None,
 ) -> dict[str, Path]:
     """Draws the plots of the measurements made into `where`; returns them by the title of
     their measurement (nothing when matplotlib is missing)."""
@@ -154,6 +208,7 @@ def draw(
         (_size, rss),
         (_stop, stop),
         (_latency, latency),
+        (_nats, nats),
     ]
     for draw_one, result in jobs:
         if result is not None:

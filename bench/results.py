@@ -14,6 +14,7 @@ from typing import Protocol
 import plots
 from latency import LatencyResult
 from machine import Machine
+from nats_bench import NatsResult
 from rss import RssResult
 from stop import StopResult
 from throughput import ThroughputResult
@@ -57,10 +58,11 @@ class Results:
     rss: RssResult | None = None
     stop: StopResult | None = None
     latency: LatencyResult | None = None
+    nats: NatsResult | None = None
 
     def measured(self) -> list[Measurement]:
         """The measurements made, in the order they run."""
-        found = (self.throughput, self.rss, self.stop, self.latency)
+        found = (self.throughput, self.rss, self.stop, self.latency, self.nats)
         return [m for m in found if m is not None]
 
     def verdicts(self) -> list[tuple[str, str, str, str]]:
@@ -94,7 +96,14 @@ class Results:
     def write_markdown(self, path: Path) -> list[Path]:
         """Writes the page to `path` and its plots beside it; returns the plots written (none
         without matplotlib: the page then says how to get them)."""
-        drawn = plots.draw(path.parent, self.throughput, self.rss, self.stop, self.latency)
+        drawn = plots.draw(
+            path.parent,
+            throughput=self.throughput,
+            rss=self.rss,
+            stop=self.stop,
+            latency=self.latency,
+            nats=self.nats,
+        )
         path.write_text(_markdown(self, drawn, path.parent))
         return list(drawn.values())
 
@@ -147,6 +156,15 @@ def _markdown(r: Results, drawn: dict[str, Path], where: Path) -> str:
     if r.throughput is not None and any(x.classic is not None for x in r.throughput.rounds):
         md += ["# each classic-design copy (shovel's pipeline over the Python client):"]
         md += [r.classic_command]
+    if r.nats is not None:
+        md += [
+            "# each NATS drain (bench/nats_bench.py): the baseline, or each shovel replica",
+            "nats-baseline drain --server HOST:PORT --stream BENCH --consumer NAME --count N "
+            f"--batch {r.nats.batch} --output FILE [--no-storage]",
+            "python -m shovel --source 'nats://HOST:PORT/BENCH?consumer=NAME&batch="
+            f"{r.nats.batch}' --output-dir OUTPUT --metrics-port 0 --status-interval-s 0 "
+            "--log-level WARNING",
+        ]
     md += [
         "```",
         "",

@@ -5,7 +5,9 @@
   rss         peak RSS (and throughput) against input size, 100 MiB to 4 GiB
   stop        SIGTERM to exit under full load, over many stops
   latency     read-to-durable latency at half the generator's full speed
-  all         all four, in that order (what `make bench` runs)
+  nats        NATS JetStream: shovel (1 and 3 replicas) against a minimal Rust consumer and the
+              server's ingest, and peak RSS against the backlog
+  all         all five, in that order (what `make bench` runs)
 
 Usage: python bench/run.py SUBCOMMAND [options] [-- extra shovel flags]
 """
@@ -22,6 +24,7 @@ from pathlib import Path
 from types import FrameType
 
 import latency
+import nats_bench
 import rss
 import stop
 import throughput
@@ -32,7 +35,7 @@ from machine import MEMORY_FILESYSTEMS, check_free_space, describe_machine, make
 from results import Results
 
 DEFAULT_RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-MEASUREMENTS = ("throughput", "rss", "stop", "latency")
+MEASUREMENTS = ("throughput", "rss", "stop", "latency", "nats")
 
 
 def _positive_int(text: str) -> int:
@@ -47,6 +50,18 @@ def _positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
     return value
+
+
+def _counts(text: str) -> list[int]:
+    try:
+        counts = [int(s.replace("_", "")) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"a comma-separated list of counts, got {text!r}"
+        ) from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"counts must be at least 1, got {text!r}")
+    return counts
 
 
 def _sizes(text: str) -> list[float]:
@@ -162,6 +177,45 @@ def _latency_options() -> argparse.ArgumentParser:
     return p
 
 
+def _nats_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("nats")
+    g.add_argument(
+        "--nats-messages",
+        type=_positive_int,
+        default=nats_bench.DEFAULT_MESSAGES,
+        help="messages of 100 bytes per round (default: 500000)",
+    )
+    g.add_argument(
+        "--nats-rounds",
+        type=_positive_int,
+        default=nats_bench.DEFAULT_ROUNDS,
+        help="rounds of publish, baseline, baseline without storage, shovel with 1 replica "
+        "and with 3 (default: 3)",
+    )
+    g.add_argument(
+        "--nats-backlogs",
+        type=_counts,
+        default=list(nats_bench.DEFAULT_RSS_MESSAGES),
+        help="backlog sizes for one replica's peak RSS, comma-separated (default: 100000,1000000)",
+    )
+    g.add_argument(
+        "--nats-batch",
+        type=_positive_int,
+        default=nats_bench.DEFAULT_BATCH,
+        help="messages per pull request, shovel's and the baseline's (default: 256, "
+        "shovel's default)",
+    )
+    g.add_argument(
+        "--nats-servers",
+        type=int,
+        choices=(1, 3),
+        default=1,
+        help="one JetStream server (stream R1), or a 3-server cluster (stream R3) (default: 1)",
+    )
+    return p
+
+
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     """Options before `--`, and the shovel flags after it."""
     args = list(argv)
@@ -185,6 +239,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
         "rss": [_rss_options()],
         "stop": [inp, _stop_options()],
         "latency": [_latency_options()],
+        "nats": [_nats_options()],
     }
     helps = {
         "throughput": "shovel against dd conv=fdatasync (and the classic design): wall time "
@@ -192,11 +247,19 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
         "rss": "peak RSS and throughput against input size",
         "stop": "SIGTERM to exit under full load, p50/p99/max",
         "latency": "submit-to-durable latency at half the generator's full speed",
+        "nats": "NATS JetStream: shovel with 1 and 3 replicas against a minimal consumer",
     }
     for name in MEASUREMENTS:
         sub.add_parser(name, parents=[common, *groups[name]], help=helps[name])
-    every = [inp, _throughput_options(), _rss_options(), _stop_options(), _latency_options()]
-    sub.add_parser("all", parents=[common, *every], help="all four, as `make bench` runs them")
+    every = [
+        inp,
+        _throughput_options(),
+        _rss_options(),
+        _stop_options(),
+        _latency_options(),
+        _nats_options(),
+    ]
+    sub.add_parser("all", parents=[common, *every], help="all five, as `make bench` runs them")
     return parser.parse_args(args), extra
 
 
@@ -246,6 +309,22 @@ def _run(
             fsync_interval_ms=ns.fsync_interval_ms,
             window_s=ns.window_s,
             calibrate_s=ns.calibrate_s,
+        )
+    if "nats" in chosen:
+        need = nats_bench.space_needed(ns.nats_messages, ns.nats_backlogs)
+        check_free_space(workdir, need, "the NATS streams and outputs")
+        progress(
+            f"== nats: {ns.nats_rounds} rounds of {ns.nats_messages:,} messages, backlogs "
+            f"{', '.join(f'{n:,}' for n in ns.nats_backlogs)}"
+        )
+        r.nats = nats_bench.measure(
+            workdir,
+            messages=ns.nats_messages,
+            rounds=ns.nats_rounds,
+            rss_messages=ns.nats_backlogs,
+            batch=ns.nats_batch,
+            servers=ns.nats_servers,
+            extra=extra,
         )
 
 
