@@ -213,9 +213,14 @@ impl Core {
                 .count()
     }
 
-    /// A delivery (or a status of a pull request) came.
-    pub fn arrive(&mut self, message: Message) {
+    /// A delivery (or a status of a pull request) came. Returns whether it is the first one
+    /// since the Python side last took what arrived: only then does Python need a wake-up.
+    /// Any later one finds that wake-up still due, and Python's next `take_batch` takes them
+    /// all (it takes everything that arrived, under this lock).
+    pub fn arrive(&mut self, message: Message) -> bool {
+        let first = self.arrived.is_empty();
         self.arrived.push_back((message, Instant::now()));
+        first
     }
 
     /// Sorts what arrived: new messages are held, redeliveries of messages stored here are
@@ -501,6 +506,20 @@ mod tests {
             description: None,
             length: 0,
         }
+    }
+
+    #[test]
+    fn python_is_woken_once_per_burst_of_deliveries() {
+        // Only the first delivery since Python last took what arrived asks for a wake-up;
+        // Python's take then gets the whole burst, and the next delivery asks again.
+        let mut core = Core::default();
+        let stats = Stats::default();
+        assert!(core.arrive(delivery(1, 1)));
+        assert!(!core.arrive(delivery(2, 1)));
+        assert!(!core.arrive(delivery(3, 1)));
+        core.take_arrived(&stats);
+        assert_eq!(core.unsorted(), 3);
+        assert!(core.arrive(delivery(4, 1)));
     }
 
     #[test]

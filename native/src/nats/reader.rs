@@ -151,8 +151,13 @@ pub async fn run(shared: Arc<Shared>, consumer: String, mut reader: Reader) {
                 match status_of(&message, &consumer) {
                     Status::Delivery => {
                         requested = requested.saturating_sub(1);
-                        shared.lock().arrive(message);
-                        shared.python.notify();
+                        // One wake-up per burst, not per message: a write to the wake-up
+                        // socket for each delivery, and Python's reads of them, took about a
+                        // quarter of the process's CPU time at 90,000 messages/s.
+                        let first = shared.lock().arrive(message);
+                        if first {
+                            shared.python.notify();
+                        }
                     }
                     Status::Over => requested = 0,
                     Status::Refused => {
@@ -199,7 +204,8 @@ async fn drain(shared: &Shared, mut subscription: Subscriber) {
     }
     while let Some(message) = subscription.next().await {
         if message.reply.is_some() {
-            shared.lock().arrive(message);
+            // The stop sorts what arrived itself (finish.rs): no wake-up.
+            let _ = shared.lock().arrive(message);
         }
     }
 }
