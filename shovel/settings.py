@@ -43,6 +43,8 @@ from shovel.redact import redact
 from shovel.sizes import HOW, format_size, parse_size
 from shovel.sources import FollowConfig, SourceOptions, SourceSpec, parse_source
 from shovel.sources.generator import DEFAULT_GENERATE_RATE
+from shovel.sources.nats.url import FSYNC_INTERVAL_MS as NATS_FSYNC_INTERVAL_MS
+from shovel.sources.nats.url import NatsSpec
 from shovel.storage import StorageConfig
 
 ENV_PREFIX = "SHOVEL_"
@@ -160,7 +162,12 @@ class Settings(BaseSettings):
         description="start a new segment file once the current one holds this",
     )
     fsync_interval_ms: int = Field(
-        100, ge=1, le=60_000, description="fsync (and commit) at most this long after a write"
+        100,
+        ge=1,
+        le=60_000,
+        description="fsync (and commit) at most this long after a write; "
+        f"{NATS_FSYNC_INTERVAL_MS} with a nats:// source unless given, since it acknowledges "
+        "each message only once durable",
     )
     fsync_max_bytes: Size = Field(
         16 * MiB,
@@ -317,12 +324,22 @@ class Settings(BaseSettings):
         )
 
     @property
+    def source_fsync_interval_ms(self) -> int:
+        """--fsync-interval-ms as given; when not given, the source's default (shorter for a
+        nats:// source: see FSYNC_INTERVAL_MS in sources/nats/url.py)."""
+        if "fsync_interval_ms" in self.model_fields_set:
+            return self.fsync_interval_ms
+        if isinstance(self.source_spec, NatsSpec):
+            return NATS_FSYNC_INTERVAL_MS
+        return self.fsync_interval_ms
+
+    @property
     def storage_config(self) -> StorageConfig:
         """How to open the storage client."""
         return StorageConfig(
             directory=self.output_dir,
             segment_max_bytes=self.segment_max_bytes,
-            fsync_interval_ms=self.fsync_interval_ms,
+            fsync_interval_ms=self.source_fsync_interval_ms,
             fsync_max_bytes=self.fsync_max_bytes,
             max_inflight_bytes=self.max_inflight_bytes,
         )

@@ -16,6 +16,7 @@ import pytest
 from shovel.logs import JsonFormatter, format_asked
 from shovel.settings import GROUPS, ConfigError, Settings, load_settings
 from shovel.sizes import format_size, parse_size
+from shovel.sources.nats.url import FSYNC_INTERVAL_MS as NATS_FSYNC_INTERVAL_MS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -192,6 +193,18 @@ def test_config_file_precedence_flags_then_environment_then_file_then_defaults(
     assert s.shutdown_timeout_s == Settings.model_fields["shutdown_timeout_s"].default
     monkeypatch.setenv("SHOVEL_CONFIG", str(path))
     assert load_settings([]).source == "generate:5"
+
+
+def test_a_nats_source_fsyncs_sooner_unless_the_interval_is_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    nats = ["--source", "nats://h/S?consumer=c"]
+    assert load_settings(nats).storage_config.fsync_interval_ms == NATS_FSYNC_INTERVAL_MS
+    assert load_settings(["--source", "generate:5"]).storage_config.fsync_interval_ms == 100
+    given = load_settings([*nats, "--fsync-interval-ms", "100"])
+    assert given.storage_config.fsync_interval_ms == 100
+    monkeypatch.setenv("SHOVEL_FSYNC_INTERVAL_MS", "50")
+    assert load_settings(nats).storage_config.fsync_interval_ms == 50
 
 
 @pytest.mark.parametrize(
