@@ -18,6 +18,8 @@
 //!    every one before the next fetch.
 //!
 //! With `--no-storage`, step 2 is left out: what the server and the client cost alone.
+//! Several processes may share one consumer (each runs until it has done `count` messages
+//! or is killed: the benchmark watches the consumer's acknowledgement floor).
 //!
 //! `publish` sends `count` messages with JetStream publishes, `window` of them in flight, and
 //! waits for every acknowledgement: the server's own ingest rate.
@@ -43,6 +45,8 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 
 /// How long the confirmations of one batch's acknowledgements may take before the run fails.
 const CONFIRM_WAIT: Duration = Duration::from_secs(10);
+/// The pause after a fetch that found nothing.
+const EMPTY_PAUSE: Duration = Duration::from_millis(5);
 
 /// The command line as `--name value` pairs (and bare `--flag`s, with an empty value).
 struct Args(HashMap<String, String>);
@@ -175,6 +179,12 @@ async fn drain(args: &Args) -> Result<String, Error> {
             let message = message?;
             let seq = message.info()?.stream_sequence;
             delivered.push((seq, message));
+        }
+        if delivered.is_empty() {
+            // Nothing to fetch now (other processes on the consumer hold the rest): ask again
+            // a little later rather than at once, so as not to load the server with requests.
+            tokio::time::sleep(EMPTY_PAUSE).await;
+            continue;
         }
         // 2. Store: one line each, appended, one fdatasync.
         if let Some(file) = file.as_mut() {
