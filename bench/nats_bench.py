@@ -17,11 +17,12 @@ rotates from round to round, it drains that stream through a fresh durable consu
 
 A drain is timed from just before its processes start until the consumer's acknowledgement
 floor reaches the last message (everything stored durably and acknowledged), polled every
-20 ms on a connection of its own. Its rate is taken from the first acknowledgement seen to
-the last (the processes' start-up, about 0.3 s for shovel, is shown apart); CPU time of the
-consumer processes and of the servers is read from /proc: their share of all cores (and the
-share busy with anything, from /proc/stat: on a shared machine, other work shows there) tells
-where the limit is. Every drain that stores is checked: each message stored exactly once
+20 ms on a connection of its own. Its rate is taken over the steady part, from the floor at
+a fifth of the messages to the last (the processes' start-up, about 0.3 s for shovel, is
+shown apart, with the end-to-end rate); over the same span, the CPU time of the consumer
+processes and of the servers is read from /proc, and the cores busy with other work from
+/proc/stat (on a shared machine, other work shows there): together they tell where the limit
+is. Every drain that stores is checked: each message stored exactly once
 (across the three replicas' outputs, too).
 
 After the rounds, one shovel replica drains a stream of each of `rss_messages` backlog sizes:
@@ -68,6 +69,11 @@ PUBLISH_WINDOW = 256
 MIN_RATE = 80_000.0  # one replica, messages per second
 MIN_RATIO = 0.8  # one replica against the baseline
 MIN_THREE_RATIO = 0.9  # three replicas against the server's capacity here (bare-3)
+DISTURBED_CORES = 0.25  # other work above this during a drain is worth a warning
+# The steady part of a drain starts once this share of the messages is acknowledged: three
+# replicas' interpreters start one after another, and the first acknowledgement can come
+# before the last of them has started.
+STEADY_FROM = 0.2
 POLL_S = 0.02
 DRAIN_WAIT_S = 600.0
 EXIT_WAIT_S = 60.0
@@ -87,14 +93,16 @@ CORES = os.cpu_count() or 1
 @dataclass(frozen=True, slots=True)
 class Drain:
     """One drain of the stream through one consumer. Its rate and CPU figures cover the same
-    span: from the first acknowledgement seen to the last message acknowledged (the steady
-    part: no process start-up, no connection, no consumer creation)."""
+    span, the steady part: from the acknowledgement floor reaching STEADY_FROM of the messages
+    to the last message acknowledged (by then every process has started, connected and
+    bound the consumer)."""
 
     kind: str
     messages: int
     wall_s: float  # processes started to the acknowledgement floor at the last message
     startup_s: float  # processes started to the first acknowledgement seen
-    steady_messages: int  # acknowledged after the first acknowledgement seen
+    steady_start_s: float  # processes started to the start of the steady part
+    steady_messages: int  # acknowledged over the steady part
     client_cpu_s: float  # the consumer processes' user + sys, over the steady part
     server_cpu_s: float  # the servers' user + sys, over the steady part
     busy: float  # share of all cores busy with anything, over the steady part
@@ -104,7 +112,7 @@ class Drain:
     @property
     def steady_s(self) -> float:
         """The steady part's length."""
-        return self.wall_s - self.startup_s
+        return self.wall_s - self.steady_start_s
 
     @property
     def rate(self) -> float:
@@ -132,9 +140,10 @@ class Drain:
         return self.server_cpu_s / self.steady_s
 
     @property
-    def ours(self) -> float:
-        """Share of all cores the servers and the consumer processes used."""
-        return (self.client_cores + self.server_cores) / CORES
+    def others_cores(self) -> float:
+        """Cores busy with anything but the servers and the consumer processes: the
+        benchmark's own polling, and other work on a shared machine."""
+        return max(0.0, self.busy * CORES - self.client_cores - self.server_cores)
 
     def line(self) -> str:
         """The drain as one line of text."""
@@ -142,8 +151,8 @@ class Drain:
             f"{LABELS[self.kind]:<24} {self.rate:>9,.0f} msg/s (start-up {self.startup_s:.2f} s, "
             f"end to end {self.messages / self.wall_s:>7,.0f} msg/s) | CPU us/msg: client "
             f"{self.client_us:4.1f}, server {self.server_us:4.1f} | cores: client "
-            f"{self.client_cores:.2f}, server {self.server_cores:.2f}, all busy "
-            f"{self.busy * CORES:.2f} of {CORES} | peak RSS {self.rss_mib:5.1f} MiB"
+            f"{self.client_cores:.2f}, server {self.server_cores:.2f}, other work "
+            f"{self.others_cores:.2f} (of {CORES}) | peak RSS {self.rss_mib:5.1f} MiB"
         )
 
 
@@ -219,6 +228,20 @@ class NatsResult:
         ]
         return f"where the limit is ({CORES} cores): " + "; ".join(parts)
 
+    def disturbance(self) -> str:
+        """How much other work shared the cores during the drains (the benchmark's polling,
+        about 0.05 cores, included): the load average at the start says nothing of it."""
+        drains = [d for r in self.rounds for d in r.drains.values()] + self.sweep
+        worst = max(drains, key=lambda d: d.others_cores)
+        typical = statistics.median(d.others_cores for d in drains)
+        line = (
+            f"other work during the drains: median {typical:.2f} cores, at most "
+            f"{worst.others_cores:.2f} ({LABELS[worst.kind]})"
+        )
+        if worst.others_cores > DISTURBED_CORES:
+            line += ": the drains that shared the cores with it ran slower than they would alone"
+        return line
+
     @property
     def rss_low(self) -> float:
         """The lowest peak RSS of the backlog sweep."""
@@ -257,10 +280,11 @@ class NatsResult:
                     f"; CPU us/msg: client {self.median_of(kind, 'client_us'):.1f}, server "
                     f"{self.median_of(kind, 'server_us'):.1f}; cores: client "
                     f"{self.median_of(kind, 'client_cores'):.2f}, server "
-                    f"{self.median_of(kind, 'server_cores'):.2f}, all busy "
-                    f"{self.median_of(kind, 'busy') * CORES:.2f}"
+                    f"{self.median_of(kind, 'server_cores'):.2f}, other work "
+                    f"{self.median_of(kind, 'others_cores'):.2f}"
                 )
             out.append(line)
+        out.append(self.disturbance())
         out += [
             f"one replica >= {MIN_RATE:,.0f} msg/s and >= {MIN_RATIO}x baseline: "
             f"{verdict(self.one_ok)}",
@@ -311,8 +335,7 @@ class NatsResult:
         for kind in KINDS:
             found[f"{kind}_rate"] = self.median_rate(kind)
             found[f"{kind}_ratio"] = self.median_ratio(kind)
-            found[f"{kind}_ours"] = self.median_of(kind, "ours")
-            found[f"{kind}_busy"] = self.median_of(kind, "busy")
+            found[f"{kind}_others_cores"] = self.median_of(kind, "others_cores")
         found["rss_mib"] = {d.messages: d.rss_mib for d in self.sweep}
         return found
 
@@ -440,13 +463,13 @@ class Consumers:
 @dataclass(slots=True)
 class Watched:
     """What a drain's watch saw: the processes, the floor's samples, and the CPU figures at
-    the first acknowledgement seen and at the end."""
+    the start of the steady part and at the end."""
 
     consumers: Consumers
     floors: list[tuple[float, int]] = field(default_factory=list)
-    client_at_first: float = 0.0
-    server_at_first: float = 0.0
-    ticks_at_first: tuple[int, int] = (0, 0)
+    client_at_steady: float = 0.0
+    server_at_steady: float = 0.0
+    ticks_at_steady: tuple[int, int] = (0, 0)
     server_at_end: float = 0.0
     ticks_at_end: tuple[int, int] = (0, 0)
 
@@ -471,10 +494,11 @@ async def _watch(
                 except nats.js.errors.NotFoundError:
                     floor = 0
                 now = time.monotonic()
-                if floor > 0 and not any(f for _, f in w.floors):
-                    w.client_at_first = sum(w.consumers.cpu_s)
-                    w.server_at_first = sum(_cpu_s(pid) for pid in servers)
-                    w.ticks_at_first = _machine_ticks()
+                steady = _steady_floor(count)
+                if floor >= steady and not any(f >= steady for _, f in w.floors):
+                    w.client_at_steady = sum(w.consumers.cpu_s)
+                    w.server_at_steady = sum(_cpu_s(pid) for pid in servers)
+                    w.ticks_at_steady = _machine_ticks()
                 w.floors.append((now - started, floor))
                 if floor >= count:
                     break
@@ -492,6 +516,11 @@ async def _watch(
         return w
     finally:
         await nc.close()
+
+
+def _steady_floor(count: int) -> int:
+    """The acknowledgement floor at which a drain's steady part starts."""
+    return max(1, int(count * STEADY_FROM))
 
 
 def _stored(path: Path) -> Iterator[int]:
@@ -566,17 +595,19 @@ def drain(setup: Setup, kind: str, consumer: str, count: int) -> Drain:
         _check(outputs, count, f"{kind} ({consumer})")
     for path in (*outputs, *logs):
         remove(path)
-    first_t, first_floor = next((t, f) for t, f in w.floors if f > 0)
-    busy = w.ticks_at_end[0] - w.ticks_at_first[0]
-    total = w.ticks_at_end[1] - w.ticks_at_first[1]
+    first_t = next(t for t, f in w.floors if f > 0)
+    steady_t, steady_floor = next((t, f) for t, f in w.floors if f >= _steady_floor(count))
+    busy = w.ticks_at_end[0] - w.ticks_at_steady[0]
+    total = w.ticks_at_end[1] - w.ticks_at_steady[1]
     return Drain(
         kind=kind,
         messages=count,
         wall_s=w.floors[-1][0],
         startup_s=first_t,
-        steady_messages=count - first_floor,
-        client_cpu_s=sum(w.consumers.cpu_s) - w.client_at_first,
-        server_cpu_s=w.server_at_end - w.server_at_first,
+        steady_start_s=steady_t,
+        steady_messages=count - steady_floor,
+        client_cpu_s=sum(w.consumers.cpu_s) - w.client_at_steady,
+        server_cpu_s=w.server_at_end - w.server_at_steady,
         busy=busy / total if total else 0.0,
         rss_mib=max(w.consumers.rss_mib),
         floors=w.floors,
