@@ -315,7 +315,12 @@ impl Ledger {
     /// Whether handing `seqs` over now keeps what must be listed (every unconfirmed entry)
     /// within `max_chars`; confirmed entries make room.
     pub fn fits(&self, seqs: impl IntoIterator<Item = u64>, max_chars: usize) -> bool {
-        self.unconfirmed_with(seqs).len() <= max_chars
+        let listed = self
+            .entries
+            .iter()
+            .filter(|(_, e)| !e.confirmed)
+            .map(|(&s, _)| s);
+        ranges::encoded_len(listed.chain(seqs)) <= max_chars
     }
 
     /// The checkpoint's listing now, within `max_chars` if the unconfirmed entries are
@@ -325,18 +330,21 @@ impl Ledger {
         let unconfirmed = self.unconfirmed_with([]);
         // None when the unconfirmed ones alone are over: then no confirmed one fits.
         let room = max_chars.checked_sub(unconfirmed.len());
-        let within_room = |text: &str| room.is_some_and(|room| text.len() <= room);
         let kept: Vec<u64> = self.kept.values().copied().collect();
-        // The listing of the `n` most recently confirmed.
-        let newest = |n: usize| ranges::encode(kept[kept.len() - n..].iter().copied());
-        let mut confirmed = newest(kept.len());
-        if !within_room(&confirmed) {
+        // Whether the listing of the `n` most recently confirmed fits (measured, not written).
+        let newest_fit = |n: usize| {
+            room.is_some_and(|room| {
+                ranges::encoded_len(kept[kept.len() - n..].iter().copied()) <= room
+            })
+        };
+        let mut count = kept.len();
+        if !newest_fit(count) {
             // The most recently confirmed that fit: a bisection over how many (adding one can
             // join two ranges, so the length is not monotonic: any count that fits will do).
             let (mut low, mut high) = (0, kept.len());
             while low < high {
                 let mid = (low + high).div_ceil(2);
-                if within_room(&newest(mid)) {
+                if newest_fit(mid) {
                     low = mid;
                 } else {
                     high = mid - 1;
@@ -345,11 +353,11 @@ impl Ledger {
             for &seq in &kept[..kept.len() - low] {
                 self.drop_entry(seq);
             }
-            confirmed = newest(low);
+            count = low;
         }
         Listing {
             unconfirmed,
-            confirmed,
+            confirmed: ranges::encode(kept[kept.len() - count..].iter().copied()),
         }
     }
 

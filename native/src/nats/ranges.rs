@@ -3,7 +3,7 @@
 //! source's `encode_ranges`/`decode_ranges` (nats/ledger.py, gone with step 7 of issue 17),
 //! byte for byte, so that directories written by either read the same.
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 
 use super::text::py_repr;
 
@@ -56,15 +56,65 @@ pub fn encode(seqs: impl IntoIterator<Item = u64>) -> String {
     encode_sorted(sorted)
 }
 
+/// How long [`encode`] of `seqs` is, without writing it: the ledger asks this of every batch
+/// (does the listing fit?), and of several candidate listings to find the one that fits.
+pub fn encoded_len(seqs: impl IntoIterator<Item = u64>) -> usize {
+    let mut sorted: Vec<u64> = seqs.into_iter().collect();
+    sorted.sort_unstable();
+    let mut len = 0;
+    let mut run: Option<(u64, u64)> = None;
+    for seq in sorted {
+        run = match run {
+            Some((start, prev)) if prev.checked_add(1) == Some(seq) => Some((start, seq)),
+            Some(done) => {
+                len += run_len(done) + 1; // and its comma
+                Some((seq, seq))
+            }
+            None => Some((seq, seq)),
+        };
+    }
+    len + run.map_or(0, run_len)
+}
+
+/// How long a run is written (no comma).
+fn run_len((start, last): (u64, u64)) -> usize {
+    if start == last {
+        decimal_len(start)
+    } else {
+        decimal_len(start) + 1 + decimal_len(last)
+    }
+}
+
+/// How many decimal digits `n` has.
+fn decimal_len(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |log| log as usize + 1)
+}
+
 fn push_run(out: &mut String, (start, last): (u64, u64)) {
     if !out.is_empty() {
         out.push(',');
     }
-    if start == last {
-        let _ = write!(out, "{start}");
-    } else {
-        let _ = write!(out, "{start}-{last}");
+    push_decimal(out, start);
+    if start != last {
+        out.push('-');
+        push_decimal(out, last);
     }
+}
+
+/// Writes `n` in decimal: what `write!(out, "{n}")` writes, without the formatting machinery
+/// (a listing is written for every batch, and is thousands of numbers long with replicas).
+fn push_decimal(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(digits[at..].iter().map(|&d| char::from(d)));
 }
 
 /// The sequences of an [`encode`] text, in the order written. Refuses a part that is not
@@ -135,7 +185,30 @@ mod tests {
         ];
         for (seqs, text) in cases {
             assert_eq!(encode(seqs.iter().copied()), text, "{seqs:?}");
+            assert_eq!(encoded_len(seqs.iter().copied()), text.len(), "{seqs:?}");
         }
+    }
+
+    #[test]
+    fn measures_and_writes_numbers_as_formatting_does() {
+        // Every number of digits, and each side of each power of ten.
+        let mut numbers = vec![0, u64::MAX];
+        for power in 1..20 {
+            let p = 10u64.pow(power);
+            numbers.extend([p - 1, p, p + 1]);
+        }
+        for n in numbers {
+            let mut written = String::new();
+            push_decimal(&mut written, n);
+            assert_eq!(written, n.to_string());
+            assert_eq!(decimal_len(n), written.len(), "{n}");
+        }
+        // Scattered listings, as three replicas on one consumer make them.
+        let seqs: Vec<u64> = (0..5000u64)
+            .filter(|s| (s / 256) % 3 == 1 || s % 7 == 0)
+            .map(|s| s * 3 + 999_990)
+            .collect();
+        assert_eq!(encoded_len(seqs.clone()), encode(seqs).len());
     }
 
     #[test]
