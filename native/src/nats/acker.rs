@@ -51,7 +51,10 @@ pub async fn send_acks(shared: &Shared, acker: &Acker) {
         if !shared.link.state().connected {
             return;
         }
-        core.ledger.unconfirmed(Instant::now() - ACK_RESEND)
+        // (An instant 2 s before the clock's start does not exist: resent, then.)
+        let now = Instant::now();
+        core.ledger
+            .unconfirmed(now.checked_sub(ACK_RESEND).unwrap_or(now))
     };
     for (seq, reply) in due {
         let sent = acker

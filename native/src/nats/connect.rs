@@ -40,8 +40,9 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// The wait before trying again after a failed attempt (nats-py's `reconnect_time_wait`).
 pub const RETRY_WAIT: Duration = Duration::from_secs(1);
 
-/// The source's connection settings, as Python parsed them.
-#[derive(Debug, Clone, Default)]
+/// The source's connection settings, as Python parsed them. (Its `Debug` shows the servers
+/// without their user information.)
+#[derive(Clone, Default)]
 pub struct NatsConfig {
     /// Server URLs, `nats://` or `tls://`, user information kept on each (nats/url.py writes
     /// the same on all of them).
@@ -56,6 +57,27 @@ pub struct NatsConfig {
     pub tls_key: Option<PathBuf>,
     /// How long a start may wait for the servers (connection and lookups); `None`: forever.
     pub connect_timeout: Option<Duration>,
+}
+
+impl std::fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let servers: Vec<&str> = self
+            .servers
+            .iter()
+            .map(|s| match (s.find("://"), s.rfind('@')) {
+                (Some(scheme), Some(at)) if at > scheme => &s[at + 1..],
+                _ => s.as_str(),
+            })
+            .collect();
+        f.debug_struct("NatsConfig")
+            .field("servers", &servers)
+            .field("creds", &self.creds)
+            .field("tls_ca", &self.tls_ca)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
 }
 
 /// Why opening the source failed: each kind is a different exit of the run.
@@ -526,6 +548,24 @@ mod tests {
 
     fn urls(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn debug_shows_no_credentials() {
+        let config = NatsConfig {
+            servers: urls(&[
+                "nats://u:p/w@rd@127.0.0.1:4222",
+                "tls://tok@h:1",
+                "nats://h2",
+            ]),
+            ..NatsConfig::default()
+        };
+        let shown = format!("{config:?}");
+        assert!(
+            shown.contains(r#"servers: ["127.0.0.1:4222", "h:1", "nats://h2"]"#),
+            "{shown}"
+        );
+        assert!(!shown.contains("p/w") && !shown.contains("tok"), "{shown}");
     }
 
     #[test]

@@ -200,6 +200,9 @@ pub struct Core {
     /// Until when the reader's last pull request may still take deliveries (set by the
     /// reader; `None`: no request open). A stop gives back with a delay that outlasts it.
     pub request_open_until: Option<Instant>,
+    /// The run is stopping (the tail was taken, or the stop began): the reader asks for
+    /// nothing more, so that no request opens after what is given back.
+    pub stopping: bool,
 }
 
 impl Core {

@@ -42,6 +42,8 @@ use super::stoprecord::{self, StopRecord, STOP_RECORD_FILE};
 pub const CONFIRM_WAIT: Duration = Duration::from_secs(2);
 /// The share of the time left given to receiving what the last pull request still brings.
 pub const INBOX_DRAIN_SHARE: f64 = 0.25;
+/// The longest stop taken as given (a longer one is this long; settings allow an hour).
+pub const MAX_TIME: Duration = Duration::from_secs(86_400);
 /// A step the deadline has already passed still gets this long.
 pub const LAST_WORD: Duration = Duration::from_millis(100);
 /// What a delayed give-back adds to the time the last pull request stays open: the
@@ -138,18 +140,30 @@ pub async fn finish(
     time: Duration,
 ) -> FinishReport {
     let started = Instant::now();
-    let deadline = started + time;
+    let deadline = started + time.min(MAX_TIME);
     if let Some(task) = &parts.acker_task {
         task.abort();
     }
-    shared.lock().records_durable = records_durable;
+    {
+        let mut core = shared.lock();
+        core.records_durable = records_durable;
+        // (Set by take_tail already, unless the run ends without one.)
+        core.stopping = true;
+    }
+    shared.room.notify_one();
     let connected = shared.link.state().connected;
     // Messages due to be given back, and given back: each counted once, though one given
     // back while the last pull request is open may come back on it and be given back again.
     let (mut due, mut sent) = (HashSet::new(), HashSet::new());
     // 1. What matters most goes first: acknowledgements of what is durable; then what is not
     // durable is given back, so that another replica takes it at once.
-    settle(&shared, &parts.acker, &mut due, &mut sent).await;
+    // A send waits for room in the client's command queue, which nothing empties while the
+    // client reconnects: bounded, as every step.
+    let _ = timeout(
+        left(deadline),
+        settle(&shared, &parts.acker, &mut due, &mut sent),
+    )
+    .await;
     // 2. No more deliveries; what the last pull request still brings is given back too.
     if let Some((task, drain)) = parts.reader {
         if shared.link.state().connected && drain.send(()).is_ok() {
@@ -159,7 +173,11 @@ pub async fn finish(
                 abort.abort();
             }
             // Settled again.
-            settle(&shared, &parts.acker, &mut due, &mut sent).await;
+            let _ = timeout(
+                left(deadline),
+                settle(&shared, &parts.acker, &mut due, &mut sent),
+            )
+            .await;
         } else {
             task.abort();
         }

@@ -76,8 +76,11 @@ fn status_of(message: &Message, consumer: &str) -> Status {
             }
         }
         Some(StatusCode::IDLE_HEARTBEAT) => Status::Nothing,
-        // Anything else without a reply subject is no delivery; the request may be over.
-        _ => Status::Over,
+        // Anything else without a reply subject is no delivery, and the request is over: 503
+        // (no responders: the consumer is missing or has no leader yet) and any other come
+        // back at once, so the next request waits, as after a refusal (asked again at once,
+        // they would loop at the speed of a round trip).
+        _ => Status::Refused,
     }
 }
 
@@ -101,13 +104,14 @@ pub async fn run(shared: Arc<Shared>, consumer: String, mut reader: Reader) {
         if refused_until.is_some_and(|t| now >= t) {
             refused_until = None;
         }
-        let room = {
+        let (room, stopping) = {
             let core = shared.lock();
-            shared
+            let room = shared
                 .max_unacked
-                .saturating_sub(core.ledger.in_flight() + core.unsorted())
+                .saturating_sub(core.ledger.in_flight() + core.unsorted());
+            (room, core.stopping)
         };
-        if requested == 0 && refused_until.is_none() && room > 0 && !draining {
+        if requested == 0 && refused_until.is_none() && room > 0 && !draining && !stopping {
             let n = room.min(shared.batch);
             if shared.link.state().connected && pull(&reader, n).await {
                 requested = n;
@@ -256,6 +260,7 @@ mod tests {
             status_of(&status(100, "Idle Heartbeat"), "c"),
             Status::Nothing
         ));
+        assert!(matches!(status_of(&status(503, ""), "c"), Status::Refused));
         let mut delivery = status(0, "");
         delivery.status = None;
         delivery.reply = Some("$JS.ACK.S.c.1.1.1.1.0".into());

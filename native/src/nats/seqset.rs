@@ -1,9 +1,13 @@
 //! A set of stream sequences kept as runs of consecutive ones: the sequences stored here
 //! that left the ledger. One replica alone stores one run; replicas on one consumer store
-//! runs about a pull request long, so the set grows with the stream only as the deliveries
-//! interleave.
+//! runs about a pull request long, so the set grows with the stream as the deliveries
+//! interleave: it keeps at most [`MAX_RUNS`], the lowest sequences forgotten first.
 
 use std::collections::BTreeMap;
+
+/// The most runs kept: about 3 MiB at most (a run is two `u64` in a B-tree node); with three
+/// replicas of 256-message pulls, the last ~50 million messages of the stream.
+pub const MAX_RUNS: usize = 65_536;
 
 /// Stream sequences, as runs `start..=end`, by start; runs neither overlap nor touch.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -39,6 +43,9 @@ impl SeqSet {
             }
         }
         self.runs.insert(start, end);
+        if self.runs.len() > MAX_RUNS {
+            self.runs.pop_first();
+        }
     }
 
     /// How many runs it holds.
@@ -76,6 +83,17 @@ mod tests {
         ] {
             assert_eq!(set.contains(seq), inside, "{seq}");
         }
+    }
+
+    #[test]
+    fn the_lowest_runs_are_forgotten_first() {
+        let mut set = SeqSet::default();
+        for run in 0..=MAX_RUNS as u64 {
+            set.insert(run * 2);
+        }
+        assert_eq!(set.runs(), MAX_RUNS);
+        assert!(!set.contains(0));
+        assert!(set.contains(2) && set.contains(MAX_RUNS as u64 * 2));
     }
 
     #[test]

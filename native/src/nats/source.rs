@@ -317,6 +317,7 @@ impl Source {
     /// At a stop, before storage is closed: everything held, in batches that fit.
     pub fn take_tail(&self) -> Vec<Batch> {
         let mut core = self.shared.lock();
+        core.stopping = true;
         core.take_arrived(&self.shared.stats);
         std::iter::from_fn(|| core.batch()).collect()
     }
