@@ -250,6 +250,7 @@ impl NatsSource {
                 max_ack_pending,
                 shutdown_timeout: duration("shutdown_timeout_s", shutdown_timeout_s)?,
                 server,
+                batch,
             },
             config: NatsConfig {
                 servers,

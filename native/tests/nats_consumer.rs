@@ -38,6 +38,7 @@ fn spec_on(server: String, consumer: &str) -> ConsumerSpec {
         max_ack_pending: 4096,
         shutdown_timeout: Duration::from_secs(20),
         server,
+        batch: 256,
     }
 }
 
@@ -215,6 +216,17 @@ async fn consumers_that_could_lose_messages_are_refused() {
             "push",
             json!({"ack_policy": "explicit", "deliver_subject": "somewhere"}),
             "consumer push is a push consumer; shovel needs a pull consumer",
+        ),
+        (
+            "mb",
+            json!({"ack_policy": "explicit", "max_batch": 100}),
+            "consumer mb has max_batch 100, below batch=256: the server would turn down every \
+             pull request; give batch=100 or less",
+        ),
+        (
+            "me",
+            json!({"ack_policy": "explicit", "max_expires": 1_000_000_000u64}),
+            "consumer me has max_expires 1s, below the 2s each pull request of shovel's waits",
         ),
     ];
     cases.push((

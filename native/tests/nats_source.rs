@@ -39,6 +39,7 @@ fn settings(server: &NatsServer, batch: usize, max_unacked: usize, out: &Path) -
             max_ack_pending: 100_000,
             shutdown_timeout: Duration::from_secs(10),
             server: server.url(),
+            batch,
         },
         batch,
         max_unacked,

@@ -24,6 +24,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use super::connect::{self, Link, NatsConfig, OpenError};
+use super::core::PULL_EXPIRES;
 use super::events::{Events, Level};
 use super::text::{self, format_g, py_repr};
 
@@ -50,6 +51,9 @@ pub struct ConsumerSpec {
     pub shutdown_timeout: Duration,
     /// The first server, without user information, as the messages name it.
     pub server: String,
+    /// Messages asked for in one pull request (`batch=`): a consumer's `max_batch` must
+    /// allow it.
+    pub batch: usize,
 }
 
 /// What the checkpoint says of the stream and consumer it was written from (present when
@@ -353,6 +357,23 @@ fn check(config: &consumer::Config, events: &Events, spec: &ConsumerSpec) -> Res
             config.max_deliver
         )));
     }
+    if config.max_batch > 0 && usize::try_from(config.max_batch).is_ok_and(|m| m < spec.batch) {
+        return Err(OpenError::Refused(format!(
+            "consumer {c} has max_batch {}, below batch={}: the server would turn down every \
+             pull request; give batch={} or less",
+            config.max_batch, spec.batch, config.max_batch
+        )));
+    }
+    if !config.max_expires.is_zero() && config.max_expires < PULL_EXPIRES {
+        return Err(OpenError::Refused(format!(
+            "consumer {c} has max_expires {}s, below the {}s each pull request of shovel's \
+             waits: the server would turn down every one; shovel needs max_expires unset or \
+             at least {}s",
+            seconds(config.max_expires),
+            seconds(PULL_EXPIRES),
+            seconds(PULL_EXPIRES)
+        )));
+    }
     if !config.inactive_threshold.is_zero() {
         return Err(OpenError::Refused(format!(
             "consumer {c} has inactive_threshold {}s: the server deletes it when no replica \
@@ -547,6 +568,7 @@ mod tests {
             max_ack_pending: 4096,
             shutdown_timeout: Duration::from_secs(20),
             server: "nats://h:4222".into(),
+            batch: 256,
         }
     }
 
