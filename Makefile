@@ -41,7 +41,10 @@ if pid == 0:
     os.tcsetpgrp(tty, os.getpgrp())
     signal.signal(signal.SIGTTOU, signal.SIG_DFL)
     os.execv(sys.argv[1], sys.argv[1:])
-os.setpgid(pid, pid)
+try:
+    os.setpgid(pid, pid)  # the child does it too: whichever comes first
+except PermissionError:
+    pass  # the child has exec'd already, so its own setpgid came first
 signal.signal(signal.SIGTTOU, signal.SIG_IGN)
 # A signal for make (kill, a hangup) is shovel's too.
 for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
