@@ -1,6 +1,6 @@
 //! The NATS source's ledger: the stream sequences stored here that a delivery may bring
 //! again. A port of shovel/sources/nats/ledger.py (gone with step 7 of issue 17: see
-//! ebeb7d0 or older) with the same states, counts and rules.
+//! 1db876e or older) with the same states, counts and rules.
 //!
 //! An entry, by stream sequence, is one of:
 //!
