@@ -32,9 +32,13 @@ WORKDIR /src
 # replaced by the real sources below (nothing is compiled before that).
 COPY Cargo.toml Cargo.lock ./
 COPY native/Cargo.toml native/Cargo.toml
+# The workspace's other member, the NATS benchmark's baseline: only its manifest (and an empty
+# stand-in), for cargo to read the workspace; the image never builds it.
+COPY bench/nats-baseline/Cargo.toml bench/nats-baseline/Cargo.toml
 # The crates land in this layer (not in a cache mount), so Docker's layer cache keeps them for
 # as long as Cargo.lock is unchanged.
-RUN mkdir -p native/src && touch native/src/lib.rs \
+RUN mkdir -p native/src bench/nats-baseline/src \
+    && touch native/src/lib.rs bench/nats-baseline/src/main.rs \
     && cargo fetch --locked
 
 # Everything the wheel is made of (see [tool.maturin] in pyproject.toml). README.md is the
