@@ -41,6 +41,7 @@ LAYERS = (
         "shovel.sizes",
         "shovel.prescan",
         "shovel.oserrors",
+        "shovel.natsurl",
     ),
     ("shovel.exitcodes",),
     ("shovel._early", "shovel"),

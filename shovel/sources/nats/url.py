@@ -20,15 +20,18 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
-from urllib.parse import parse_qsl, unquote
 
-from shovel.redact import remember
+from shovel.natsurl import (
+    FILES,
+    NAME,
+    SCHEME,
+    SCHEMES,
+    TLS_SCHEME,
+    split_url,
+    without_secret,
+)
 from shovel.sources.api import Source, SourceError, SourceOptions
 
-SCHEME = "nats://"
-TLS_SCHEME = "tls://"
-SCHEMES = (SCHEME, TLS_SCHEME)
-DEFAULT_PORT = 4222
 DEFAULT_BATCH = 256
 MAX_BATCH = 10_000
 # --fsync-interval-ms when it is not given. A message is acknowledged only once durable, and a
@@ -38,11 +41,7 @@ MAX_BATCH = 10_000
 # development machine: about 25,000 messages/s at 100 ms, 80,000-100,000 at 10 ms
 # (bench/run.py nats).
 FSYNC_INTERVAL_MS = 10
-# What JetStream accepts in stream and consumer names (no subject tokens, wildcards or
-# separators), kept a little stricter: printable ASCII only.
-_NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")
 _SUBJECT = re.compile(r"[!-~]+")
-_HOST = re.compile(r"[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]")
 OPTIONS = (
     "consumer",
     "subject",
@@ -54,13 +53,6 @@ OPTIONS = (
     "tls_cert",
     "tls_key",
 )
-# The files an option names, and what each is called when it cannot be read.
-_FILES = {
-    "creds": "credentials file",
-    "tls_ca": "TLS certificate authority file",
-    "tls_cert": "TLS client certificate",
-    "tls_key": "TLS client key",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +76,7 @@ class NatsSpec:
 
     def describe(self) -> str:
         """For log lines: the servers without any password, the stream and the consumer."""
-        hosts = ",".join(_without_secret(s) for s in self.servers)
+        hosts = ",".join(without_secret(s) for s in self.servers)
         return f"NATS JetStream {hosts} stream {self.stream} consumer {self.consumer}"
 
     def open(self, options: SourceOptions) -> Source:
@@ -93,7 +85,7 @@ class NatsSpec:
         # Imported here: the NATS client is needed only by this source.
         from shovel.sources.nats.source import NatsSource  # noqa: PLC0415
 
-        for option, what in _FILES.items():
+        for option, what in FILES.items():
             path = getattr(self, option)
             if path is not None and not os.access(path, os.R_OK):
                 raise SourceError(f"cannot read the NATS {what} {path}")
@@ -104,31 +96,6 @@ class NatsSpec:
             options.output_dir,
             options.connect_timeout_s,
         )
-
-
-def _without_secret(server: str) -> str:
-    scheme = next(s for s in SCHEMES if server.startswith(s))
-    rest = server.removeprefix(scheme)
-    _, at, host = rest.rpartition("@")
-    return scheme + (host if at else rest)
-
-
-def _servers(scheme: str, userinfo: str, at: str, hosts: str) -> tuple[str, ...]:
-    if at and not userinfo:
-        raise ValueError("empty user before '@' in the nats:// URL")
-    if not hosts:
-        raise ValueError("nats:// needs at least one HOST[:PORT] before the /STREAM")
-    servers = []
-    for part in hosts.split(","):
-        host, port = part, str(DEFAULT_PORT)
-        if ":" in part and not part.endswith("]"):
-            host, _, port = part.rpartition(":")
-        if not host or not _HOST.fullmatch(host):
-            raise ValueError(f"bad NATS server host {part!r} (expected HOST or HOST:PORT)")
-        if not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"bad NATS server port in {part!r} (expected 1-65535)")
-        servers.append(f"{scheme}{userinfo + '@' if at else ''}{host}:{int(port)}")
-    return tuple(servers)
 
 
 def _whole(name: str, raw: str, low: int, high: int) -> int:
@@ -158,40 +125,13 @@ def parse_nats(text: str) -> NatsSpec:
     scheme = next((s for s in SCHEMES if text.startswith(s)), None)
     if scheme is None:
         raise ValueError(f"a NATS source starts with {SCHEME} or {TLS_SCHEME}")
-    rest = text.removeprefix(scheme)
-    # The user information ends at the last '@' before the query (no host or stream holds
-    # one): a password with a '/' typed unencoded still stays in it.
-    before_query, _, query = rest.partition("?")
-    userinfo, at, rest = before_query.rpartition("@")
-    if at:
-        _, colon, password = userinfo.partition(":")
-        # A password, or a token (no user); masked in every text shovel writes from now on.
-        remember(password if colon else userinfo)
-    hosts, slash, path = rest.partition("/")
-    servers = _servers(scheme, userinfo, at, hosts)
-    stream = unquote(path)
-    if not slash or not stream:
-        raise ValueError("nats:// needs the stream name after the servers: nats://HOST/STREAM")
-    if not _NAME.fullmatch(stream):
-        raise ValueError(
-            f"bad stream name {stream!r}: letters, digits, '-' and '_' only (no '.', '/', "
-            "spaces or wildcards)"
-        )
-    options: dict[str, str] = {}
-    for key, value in parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)):
-        if key not in OPTIONS:
-            raise ValueError(f"unknown nats:// option {key!r} (known: {', '.join(OPTIONS)})")
-        if key in options:
-            raise ValueError(f"nats:// option {key!r} given twice")
-        if not value:
-            raise ValueError(f"nats:// option {key!r} needs a value")
-        options[key] = value
+    servers, stream, options = split_url(scheme, text.removeprefix(scheme), OPTIONS)
     consumer = options.get("consumer")
     if consumer is None:
         raise ValueError(
             "nats:// needs ?consumer=NAME: the durable consumer that shovel replicas share"
         )
-    if not _NAME.fullmatch(consumer):
+    if not NAME.fullmatch(consumer):
         raise ValueError(
             f"bad consumer name {consumer!r}: letters, digits, '-' and '_' only (no '.', "
             "spaces or wildcards)"
