@@ -71,6 +71,11 @@ impl Part {
         self.start == self.end
     }
 
+    /// The part as shared bytes, without a copy (the buffer leaves the pool for good).
+    pub fn into_bytes(self) -> bytes::Bytes {
+        bytes::Bytes::from(self.buf).slice(self.start..self.end)
+    }
+
     /// Gives the buffer back to the pool.
     pub fn recycle(self) {
         give(self.buf);

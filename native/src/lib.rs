@@ -11,6 +11,8 @@
 //!   stop, join.
 //! - [`nats`]: the NATS JetStream source: its stored records, checkpoint descriptor and
 //!   listings, in today's formats.
+//! - [`sink`]: the JetStream sink: records as messages in a stream, exactly once, the stream
+//!   holding the resume point.
 //! - [`notify`]: the wake-up channel by which native work tells the event loop to look.
 //! - [`buffers`]: read buffers that go from the reader to the writer and back, never copied.
 //! - [`split`]: cutting a byte stream into batches of whole lines, long lines set apart.
@@ -22,6 +24,7 @@
 //!   checkpoint reader.
 //! - `reading`: a file read in chunks, the splitter, and the batches of records it makes.
 //! - `natsource`: the NATS source, its counters, stop report and exceptions.
+//! - `natsink`: the JetStream sink, what its open found, its counters and its exception.
 //!
 //! `native_module` below is the one list of what Python sees; `shovel/_native.pyi` mirrors it.
 
@@ -30,11 +33,14 @@ pub mod fskind;
 pub mod nats;
 pub mod notify;
 pub mod runtime;
+pub mod sink;
 pub mod split;
 pub mod store;
 
 #[cfg(feature = "python")]
 mod client;
+#[cfg(feature = "python")]
+mod natsink;
 #[cfg(feature = "python")]
 mod natsource;
 #[cfg(feature = "python")]
@@ -104,5 +110,13 @@ fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
         PyTuple::new(py, nats::core::ACK_LATENCY_BOUNDS)?,
     )?;
     m.add_function(wrap_pyfunction!(natsource::nats_record_line, m)?)?;
+    // The JetStream sink: its client, what its open found, its counters, its exception.
+    m.add_class::<natsink::NatsSink>()?;
+    m.add_class::<natsink::SinkOpened>()?;
+    m.add_class::<natsink::SinkStats>()?;
+    let sink_error = py.get_type::<natsink::SinkError>();
+    m.add(sink_error.name()?, sink_error)?;
+    m.add("SINK_HEADER_ROOM", sink::open::HEADER_ROOM)?;
+    m.add("SINK_MAX_BATCH", sink::protocol::MAX_BATCH)?;
     Ok(())
 }

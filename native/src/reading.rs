@@ -89,6 +89,11 @@ impl Records {
         }
     }
 
+    /// How many bytes the records hold.
+    pub fn byte_len(&self) -> usize {
+        self.len
+    }
+
     /// Runs `f` on the parts still held (`None` once handed to storage); when it returns
     /// true the parts are gone for good (it took them).
     pub fn hand_over<R>(&self, f: impl FnOnce(Option<&mut Vec<Part>>) -> (R, bool)) -> R {

@@ -284,6 +284,9 @@ pub struct Link {
     last_error: Mutex<Option<String>>,
     /// The server being tried, or last tried.
     picked: Mutex<Option<Picked>>,
+    /// The last permissions violation the server reported (its words): a request it denies
+    /// gets no answer, only this.
+    denied: Mutex<Option<String>>,
 }
 
 impl Link {
@@ -295,6 +298,7 @@ impl Link {
             closing: AtomicBool::new(false),
             last_error: Mutex::new(None),
             picked: Mutex::new(None),
+            denied: Mutex::new(None),
         })
     }
 
@@ -321,6 +325,14 @@ impl Link {
     /// How the last failed attempt failed, as said (without `NATS: `).
     pub fn last_error(&self) -> Option<String> {
         self.last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The last permissions violation the server reported, if any (its words).
+    pub fn denied(&self) -> Option<String> {
+        self.denied
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
@@ -447,6 +459,10 @@ impl Link {
             Event::ServerError(error) => {
                 let text = error.to_string();
                 let text = text.strip_prefix("nats: ").unwrap_or(&text);
+                if text.to_ascii_lowercase().contains("permissions violation") {
+                    *self.denied.lock().unwrap_or_else(PoisonError::into_inner) =
+                        Some(text.to_string());
+                }
                 self.events
                     .say(Level::Warning, format!("NATS: server error: {text}"));
             }

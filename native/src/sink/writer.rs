@@ -1,0 +1,284 @@
+//! The sink's write task: takes the records handed over, in order, publishes them as atomic
+//! batches (one in flight: each batch names the sequence the previous one ended at), and
+//! counts them durable when the stream has acknowledged them.
+//!
+//! Exactly once, without the duplicate window: a batch is stored whole or not at all, and only
+//! right after the last message the writer knows of. When the outcome of a commit is not known
+//! (no answer in time, the connection lost, the server saying the subject moved on), the writer
+//! reads the last message on the subject back: if it is this batch's last (this run's writer
+//! id, the batch's last offset), the batch is stored; if it is still the message before, the
+//! batch is sent again; anything else is another writer, and the run ends rather than
+//! interleave. Errors that can pass are retried with the store's backoff, each said and
+//! counted; the others end the run with the reason.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::{Client, PublishErrorKind, Request, RequestErrorKind};
+use bytes::Bytes;
+
+use super::protocol::{self, headers, verdict, GotMessage, Verdict};
+use super::records::{Message, OffsetUnit};
+use super::Shared;
+use crate::nats::connect::{Link, REQUEST_TIMEOUT};
+use crate::nats::consumer::{answer, Answer, Api};
+use crate::nats::events::Level;
+use crate::store::writer::backoff;
+
+/// The longest a batch's sends may take before its outcome is unknown (a connection that is
+/// down holds sends back).
+const SEND_BOUND: Duration = Duration::from_secs(10);
+
+/// What the write task works with.
+pub struct Writer {
+    /// The connection.
+    pub client: Client,
+    /// Its callbacks' view (denials, lines).
+    pub link: Arc<Link>,
+    /// The sink's state.
+    pub shared: Arc<Shared>,
+    /// The stream.
+    pub stream: String,
+    /// The subject.
+    pub subject: String,
+    /// Records per batch.
+    pub batch: usize,
+    /// Whether batches are atomic (else one record each).
+    pub atomic: bool,
+    /// What the source's offsets count.
+    pub unit: OffsetUnit,
+    /// This run's id, on the last message of each batch.
+    pub writer_id: String,
+    /// The stream sequence of the last message on the subject.
+    pub last_seq: u64,
+    /// Batches sent (for their ids).
+    pub sent: u64,
+}
+
+impl Writer {
+    /// Publishes until the sink closes and everything handed over is stored, or a permanent
+    /// error ends the run.
+    pub async fn run(mut self) {
+        let per_batch = if self.atomic { self.batch } else { 1 };
+        let shared = self.shared.clone();
+        loop {
+            let wake = shared.wake.notified();
+            match shared.take(per_batch, self.unit) {
+                Some(batch) => {
+                    let started = Instant::now();
+                    match self.store(&batch).await {
+                        Ok(seq) => shared.stored(&batch, seq, started.elapsed()),
+                        Err(why) => {
+                            shared.fail(why);
+                            break;
+                        }
+                    }
+                }
+                None if shared.finished() => break,
+                None => wake.await,
+            }
+        }
+        self.shared.writer_done();
+    }
+
+    /// Stores `batch`; returns the stream sequence of its last message.
+    async fn store(&mut self, batch: &[Message]) -> Result<u64, String> {
+        let mut attempt = 0;
+        loop {
+            let sent = match tokio::time::timeout(SEND_BOUND, self.send(batch)).await {
+                Ok(v) => v,
+                Err(_) => Verdict::Unsure(format!(
+                    "the batch was not sent within {}s",
+                    SEND_BOUND.as_secs()
+                )),
+            };
+            let outcome = match sent {
+                Verdict::Unsure(why) => self.settle(batch, why).await?,
+                v => v,
+            };
+            match outcome {
+                Verdict::Stored(seq) => {
+                    self.last_seq = seq;
+                    return Ok(seq);
+                }
+                Verdict::Fatal(why) => return Err(why),
+                Verdict::Retry(why) | Verdict::Unsure(why) => {
+                    if let Some(denied) = self.link.denied() {
+                        return Err(format!("the NATS server denied the publish: {denied}"));
+                    }
+                    attempt += 1;
+                    self.shared.retried();
+                    let wait = backoff(attempt.min(16));
+                    self.link.events().say(
+                        Level::Warning,
+                        format!(
+                            "NATS sink: {why}; sending the batch of {} records again in {} ms \
+                             (attempt {})",
+                            batch.len(),
+                            wait.as_millis(),
+                            attempt + 1
+                        ),
+                    );
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    /// Sends `batch` once: every message but the last as a plain publish, the last as the
+    /// commit request; returns what its answer says.
+    async fn send(&mut self, batch: &[Message]) -> Verdict {
+        self.sent += 1;
+        let batch_id = self
+            .atomic
+            .then(|| format!("{}-{}", self.writer_id, self.sent));
+        let count = batch.len();
+        for (i, message) in batch.iter().enumerate() {
+            let id = msg_id(message, self.unit);
+            let h = headers(
+                batch_id.as_deref(),
+                i,
+                count,
+                self.last_seq,
+                message.offset,
+                &id,
+                &message.source,
+                &self.writer_id,
+            );
+            if i + 1 < count {
+                if let Err(e) = self
+                    .client
+                    .publish_with_headers(self.subject.clone(), h, message.payload.clone())
+                    .await
+                {
+                    return match e.kind() {
+                        PublishErrorKind::MaxPayloadExceeded => Verdict::Fatal(format!(
+                            "a record of {} bytes is larger than the server takes: {e}",
+                            message.payload.len()
+                        )),
+                        _ => Verdict::Retry(format!("a publish failed: {e}")),
+                    };
+                }
+                continue;
+            }
+            let request = Request::new()
+                .headers(h)
+                .payload(message.payload.clone())
+                .timeout(Some(REQUEST_TIMEOUT));
+            return match self
+                .client
+                .send_request(self.subject.clone(), request)
+                .await
+            {
+                Ok(reply) => verdict(&reply.payload, &self.stream, batch_id.as_deref(), count),
+                Err(e) => match e.kind() {
+                    RequestErrorKind::TimedOut => Verdict::Unsure(format!(
+                        "no acknowledgement within {}s",
+                        REQUEST_TIMEOUT.as_secs()
+                    )),
+                    RequestErrorKind::NoResponders => {
+                        Verdict::Retry("no responders (the stream has no leader now)".into())
+                    }
+                    RequestErrorKind::MaxPayloadExceeded => Verdict::Fatal(format!(
+                        "a record of {} bytes is larger than the server takes: {e}",
+                        message.payload.len()
+                    )),
+                    _ => Verdict::Unsure(format!("the commit failed: {e}")),
+                },
+            };
+        }
+        Verdict::Retry("an empty batch".into())
+    }
+
+    /// Finds out whether `batch` was stored, by reading back the last message on the subject.
+    /// Retries the read-back itself until it is answered.
+    async fn settle(&mut self, batch: &[Message], why: String) -> Result<Verdict, String> {
+        let Some(end) = batch.last() else {
+            return Ok(Verdict::Retry(why));
+        };
+        let mut attempt = 0;
+        loop {
+            let request = serde_json::json!({ "last_by_subj": self.subject }).to_string();
+            let read = answer::<GotMessage>(
+                self.client
+                    .ask(
+                        format!("STREAM.MSG.GET.{}", self.stream),
+                        Bytes::from(request),
+                    )
+                    .await,
+            );
+            let last = match read {
+                Answer::Found(got) => match got.message.last() {
+                    Ok(last) => Some(last),
+                    Err(e) => {
+                        return Err(format!(
+                            "the last message on {} cannot be read: {e}",
+                            self.subject
+                        ))
+                    }
+                },
+                Answer::Missing => None,
+                Answer::BadRequest(e) | Answer::Unreadable(e) => {
+                    return Err(format!("reading back {} failed: {e}", self.subject))
+                }
+                Answer::NotNow(e) => {
+                    if let Some(denied) = self.link.denied() {
+                        return Err(format!(
+                            "the NATS server denied the sink's request: {denied}"
+                        ));
+                    }
+                    attempt += 1;
+                    self.shared.retried();
+                    let wait = backoff(attempt.min(16));
+                    self.link.events().say(
+                        Level::Warning,
+                        format!(
+                            "NATS sink: {why}, and reading back {} failed: {e}; trying again \
+                             in {} ms",
+                            self.subject,
+                            wait.as_millis()
+                        ),
+                    );
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+            };
+            let seq = last.as_ref().map_or(0, |l| l.seq);
+            return Ok(match last {
+                Some(l)
+                    if l.writer.as_deref() == Some(self.writer_id.as_str())
+                        && l.offset == Some(end.offset)
+                        && seq > self.last_seq =>
+                {
+                    Verdict::Stored(seq)
+                }
+                _ if seq == self.last_seq => Verdict::Retry(why),
+                Some(l) => Verdict::Fatal(format!(
+                    "another writer stored on {} after this shovel: the last message there \
+                     (stream sequence {seq}, offset {}, writer {}) is not ours, where sequence \
+                     {} was; two writers on one subject would interleave, so this one stops \
+                     (give each shovel a subject of its own)",
+                    self.subject,
+                    l.offset.map_or_else(|| "none".into(), |o| o.to_string()),
+                    l.writer.as_deref().unwrap_or("not shovel"),
+                    self.last_seq
+                )),
+                None => Verdict::Fatal(format!(
+                    "the messages on {} were removed while this shovel wrote there (the last \
+                     one it stored was stream sequence {}): refusing to go on",
+                    self.subject, self.last_seq
+                )),
+            });
+        }
+    }
+}
+
+/// The `Nats-Msg-Id` of `message`: its source's id and its offset (and, where records of a
+/// batch share an offset, its place in the batch).
+fn msg_id(message: &Message, unit: OffsetUnit) -> String {
+    let source = protocol::source_id(&message.source);
+    match unit {
+        OffsetUnit::Batch => format!("{source}:{}.{}", message.offset, message.index),
+        _ => format!("{source}:{}", message.offset),
+    }
+}
