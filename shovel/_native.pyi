@@ -14,6 +14,9 @@ signalled by making `notify_fd()` readable; the counters can be read at any time
 The NATS source works the same way: its connection, pull requests and acknowledgements run on
 a runtime thread of its own; the event loop watches its `notify_fd()` and calls its
 non-blocking methods; `restore`, `finish` and `close` block with the GIL released.
+
+The JetStream sink too: records are published on its runtime thread, and only its `close`
+blocks (with the GIL released).
 """
 
 from os import PathLike
@@ -28,6 +31,8 @@ __all__ = [
     "NATS_ACK_LATENCY_BOUNDS",
     "NATS_STALL_WARN_S",
     "RETRIES",
+    "SINK_HEADER_ROOM",
+    "SINK_MAX_BATCH",
     "Checkpoint",
     "Chunk",
     "ClientClosedError",
@@ -39,12 +44,16 @@ __all__ = [
     "NatsError",
     "NatsMismatch",
     "NatsRefused",
+    "NatsSink",
     "NatsSource",
     "NatsSourceError",
     "NatsStats",
     "NatsUnavailable",
     "ReadFile",
     "Records",
+    "SinkError",
+    "SinkOpened",
+    "SinkStats",
     "Splitter",
     "Stats",
     "StorageClient",
@@ -526,3 +535,127 @@ class NatsSource:
         the level as `logging`'s number."""
     def stats(self) -> NatsStats:
         """The counters, now (from any thread)."""
+
+# --- the JetStream sink ----------------------------------------------------------------------
+
+# Room kept in each message for the headers: a record may be the stream's largest message
+# less this.
+SINK_HEADER_ROOM: int
+# The most records in one atomic batch (the server's limit).
+SINK_MAX_BATCH: int
+
+class SinkError(StorageError):
+    """The JetStream sink cannot go on (a stream that does not exist, a subject it does not
+    take, a denied publish, another writer on the subject, no server within the connect
+    timeout): exit 1, with the reason."""
+
+@final
+class SinkOpened:
+    """What the sink's open found in the stream."""
+
+    @property
+    def offset(self) -> int:
+        """The source offset the stream holds everything up to (0: nothing)."""
+    @property
+    def source(self) -> str:
+        """The source descriptor stored with it ("" if none)."""
+    @property
+    def sequence(self) -> int:
+        """The stream sequence of the last message on the subject (0: none)."""
+    @property
+    def messages(self) -> int:
+        """Messages on the subject."""
+    @property
+    def atomic(self) -> bool:
+        """Whether the stream takes atomic batches."""
+    @property
+    def record_limit(self) -> int:
+        """The largest record the stream takes."""
+
+@final
+class SinkStats:
+    """A point-in-time copy of the sink's counters (the shovel_sink_* metrics)."""
+
+    @property
+    def inflight_writes(self) -> int:
+        """Handed batches not yet wholly stored."""
+    @property
+    def inflight_records(self) -> int:
+        """Records accepted and not yet acknowledged by the stream."""
+    @property
+    def inflight_bytes(self) -> int:
+        """Their bytes."""
+    @property
+    def records_durable(self) -> int:
+        """Records the stream acknowledged in this run."""
+    @property
+    def bytes_durable(self) -> int:
+        """Their bytes (newlines counted)."""
+    @property
+    def committed_offset(self) -> int:
+        """The source offset the stream holds everything up to."""
+    @property
+    def committed_sequence(self) -> int:
+        """The stream sequence of the last message stored."""
+    @property
+    def retries(self) -> int:
+        """Sends and read-backs tried again."""
+    @property
+    def errors(self) -> int:
+        """Permanent errors (0 or 1)."""
+    @property
+    def batches(self) -> int:
+        """Batches stored."""
+    @property
+    def fsyncs(self) -> int:
+        """Always 0: the stream, not shovel, syncs."""
+    @property
+    def ack_latency_buckets(self) -> list[int]:
+        """Cumulative counts, one per bound of NATS_ACK_LATENCY_BOUNDS, then +Inf."""
+    @property
+    def ack_latency_sum(self) -> float:
+        """The sum of the latencies counted, in seconds."""
+
+@final
+class NatsSink:
+    """A JetStream stream as storage, on a runtime thread of its own: records published in
+    atomic batches, exactly once, the stream holding the resume point."""
+
+    def __new__(
+        cls,
+        servers: list[str],
+        stream: str,
+        subject: str,
+        *,
+        creds: str | None = None,
+        tls_ca: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        connect_timeout_s: float | None = None,
+        batch: int = 1000,
+        max_inflight_bytes: int = 64 * 1024 * 1024,
+        offset_unit: str = "bytes",
+        writer_id: str,
+    ) -> NatsSink: ...
+    def notify_fd(self) -> int:
+        """Readable when there is news (the open's outcome, a stored batch, a log line)."""
+    def drain_notifications(self) -> None:
+        """Clears the descriptor's readiness."""
+    def take_events(self) -> list[tuple[int, str]]:
+        """The log lines said since the last call, as (levelno, text)."""
+    def opened(self) -> SinkOpened | None:
+        """What the open found, once done; raises SinkError if it failed."""
+    def submit(
+        self, data: bytes | Records, records: int, end_offset: int, source: str | None
+    ) -> int | None:
+        """Hands a batch over; its sequence number, or None when the sink is full."""
+    def stats(self) -> SinkStats:
+        """The counters now."""
+    @property
+    def durable_seq(self) -> int:
+        """The last handed batch every record of which is stored."""
+    def check(self) -> None:
+        """Raises SinkError if a permanent error has ended the writes."""
+    def close(self, timeout_s: float) -> int:
+        """Waits up to timeout_s for every accepted record's acknowledgement, then
+        disconnects; the committed offset. Raises CloseTimeoutError or SinkError."""

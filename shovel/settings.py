@@ -46,6 +46,7 @@ from shovel.sources.generator import DEFAULT_GENERATE_RATE
 from shovel.sources.nats.url import FSYNC_INTERVAL_MS as NATS_FSYNC_INTERVAL_MS
 from shovel.sources.nats.url import NatsSpec
 from shovel.storage import StorageConfig
+from shovel.storage.sinkurl import SinkSpec, parse_sink
 
 ENV_PREFIX = "SHOVEL_"
 # The name on the package index; the import package and the command stay `shovel`. Must match
@@ -112,6 +113,13 @@ class Settings(BaseSettings):
     output_dir: Path = Field(
         Path("shovel-data"),
         description="directory for segments/, the checkpoint and the lock; created if missing",
+    )
+    sink: str | None = Field(
+        None,
+        description="where records go instead of OUTPUT_DIR/segments: "
+        "nats://HOST/STREAM?subject=SUBJECT, a NATS JetStream stream (see NATS below), which "
+        "then holds the committed offset too; --output-dir is then optional and keeps only "
+        "last-stop.json and rejected/",
     )
     follow: bool = Field(
         False,
@@ -259,6 +267,13 @@ class Settings(BaseSettings):
         parse_source(value)
         return value
 
+    @field_validator("sink")
+    @classmethod
+    def _sink_syntax(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_sink(value)
+        return value
+
     @field_validator("output_dir", mode="before")
     @classmethod
     def _named(cls, value: object) -> object:
@@ -301,6 +316,19 @@ class Settings(BaseSettings):
         return parse_source(self.source)
 
     @property
+    def sink_spec(self) -> SinkSpec | None:
+        """The parsed `sink`, None for the output directory."""
+        return None if self.sink is None else parse_sink(self.sink)
+
+    @property
+    def side_dir(self) -> Path | None:
+        """Where last-stop.json and rejected/ go: the output directory, unless records go to a
+        sink and no --output-dir was given (then nowhere)."""
+        if self.sink is not None and "output_dir" not in self.model_fields_set:
+            return None
+        return self.output_dir
+
+    @property
     def follow_config(self) -> FollowConfig | None:
         """How to follow the file, or None without --follow."""
         if not self.follow:
@@ -319,7 +347,7 @@ class Settings(BaseSettings):
             follow=self.follow_config,
             queue_max_batches=self.queue_max_batches,
             shutdown_timeout_s=self.shutdown_timeout_s,
-            output_dir=self.output_dir,
+            output_dir=self.side_dir,
             connect_timeout_s=self.nats_connect_timeout_s,
         )
 
@@ -362,6 +390,7 @@ GROUPS = {
     ),
     "output and durability": (
         "output_dir",
+        "sink",
         "queue_max_batches",
         "segment_max_bytes",
         "fsync_interval_ms",
@@ -386,11 +415,20 @@ reads the JetStream stream STREAM through the durable pull consumer NAME, which 
 shovel share; each message is acknowledged once it is durable. OPTION: subject=FILTER, \
 batch=N, creds=PATH, ack_wait_s=SECONDS, max_ack_pending=N, tls_ca=PATH, \
 tls_cert=PATH, tls_key=PATH (cert and key together); tls://... instead of nats://... asks for \
-TLS with the system's roots or tls_ca."""
+TLS with the system's roots or tls_ca.
+
+  --sink 'nats://[USER:PASS@]HOST[:PORT][,HOST...]/STREAM?subject=SUBJECT[&OPTION=VALUE...]'
+
+stores each record as one message on SUBJECT of the JetStream stream STREAM (its payload the \
+record without the newline), in atomic batches, exactly once: the stream holds the resume \
+point, so a restart needs no local state. One shovel writes each subject; a second is \
+refused. The stream needs allow_atomic: true for speed. OPTION: batch=N (records per atomic \
+batch, 1-1000), creds=PATH, tls_ca=PATH, tls_cert=PATH, tls_key=PATH."""
 # What to type for each option; flags and choices have none.
 METAVARS = {
     "source": "SOURCE",
     "output_dir": "DIR",
+    "sink": "SINK",
     "follow_poll_ms": "MS",
     "follow_rotated_quiet_ms": "MS",
     "generate_rate": "PER_SECOND",

@@ -61,6 +61,11 @@ class CountingSource(Source):
         self._read = 0
         self.description = inner.description
         self.replayable = inner.replayable
+        self.offset_unit = inner.offset_unit
+        self.max_batch_records = inner.max_batch_records
+
+    def cap_record_bytes(self, limit: int) -> None:
+        self._inner.cap_record_bytes(limit)
 
     def resume(self, committed_offset: int, descriptor: str) -> str:
         if not self._by_records:

@@ -292,10 +292,11 @@ async def _account(run: Run) -> ExitCode:
         undelivered,
     )
     code = _exit_code(run, undelivered, stats.committed_offset)
-    if settings.output_dir.is_dir():
+    side_dir = settings.side_dir
+    if side_dir is not None and side_dir.is_dir():
         reason = "fatal" if state.fatal else "signal" if stop.requested else "end of source"
         await reports.save_final(
-            settings.output_dir,
+            side_dir,
             state,
             StopReport(
                 reason=reason,
@@ -318,7 +319,7 @@ def _exit_code(run: Run, undelivered: int, committed_offset: int) -> ExitCode:
     """Logs how the run ended; returns its exit code."""
     state, settings, source = run.state, run.settings, run.source
     if state.fatal is not None:
-        if not settings.output_dir.is_dir():
+        if settings.sink is None and not settings.output_dir.is_dir():
             state.fatal += f" (the output directory {settings.output_dir} no longer exists)"
         log.error("fatal: %s", state.fatal)
         return ExitCode.FATAL

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from shovel._native import SINK_MAX_BATCH
 from shovel._threads import off_loop
 from shovel.exitcodes import ExitCode
 from shovel.service import reports
@@ -30,7 +31,10 @@ from shovel.storage import (
     StorageError,
     Store,
 )
+from shovel.storage.natsink import SinkError, SinkStore
 from shovel.storage.rejects import REJECTED_DIR, RejectWriter, recover_rejected
+from shovel.storage.sinkmetrics import SinkCollector
+from shovel.storage.sinkurl import SinkSpec
 
 # The service speaks as "shovel", as the runner does: these lines were its own.
 log = logging.getLogger("shovel")
@@ -87,21 +91,15 @@ async def open_run(
     if stop.requested:
         log.info("%s received during startup: nothing was read; exiting", stop.first_signal)
         return ExitCode.OK
-    # The lock first: a second shovel on this directory is told that, whatever else (the
-    # metrics port, say) it would also collide on.
-    try:
-        storage = await open_storage(settings.storage_config)
-    except (DirectoryLockedError, CorruptStoreError, StorageError) as e:
-        log.error(
-            "%s %r: cannot open it: %s",
-            settings.given_as("output_dir"),
-            str(settings.output_dir),
-            e,
-        )
-        return ExitCode.FATAL
-    state = RunState(
-        RejectWriter(settings.output_dir, settings.max_record_bytes), storage, started_at=started_at
-    )
+    storage = await _open_storage(settings, source, stop, open_storage, metrics)
+    if isinstance(storage, ExitCode):
+        return storage
+    sink, side_dir = settings.sink_spec, settings.side_dir
+    record_limit = settings.max_record_bytes
+    if isinstance(storage, SinkStore):
+        record_limit = min(record_limit, storage.record_limit)
+        source.cap_record_bytes(record_limit)
+    state = RunState(RejectWriter(side_dir, record_limit), storage, started_at=started_at)
     metrics.read_live_state_from(state.live)
     if settings.metrics_port:
         try:
@@ -123,7 +121,8 @@ async def open_run(
     storage.on_durable(lambda _s: source.durable_progress())
     for note in storage.recovery_notes:
         log.warning("recovery: %s", note)
-    await reports.take_over(settings.output_dir, metrics, state)
+    if side_dir is not None:
+        await reports.take_over(side_dir, metrics, state)
     where = await _resume(settings, storage, source)
     if not isinstance(where, _Refused):
         opened = await _connect(source, stop)
@@ -134,12 +133,40 @@ async def open_run(
     log.info(
         "shovel started: %s -> %s, %s (%d records already stored)",
         source.description,
-        settings.output_dir,
+        settings.output_dir if sink is None else sink.describe(),
         where,
         storage.initial_records,
     )
     metrics.ready = not stop.requested
     return Run(settings, stop, source, storage, state, metrics)
+
+
+async def _open_storage(
+    settings: Settings,
+    source: Source,
+    stop: StopRequest,
+    open_storage: OpenStorage,
+    metrics: Metrics,
+) -> Store | ExitCode:
+    """Opens where records go: the JetStream sink, or the output directory (its lock first: a
+    second shovel on it is told that, whatever else, the metrics port say, it would also
+    collide on). Returns the exit code of a run that ends here (logged)."""
+    sink = settings.sink_spec
+    if sink is not None:
+        opened = await _open_sink(settings, sink, source, stop)
+        if isinstance(opened, SinkStore):
+            metrics.show([SinkCollector(opened.stats)])
+        return opened
+    try:
+        return await open_storage(settings.storage_config)
+    except (DirectoryLockedError, CorruptStoreError, StorageError) as e:
+        log.error(
+            "%s %r: cannot open it: %s",
+            settings.given_as("output_dir"),
+            str(settings.output_dir),
+            e,
+        )
+        return ExitCode.FATAL
 
 
 async def _resume(settings: Settings, storage: Store, source: Source) -> str | _Refused:
@@ -153,18 +180,76 @@ async def _resume(settings: Settings, storage: Store, source: Source) -> str | _
     except SourceMismatch as e:
         log.error("refusing to start: %s", e)
         return _Refused(f"refusing to start: {e}")
+    side_dir = settings.side_dir
+    if side_dir is None:
+        return str(where)
     try:
         # Only now that the source is known to be the stored one: a line a crash kept in
         # rejected/ but never committed past is read again and must not be kept twice.
         notes = await off_loop(
-            recover_rejected, settings.output_dir, storage.committed_offset, source.replayable
+            recover_rejected, side_dir, storage.committed_offset, source.replayable
         )
     except OSError as e:
-        log.error("cannot recover %s: %s", settings.output_dir / REJECTED_DIR, e)
-        return _Refused(f"cannot recover {settings.output_dir / REJECTED_DIR}: {e}")
+        log.error("cannot recover %s: %s", side_dir / REJECTED_DIR, e)
+        return _Refused(f"cannot recover {side_dir / REJECTED_DIR}: {e}")
     for note in notes:
         log.warning("recovery: %s", note)
     return str(where)
+
+
+async def _open_sink(
+    settings: Settings, sink: SinkSpec, source: Source, stop: StopRequest
+) -> SinkStore | ExitCode:
+    """Opens the JetStream sink: the stream checked and the resume point read back. A stop
+    signal first ends the run (exit 0, nothing was read); a refusal ends it with exit 1 (2 for
+    settings that cannot work), its reason logged."""
+    named = f"{settings.given_as('sink')} {sink.describe()}"
+    if source.offset_unit == "batch" and (source.max_batch_records or 0) > SINK_MAX_BATCH:
+        log.error(
+            "%s: the source's batches hold up to %d records, and one atomic batch takes at most "
+            "%d; use batch=%d or less on the source",
+            named,
+            source.max_batch_records,
+            SINK_MAX_BATCH,
+            SINK_MAX_BATCH,
+        )
+        return ExitCode.USAGE
+    try:
+        sink.check_files()
+        side_dir = settings.side_dir
+        if side_dir is not None:
+            await off_loop(side_dir.mkdir, parents=True, exist_ok=True)
+    except (ValueError, OSError) as e:
+        log.error("%s: %s", named, e)
+        return ExitCode.USAGE
+    opening = asyncio.ensure_future(
+        SinkStore.open(
+            sink,
+            connect_timeout_s=settings.nats_connect_timeout_s,
+            max_inflight_bytes=settings.max_inflight_bytes,
+            offset_unit=source.offset_unit,
+        )
+    )
+    await until(stop.stop, opening)
+    if not opening.done():
+        opening.cancel()
+        await asyncio.wait({opening})
+        log.info("%s received while opening the sink: nothing was read; exiting", stop.first_signal)
+        return ExitCode.OK
+    try:
+        store = opening.result()
+    except SinkError as e:
+        log.error("%s: %s", named, e)
+        return ExitCode.FATAL
+    held = store.opened
+    log.info(
+        "sink %s: %s",
+        sink.describe(),
+        f"resuming after stream sequence {held.sequence} (source offset {held.offset})"
+        if held.sequence
+        else "the subject is empty: starting from the beginning",
+    )
+    return store
 
 
 async def _connect(source: Source, stop: StopRequest) -> str | _Refused:
@@ -200,8 +285,13 @@ async def _refuse(
     settings: Settings, storage: Store, source: Source, state: RunState, refused: _Refused
 ) -> None:
     """Ends a run that does not start: its stop report says why, and what was opened closes."""
+    side_dir = settings.side_dir
+    if side_dir is None:
+        await close_unused(storage, settings)
+        await source.close()
+        return
     await reports.save_final(
-        settings.output_dir,
+        side_dir,
         state,
         StopReport(
             reason=refused.reason,

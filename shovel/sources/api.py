@@ -100,6 +100,17 @@ class Source(ABC):
 
     description: str
     replayable: bool
+    # What the source's offsets count, for a sink that stores each record as a message:
+    # "bytes" (a position in what was read), "records" (one per record), or "batch" (only a
+    # batch's end is an offset, as with a NATS stream's sequences).
+    offset_unit: str = "bytes"
+    # With offset_unit "batch": the most records in one batch (None: no bound).
+    max_batch_records: int | None = None
+
+    def cap_record_bytes(self, limit: int) -> None:
+        """Lines over `limit` bytes are set apart (rejected/) instead of stored: what a sink
+        takes at most. Called before reading; nothing to do for a source of small records."""
+        return
 
     @abstractmethod
     def resume(self, committed_offset: int, descriptor: str) -> str:

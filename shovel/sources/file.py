@@ -327,6 +327,10 @@ class FileSource(Source):
 
     # -- resuming ---------------------------------------------------------------------------
 
+    def cap_record_bytes(self, limit: int) -> None:
+        """Lines over `limit` bytes go to rejected/ (a sink's largest message)."""
+        self.max_record_bytes = min(self.max_record_bytes, limit)
+
     def resume(self, committed_offset: int, descriptor: str) -> str:
         path = str(self.path)
         origin = stored_origin(descriptor, FileOrigin, f"the file {path}", _NEW_DIR_HINT)

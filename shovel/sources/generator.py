@@ -61,6 +61,7 @@ class GeneratorSource(Source):
     """Deterministic records, endless or exactly `count`, optionally paced to `rate` per s."""
 
     replayable = True
+    offset_unit = "records"
 
     def __init__(self, count: int | None, rate: float, batch_records: int = 1000) -> None:
         self.count = count

@@ -63,6 +63,10 @@ class StreamSource(Source):
         # Pieces cut from consumed bytes but not yet handed to the reader.
         self._unhanded: deque[Piece] = deque()
 
+    def cap_record_bytes(self, limit: int) -> None:
+        """Lines over `limit` bytes go to rejected/ (a sink's largest message)."""
+        self.max_record_bytes = min(self.max_record_bytes, limit)
+
     def resume(self, committed_offset: int, descriptor: str) -> str:
         stored_origin(descriptor, StreamOrigin, f"a stream ({self.description})")
         # Nothing is resumed: a stream cannot be read twice. Its offsets go on counting from the

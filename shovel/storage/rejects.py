@@ -190,8 +190,10 @@ def _discard(line: _Line) -> None:
 class RejectWriter:
     """Writes rejected lines; counts them; logs each (rate-limited) with its offset."""
 
-    def __init__(self, output_dir: Path, max_record_bytes: int) -> None:
-        self.output_dir = output_dir
+    def __init__(self, output_dir: Path | None, max_record_bytes: int) -> None:
+        # None: no directory to keep lines in (a NATS sink without --output-dir); a line
+        # over the limit then stops the run before it, unstored and uncommitted.
+        self._dir = output_dir
         self.max_record_bytes = max_record_bytes
         self.records = 0
         self.bytes = 0
@@ -203,6 +205,17 @@ class RejectWriter:
         self._window_start = 0.0
         self._logged_in_window = 0
         self._unlogged = 0
+
+    @property
+    def output_dir(self) -> Path:
+        """Where rejected/ is; OSError when there is none."""
+        if self._dir is None:
+            raise OSError(
+                errno.ENOENT,
+                "the NATS sink keeps lines longer than the stream's largest message in "
+                "OUTPUT_DIR/rejected/, and no --output-dir was given",
+            )
+        return self._dir
 
     def _in_turn(self, op: Callable[[], None]) -> Callable[[], None]:
         """`op`, made to run after every file operation submitted before it."""

@@ -98,6 +98,7 @@ class NatsSource(Source):
     """See the module docstring."""
 
     replayable = True
+    offset_unit = "batch"
 
     def __init__(
         self,
@@ -109,6 +110,7 @@ class NatsSource(Source):
     ) -> None:
         self.spec = spec
         self.description = spec.describe()
+        self.max_batch_records = spec.batch
         self.max_unacked = spec.batch * (queue_max_batches + 4)
         self.ack_wait_s = spec.ack_wait_s or max(30.0, shutdown_timeout_s + 10.0)
         self.max_ack_pending = spec.max_ack_pending or self.max_unacked * REPLICAS_ROOM
