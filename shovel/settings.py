@@ -76,6 +76,12 @@ def _size(value: object) -> object:
 Size = Annotated[int, BeforeValidator(_size)]
 
 
+# --read-chunk-bytes when it is not given and records go to a sink: with 8 batches queued
+# (--queue-max-batches), what a stop must still publish stays under a second at the pace
+# measured here (bench/run.py sink).
+SINK_READ_CHUNK_BYTES = 64 * 1024
+
+
 class ConfigError(Exception):
     """Bad usage or configuration, as one line for the user (exit code 2)."""
 
@@ -341,7 +347,7 @@ class Settings(BaseSettings):
     def source_options(self) -> SourceOptions:
         """What the source takes from these settings."""
         return SourceOptions(
-            chunk_bytes=self.read_chunk_bytes,
+            chunk_bytes=self.source_read_chunk_bytes,
             max_record_bytes=self.max_record_bytes,
             generate_rate=self.generate_rate,
             follow=self.follow_config,
@@ -350,6 +356,15 @@ class Settings(BaseSettings):
             output_dir=self.side_dir,
             connect_timeout_s=self.nats_connect_timeout_s,
         )
+
+    @property
+    def source_read_chunk_bytes(self) -> int:
+        """--read-chunk-bytes as given; when not given and records go to a sink, smaller reads
+        (SINK_READ_CHUNK_BYTES): a remote store takes records at a pace of its own, and every
+        batch read and queued is published before a stop ends."""
+        if self.sink is not None and "read_chunk_bytes" not in self.model_fields_set:
+            return SINK_READ_CHUNK_BYTES
+        return self.read_chunk_bytes
 
     @property
     def source_fsync_interval_ms(self) -> int:

@@ -219,7 +219,8 @@ impl NatsSink {
         };
         // Only Python hands batches over, and only the writer frees room: room seen here is
         // still there below, so records are never taken over and then refused.
-        if !self.sink.has_room(len).map_err(SinkError::new_err)? {
+        let count = usize::try_from(records).unwrap_or(usize::MAX);
+        if !self.sink.has_room(count, len).map_err(SinkError::new_err)? {
             return Ok(None);
         }
         let parts: Vec<Bytes> = match records_obj {

@@ -34,6 +34,9 @@ use crate::notify::Notifier;
 use crate::runtime::{Io, RuntimeThread};
 use records::{Message, OffsetUnit};
 
+/// Records accepted and not yet acknowledged, in atomic batches: enough to cut the next batch
+/// while one is in flight, few enough that a stop drains in a moment.
+const INFLIGHT_BATCHES: usize = 4;
 /// How long the close gives the connection to send what it holds before it is dropped.
 const DRAIN_BOUND: Duration = Duration::from_secs(2);
 
@@ -111,6 +114,7 @@ pub struct Shared {
     python: Arc<Notifier>,
     counters: Counters,
     max_inflight_bytes: usize,
+    max_inflight_records: usize,
 }
 
 impl Shared {
@@ -292,6 +296,7 @@ impl Sink {
             python: python.clone(),
             counters,
             max_inflight_bytes: settings.max_inflight_bytes,
+            max_inflight_records: settings.batch.clamp(1, protocol::MAX_BATCH) * INFLIGHT_BATCHES,
         });
         let runtime = RuntimeThread::start("shovel-sink", Io::On)?;
         let slot = Arc::new(Mutex::new(OpenSlot::default()));
@@ -372,9 +377,9 @@ impl Sink {
         self.events.take()
     }
 
-    /// Whether `len` more bytes fit now (anything fits while nothing is held). Refused once
-    /// closed or failed.
-    pub fn has_room(&self, len: usize) -> Result<bool, String> {
+    /// Whether `records` more records of `len` bytes fit now (anything fits while nothing is
+    /// held). Refused once closed or failed.
+    pub fn has_room(&self, records: usize, len: usize) -> Result<bool, String> {
         let s = self.shared.lock();
         if let Some(why) = &s.failed {
             return Err(why.clone());
@@ -386,7 +391,10 @@ impl Sink {
             return Err("the sink is not open".into());
         }
         let held = s.queued_bytes + s.inflight_bytes;
-        Ok(held == 0 || held + len <= self.shared.max_inflight_bytes)
+        let held_records = s.queue.len() + s.inflight;
+        Ok(held_records == 0
+            || (held + len <= self.shared.max_inflight_bytes
+                && held_records + records <= self.shared.max_inflight_records))
     }
 
     /// Hands `parts` (`records` whole lines ending at `end_offset`) over, whether or not

@@ -63,7 +63,7 @@ impl Message {
     }
 }
 
-/// Cuts `parts` (windows of whole lines, in order) into `records` messages ending at
+/// Cuts `parts` (the batch's bytes in order; a line may be cut across two) into `records` messages ending at
 /// `end_offset`. Refuses data that is not `records` whole lines, or offsets that would go below
 /// zero: a bug in the caller, said before anything is published.
 pub fn cut(
@@ -75,22 +75,34 @@ pub fn cut(
     submission: u64,
 ) -> Result<Vec<Message>, String> {
     let mut messages = Vec::with_capacity(usize::try_from(records).unwrap_or(0));
+    // A line cut across two parts (a read chunk's end) is joined: the one copy here.
+    let mut carry: Vec<u8> = Vec::new();
+    let push = |payload: Bytes, messages: &mut Vec<Message>| {
+        messages.push(Message {
+            payload,
+            offset: 0,
+            source: source.clone(),
+            submission,
+            ends_submission: false,
+            index: u32::try_from(messages.len()).unwrap_or(u32::MAX),
+        });
+    };
     for part in parts {
         let mut start = 0;
         for end in memchr::memchr_iter(b'\n', &part) {
-            messages.push(Message {
-                payload: part.slice(start..end),
-                offset: 0,
-                source: source.clone(),
-                submission,
-                ends_submission: false,
-                index: u32::try_from(messages.len()).unwrap_or(u32::MAX),
-            });
+            let payload = if carry.is_empty() {
+                part.slice(start..end)
+            } else {
+                carry.extend_from_slice(&part[start..end]);
+                Bytes::from(std::mem::take(&mut carry))
+            };
+            push(payload, &mut messages);
             start = end + 1;
         }
-        if start != part.len() {
-            return Err("a batch handed to the sink does not end with a newline".into());
-        }
+        carry.extend_from_slice(&part[start..]);
+    }
+    if !carry.is_empty() {
+        return Err("a batch handed to the sink does not end with a newline".into());
     }
     if messages.len() as u64 != records {
         return Err(format!(
@@ -160,6 +172,19 @@ mod tests {
         assert_eq!(offsets(&m), vec![8, 9, 10]);
         let m = cut(parts, 3, 10, OffsetUnit::Batch, &source(), 1).expect("cut");
         assert_eq!(offsets(&m), vec![10, 10, 10]);
+    }
+
+    #[test]
+    fn joins_a_line_cut_across_parts() {
+        let parts = vec![
+            Bytes::from_static(b"ab\ncd"),
+            Bytes::from_static(b"ef"),
+            Bytes::from_static(b"g\nh\n"),
+        ];
+        let m = cut(parts, 3, 11, OffsetUnit::Bytes, &source(), 1).expect("cut");
+        let payloads: Vec<&[u8]> = m.iter().map(|m| m.payload.as_ref()).collect();
+        assert_eq!(payloads, vec![&b"ab"[..], b"cdefg", b"h"]);
+        assert_eq!(offsets(&m), vec![3, 9, 11]);
     }
 
     #[test]
