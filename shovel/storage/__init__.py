@@ -13,9 +13,7 @@ import asyncio
 import atexit
 import logging
 import os
-import time
 import warnings
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +32,7 @@ from shovel._native import (
     StorageIOError,
 )
 from shovel.batches import Batch
+from shovel.storage.waiting import Progress
 
 __all__ = [
     "FAULT_INJECTION",
@@ -151,12 +150,8 @@ class Storage:
     def __init__(self, client: StorageClient, loop: asyncio.AbstractEventLoop) -> None:
         self._client = client
         self._loop = loop
-        self._waiters: list[asyncio.Future[None]] = []
-        # (seq, submit time) of writes not yet durable, to time submit -> durable.
-        self._submitted: deque[tuple[int, float]] = deque()
-        self._observers: list[Callable[[float], None]] = []
+        self._progress = Progress(loop)
         self._watching = True
-        self._last_seq = 0
         _unclosed.add(client)
         loop.add_reader(client.notify_fd(), self._on_progress)
 
@@ -200,42 +195,24 @@ class Storage:
 
     def on_durable(self, observer: Callable[[float], None]) -> None:
         """Calls `observer(seconds)` with each write's submit-to-durable time."""
-        self._observers.append(observer)
+        self._progress.on_durable(observer)
 
     def _on_progress(self) -> None:
         self._client.drain_notifications()
         for event in self._client.take_events():
             log.warning("storage: %s", event)
-        durable = self._client.durable_seq
-        now = time.monotonic()
-        while self._submitted and self._submitted[0][0] <= durable:
-            _, submitted_at = self._submitted.popleft()
-            for observe in self._observers:
-                observe(now - submitted_at)
-        waiters, self._waiters = self._waiters, []
-        for w in waiters:
-            if not w.done():
-                w.set_result(None)
-
-    async def _progress(self) -> None:
-        waiter = self._loop.create_future()
-        self._waiters.append(waiter)
-        await waiter
+        self._progress.made(self._client.durable_seq)
 
     async def write(self, batch: Batch) -> int:
         """Hands `batch` to the client, waiting while it is full. Returns the write's sequence
         number. Raises the first storage error once one has happened."""
-        while True:
-            seq = self._client.submit(batch.data, batch.records, batch.end_offset, batch.source)
-            if seq is not None:
-                self._submitted.append((seq, time.monotonic()))
-                self._last_seq = seq
-                return seq
-            await self._progress()
+        return await self._progress.hand_over(
+            lambda: self._client.submit(batch.data, batch.records, batch.end_offset, batch.source)
+        )
 
     async def flushed(self) -> None:
         """Waits until every write handed over so far is durable."""
-        await self.durable(self._last_seq)
+        await self.durable(self._progress.last_seq)
 
     async def durable(self, seq: int) -> None:
         """Waits until write `seq` is durable; raises the storage error that prevents it."""
@@ -243,7 +220,7 @@ class Storage:
             self._client.check()
             if self._client.closed:
                 raise ClientClosedError(f"write {seq} was not made durable before close")
-            await self._progress()
+            await self._progress.next()
 
     async def close(self, timeout_s: float) -> CloseReport:
         """Drains, fsyncs, checkpoints and stops the client (in a thread; the loop stays free

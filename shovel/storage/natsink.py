@@ -16,8 +16,6 @@ import os
 import re
 import secrets
 import socket
-import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,6 +27,7 @@ from shovel._native import (
 )
 from shovel.batches import Batch
 from shovel.storage.sinkurl import SinkSpec
+from shovel.storage.waiting import Progress
 
 __all__ = ["SinkClosed", "SinkError", "SinkStore", "writer_id"]
 
@@ -63,10 +62,7 @@ class SinkStore:
         self._opened = opened
         self.spec = spec
         self._loop = loop
-        self._waiters: list[asyncio.Future[None]] = []
-        self._submitted: deque[tuple[int, float]] = deque()
-        self._observers: list[Callable[[float], None]] = []
-        self._last_seq = 0
+        self._progress = Progress(loop)
         self._watching = True
         loop.add_reader(native.notify_fd(), self._on_progress)
 
@@ -162,43 +158,25 @@ class SinkStore:
 
     def on_durable(self, observer: Callable[[float], None]) -> None:
         """Calls `observer(seconds)` with each batch's hand-over-to-acknowledgement time."""
-        self._observers.append(observer)
+        self._progress.on_durable(observer)
 
     def _on_progress(self) -> None:
         self._native.drain_notifications()
         _log_events(self._native)
-        durable = self._native.durable_seq
-        now = time.monotonic()
-        while self._submitted and self._submitted[0][0] <= durable:
-            _, submitted_at = self._submitted.popleft()
-            for observe in self._observers:
-                observe(now - submitted_at)
-        waiters, self._waiters = self._waiters, []
-        for w in waiters:
-            if not w.done():
-                w.set_result(None)
-
-    async def _progress(self) -> None:
-        waiter = self._loop.create_future()
-        self._waiters.append(waiter)
-        await waiter
+        self._progress.made(self._native.durable_seq)
 
     async def write(self, batch: Batch) -> int:
         """Hands `batch` over, waiting while the sink is full. Returns its sequence number.
         Raises SinkError once the sink has failed."""
-        while True:
-            seq = self._native.submit(batch.data, batch.records, batch.end_offset, batch.source)
-            if seq is not None:
-                self._submitted.append((seq, time.monotonic()))
-                self._last_seq = seq
-                return seq
-            await self._progress()
+        return await self._progress.hand_over(
+            lambda: self._native.submit(batch.data, batch.records, batch.end_offset, batch.source)
+        )
 
     async def flushed(self) -> None:
         """Waits until the stream has acknowledged everything handed over so far."""
-        while self._native.durable_seq < self._last_seq:
+        while self._native.durable_seq < self._progress.last_seq:
             self._native.check()
-            await self._progress()
+            await self._progress.next()
 
     async def close(self, timeout_s: float) -> SinkClosed:
         """Waits for the stream to acknowledge every accepted record (in a thread; the loop
