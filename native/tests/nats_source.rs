@@ -19,7 +19,7 @@ use shovel_native::nats::core::Batch;
 use shovel_native::nats::events::Level;
 use shovel_native::nats::source::{Source, SourceSettings, CLOSE_WAIT};
 use shovel_native::nats::stoprecord;
-use support::{wait_until, NatsServer};
+use support::{api, runtime, wait_until, NatsServer};
 
 /// How long any one wait here may take before the test fails.
 const WAIT: Duration = Duration::from_secs(60);
@@ -45,27 +45,6 @@ fn settings(server: &NatsServer, batch: usize, max_unacked: usize, out: &Path) -
         max_unacked,
         output_dir: Some(out.to_path_buf()),
     }
-}
-
-/// A JetStream API call from a runtime of the test's own; its answer.
-fn api(server: &NatsServer, subject: &str, body: Value) -> Value {
-    let url = server.url();
-    let subject = format!("$JS.API.{subject}");
-    runtime().block_on(async move {
-        let client = async_nats::connect(url).await.expect("client");
-        let reply = client
-            .request(subject, body.to_string().into())
-            .await
-            .expect("answer");
-        serde_json::from_slice(&reply.payload).expect("JSON")
-    })
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
 }
 
 /// Stream S with `count` messages on S.a: payload `m<i>`, every tenth with a Nats-Msg-Id.

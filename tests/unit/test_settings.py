@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from shovel.settings import ConfigError, Settings, load_settings
+from shovel.settings import SINK_READ_CHUNK_BYTES, ConfigError, Settings, load_settings
 from shovel.sources import GeneratorSource
 
 
@@ -92,3 +92,32 @@ def test_the_generator_rate_from_the_environment_counts_as_given(
 ) -> None:
     monkeypatch.setenv("SHOVEL_GENERATE_RATE", "25")
     assert rate_of(load_settings(["--source", "generate:10"])) == 25.0
+
+
+def test_a_sink_needs_no_output_directory(monkeypatch: pytest.MonkeyPatch) -> None:
+    sink = "nats://h/S?subject=records"
+    s = load_settings(["--sink", sink])
+    assert s.sink_spec is not None
+    assert s.sink_spec.subject == "records"
+    # Nothing local unless asked for: the stream holds records and the committed offset.
+    assert s.side_dir is None
+    assert s.source_options.output_dir is None
+    assert load_settings(["--sink", sink, "--output-dir", "/d"]).side_dir == Path("/d")
+    monkeypatch.setenv("SHOVEL_SINK", sink)
+    assert load_settings([]).sink == sink
+    # Without a sink the output directory holds everything, as before.
+    monkeypatch.delenv("SHOVEL_SINK")
+    assert load_settings([]).side_dir == load_settings([]).output_dir
+
+
+def test_a_sink_reads_smaller_chunks_unless_told() -> None:
+    sink = ["--sink", "nats://h/S?subject=records"]
+    assert load_settings(sink).source_options.chunk_bytes == SINK_READ_CHUNK_BYTES
+    told = load_settings([*sink, "--read-chunk-bytes", "1MiB"])
+    assert told.source_options.chunk_bytes == 1024 * 1024
+    assert load_settings([]).source_options.chunk_bytes == 1024 * 1024
+
+
+def test_a_bad_sink_is_one_line() -> None:
+    with pytest.raises(ConfigError, match="subject"):
+        load_settings(["--sink", "nats://h/S"])

@@ -121,6 +121,12 @@ impl NatsServer {
         }
     }
 
+    /// SIGKILL, as a lost node, for good.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// SIGKILL, as a lost node; then the same server again (its port, config and store).
     pub fn kill_and_restart(&mut self) {
         let _ = self.child.kill();
@@ -165,4 +171,27 @@ impl Drop for NatsServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A current-thread runtime for a test's own client calls.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// A JetStream API call (`subject` after `$JS.API.`) from a client of the test's own; its
+/// answer.
+pub fn api(server: &NatsServer, subject: &str, body: serde_json::Value) -> serde_json::Value {
+    let url = server.url();
+    let subject = format!("$JS.API.{subject}");
+    runtime().block_on(async move {
+        let client = async_nats::connect(url).await.expect("client");
+        let reply = client
+            .request(subject, body.to_string().into())
+            .await
+            .expect("answer");
+        serde_json::from_slice(&reply.payload).expect("JSON")
+    })
 }
