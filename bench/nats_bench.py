@@ -41,7 +41,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -49,6 +49,7 @@ from typing import IO
 import nats.errors
 import nats.js.errors
 from common import BenchError, MiB, progress, remove, verdict
+from nats.js import JetStreamContext
 from rss import FLAT_TOLERANCE
 
 # The tests' NATS servers (tests/helpers/natsservers.py) are the benchmark's too.
@@ -92,22 +93,24 @@ CORES = os.cpu_count() or 1
 
 @dataclass(frozen=True, slots=True)
 class Drain:
-    """One drain of the stream through one consumer. Its rate and CPU figures cover the same
-    span, the steady part: from the acknowledgement floor reaching STEADY_FROM of the messages
-    to the last message acknowledged (by then every process has started, connected and
-    bound the consumer)."""
+    """One drain of the stream through one consumer (or, for bench/sink_bench.py, one fill of
+    the stream by a publisher: its count is then the stream's messages, not the acknowledgement
+    floor). Its rate and CPU figures cover the same span, the steady part: from the count
+    reaching STEADY_FROM of the messages to the last message counted (by then every process
+    has started, connected and bound the consumer, or begun to publish)."""
 
     kind: str
+    label: str  # how lines name it
     messages: int
-    wall_s: float  # processes started to the acknowledgement floor at the last message
-    startup_s: float  # processes started to the first acknowledgement seen
+    wall_s: float  # processes started to the count at the last message
+    startup_s: float  # processes started to the first message counted
     steady_start_s: float  # processes started to the start of the steady part
-    steady_messages: int  # acknowledged over the steady part
-    client_cpu_s: float  # the consumer processes' user + sys, over the steady part
+    steady_messages: int  # counted over the steady part
+    client_cpu_s: float  # the client processes' user + sys, over the steady part
     server_cpu_s: float  # the servers' user + sys, over the steady part
     busy: float  # share of all cores busy with anything, over the steady part
     rss_mib: float  # the highest peak RSS of the consumer processes
-    floors: list[tuple[float, int]] = field(repr=False)  # (s since start, floor) samples
+    floors: list[tuple[float, int]] = field(repr=False)  # (s since start, count) samples
 
     @property
     def steady_s(self) -> float:
@@ -148,7 +151,7 @@ class Drain:
     def line(self) -> str:
         """The drain as one line of text."""
         return (
-            f"{LABELS[self.kind]:<24} {self.rate:>9,.0f} msg/s (start-up {self.startup_s:.2f} s, "
+            f"{self.label:<24} {self.rate:>9,.0f} msg/s (start-up {self.startup_s:.2f} s, "
             f"end to end {self.messages / self.wall_s:>7,.0f} msg/s) | CPU us/msg: client "
             f"{self.client_us:4.1f}, server {self.server_us:4.1f} | cores: client "
             f"{self.client_cores:.2f}, server {self.server_cores:.2f}, other work "
@@ -236,7 +239,7 @@ class NatsResult:
         typical = statistics.median(d.others_cores for d in drains)
         line = (
             f"other work during the drains: median {typical:.2f} cores, at most "
-            f"{worst.others_cores:.2f} ({LABELS[worst.kind]})"
+            f"{worst.others_cores:.2f} ({worst.label})"
         )
         if worst.others_cores > DISTURBED_CORES:
             line += ": the drains that shared the cores with it ran slower than they would alone"
@@ -413,6 +416,10 @@ class Consumers:
                 self.cpu_s[i] = max(self.cpu_s[i], _cpu_s(p.pid))
                 self.rss_mib[i] = max(self.rss_mib[i], _peak_rss_mib(p.pid))
 
+    def exited(self) -> bool:
+        """Whether every process has exited."""
+        return all(p.poll() is not None for p in self.procs)
+
     def failed(self) -> str | None:
         """The log of a process that exited with an error, if one did (the baseline has no
         handler for SIGTERM: that it ends by it is no error once it was sent)."""
@@ -474,11 +481,18 @@ class Watched:
     ticks_at_end: tuple[int, int] = (0, 0)
 
 
-async def _watch(
-    cluster: Cluster, consumer: str, count: int, start: Callable[[], Consumers]
+async def watch(
+    cluster: Cluster,
+    count: int,
+    start: Callable[[], Consumers],
+    counted: Callable[[JetStreamContext], Awaitable[int]],
+    what: str,
 ) -> Watched:
-    """Starts the drain's processes and polls the consumer's acknowledgement floor until it
-    reaches `count`; the processes are still running then, unless they exit on their own."""
+    """Starts a run's processes and polls `counted` (a drain's acknowledgement floor, a
+    fill's stream messages) until it reaches `count`, or until the processes have all exited
+    (a publisher whose messages the server dropped in part ends below `count`); the processes
+    are still running then, unless they exit on their own. The end figures are those of the
+    last poll that found the count grown."""
     nc = await cluster.connect()
     try:
         js = nc.jetstream()
@@ -488,27 +502,26 @@ async def _watch(
         try:
             while True:
                 w.consumers.look()
-                try:
-                    info = await js.consumer_info(STREAM, consumer, timeout=2)
-                    floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
-                except nats.js.errors.NotFoundError:
-                    floor = 0
+                # Asked before the count: a count read after every process has exited is final.
+                exited = w.consumers.exited()
+                floor = await counted(js)
                 now = time.monotonic()
                 steady = _steady_floor(count)
                 if floor >= steady and not any(f >= steady for _, f in w.floors):
                     w.client_at_steady = sum(w.consumers.cpu_s)
                     w.server_at_steady = sum(_cpu_s(pid) for pid in servers)
                     w.ticks_at_steady = _machine_ticks()
+                if floor > max((f for _, f in w.floors[-1:]), default=0):
+                    w.server_at_end = sum(_cpu_s(pid) for pid in servers)
+                    w.ticks_at_end = _machine_ticks()
                 w.floors.append((now - started, floor))
-                if floor >= count:
-                    break
                 if (why := w.consumers.failed()) is not None:
                     raise BenchError(why)
+                if floor >= count or exited:
+                    break
                 if now - started > DRAIN_WAIT_S:
-                    raise BenchError(f"{consumer}: not drained in {DRAIN_WAIT_S:g} s")
+                    raise BenchError(f"{what}: not done in {DRAIN_WAIT_S:g} s")
                 await asyncio.sleep(POLL_S)
-            w.server_at_end = sum(_cpu_s(pid) for pid in servers)
-            w.ticks_at_end = _machine_ticks()
             w.consumers.look()
         except BaseException:
             w.consumers.kill()
@@ -581,12 +594,21 @@ def drain(setup: Setup, kind: str, consumer: str, count: int) -> Drain:
             ]
             for out in outputs
         ]  # fmt: skip
+
+    async def floor(js: JetStreamContext) -> int:
+        try:
+            info = await js.consumer_info(STREAM, consumer, timeout=2)
+        except nats.js.errors.NotFoundError:
+            return 0
+        return info.ack_floor.stream_seq if info.ack_floor is not None else 0
+
     w = asyncio.run(
-        _watch(
+        watch(
             cluster,
-            consumer,
             count,
             lambda: Consumers(commands, logs, ends_by_sigterm=not kind.startswith("shovel")),
+            floor,
+            consumer,
         )
     )
     # Three processes on one consumer do not know when it is drained: they are stopped.
@@ -595,17 +617,26 @@ def drain(setup: Setup, kind: str, consumer: str, count: int) -> Drain:
         _check(outputs, count, f"{kind} ({consumer})")
     for path in (*outputs, *logs):
         remove(path)
+    return figures_of(w, kind, LABELS[kind], count)
+
+
+def figures_of(w: Watched, kind: str, label: str, count: int) -> Drain:
+    """The figures of a watched run that counted to `count` (or stopped short of it: its
+    messages are then what it counted, up to the poll that found the last of them)."""
+    final = w.floors[-1][1]
+    end_t = next(t for t, f in w.floors if f >= final)
     first_t = next(t for t, f in w.floors if f > 0)
     steady_t, steady_floor = next((t, f) for t, f in w.floors if f >= _steady_floor(count))
     busy = w.ticks_at_end[0] - w.ticks_at_steady[0]
     total = w.ticks_at_end[1] - w.ticks_at_steady[1]
     return Drain(
         kind=kind,
-        messages=count,
-        wall_s=w.floors[-1][0],
+        label=label,
+        messages=final,
+        wall_s=end_t,
         startup_s=first_t,
         steady_start_s=steady_t,
-        steady_messages=count - steady_floor,
+        steady_messages=final - steady_floor,
         client_cpu_s=sum(w.consumers.cpu_s) - w.client_at_steady,
         server_cpu_s=w.server_at_end - w.server_at_steady,
         busy=busy / total if total else 0.0,
