@@ -16,6 +16,7 @@ from latency import LatencyResult
 from machine import Machine
 from nats_bench import NatsResult
 from rss import RssResult
+from sink_bench import SINK_HEADERS, SinkResult
 from stop import StopResult
 from throughput import ThroughputResult
 
@@ -59,10 +60,11 @@ class Results:
     stop: StopResult | None = None
     latency: LatencyResult | None = None
     nats: NatsResult | None = None
+    sink: SinkResult | None = None
 
     def measured(self) -> list[Measurement]:
         """The measurements made, in the order they run."""
-        found = (self.throughput, self.rss, self.stop, self.latency, self.nats)
+        found = (self.throughput, self.rss, self.stop, self.latency, self.nats, self.sink)
         return [m for m in found if m is not None]
 
     def verdicts(self) -> list[tuple[str, str, str, str]]:
@@ -163,6 +165,20 @@ def _markdown(r: Results, drawn: dict[str, Path], where: Path) -> str:
             f"--batch {r.nats.batch} --output FILE [--no-storage]",
             "python -m shovel --source 'nats://HOST:PORT/BENCH?consumer=NAME&batch="
             f"{r.nats.batch}' --output-dir OUTPUT --metrics-port 0 --status-interval-s 0 "
+            "--log-level WARNING",
+        ]
+    if r.sink is not None:
+        headers = " ".join(SINK_HEADERS)
+        md += [
+            "# each JetStream sink fill (bench/sink_bench.py): ingest, baseline, pipelined, shovel",
+            "nats-baseline ingest --server HOST:PORT --subject SINK.records --count N "
+            f"--payload-bytes 99 {headers} --stream SINK",
+            "nats-baseline sink --server HOST:PORT --subject SINK.records --count N "
+            f"--payload-bytes 99 {headers} --batch {r.sink.batch}",
+            "nats-baseline publish --server HOST:PORT --subject SINK.records --count N "
+            f"--payload-bytes 99 {headers} --window 256",
+            "python -m shovel --source INPUT --sink 'nats://HOST:PORT/SINK?subject=SINK.records"
+            f"&batch={r.sink.batch}' --output-dir STATE --metrics-port 0 --status-interval-s 0 "
             "--log-level WARNING",
         ]
     md += [

@@ -7,7 +7,9 @@
   latency     read-to-durable latency at half the generator's full speed
   nats        NATS JetStream: shovel (1 and 3 replicas) against a minimal Rust consumer and the
               server's ingest, and peak RSS against the backlog
-  all         all five, in that order (what `make bench` runs)
+  sink        the JetStream sink: shovel file -> JetStream against a minimal Rust publisher with
+              the same guarantees, pipelined publishes and the server's ingest (1 server, R3)
+  all         all six, in that order (what `make bench` runs)
 
 Usage: python bench/run.py SUBCOMMAND [options] [-- extra shovel flags]
 """
@@ -26,6 +28,7 @@ from types import FrameType
 import latency
 import nats_bench
 import rss
+import sink_bench
 import stop
 import throughput
 from common import BenchError, progress, remove
@@ -35,7 +38,7 @@ from machine import MEMORY_FILESYSTEMS, check_free_space, describe_machine, make
 from results import Results
 
 DEFAULT_RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-MEASUREMENTS = ("throughput", "rss", "stop", "latency", "nats")
+MEASUREMENTS = ("throughput", "rss", "stop", "latency", "nats", "sink")
 
 
 def _positive_int(text: str) -> int:
@@ -216,6 +219,55 @@ def _nats_options() -> argparse.ArgumentParser:
     return p
 
 
+def _servers(text: str) -> list[int]:
+    try:
+        found = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"a comma-separated list of 1 and 3, got {text!r}"
+        ) from None
+    if not found or any(n not in (1, 3) for n in found):
+        raise argparse.ArgumentTypeError(f"servers are 1 or 3, got {text!r}")
+    return found
+
+
+def _sink_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("sink")
+    g.add_argument(
+        "--sink-records",
+        type=_positive_int,
+        default=sink_bench.DEFAULT_RECORDS,
+        help="records of 100 bytes per fill, rounded up to a multiple of 10,000 (default: 300000)",
+    )
+    g.add_argument(
+        "--sink-rounds",
+        type=_positive_int,
+        default=sink_bench.DEFAULT_ROUNDS,
+        help="rounds of ingest, baseline, pipelined and shovel on each topology (default: 3)",
+    )
+    g.add_argument(
+        "--sink-batch",
+        type=_positive_int,
+        default=sink_bench.DEFAULT_BATCH,
+        help="records per atomic batch, shovel's and the baseline's, at most 1000 "
+        "(default: 1000, the sink's default)",
+    )
+    g.add_argument(
+        "--sink-servers",
+        type=_servers,
+        default=list(sink_bench.DEFAULT_SERVERS),
+        help="topologies, comma-separated: 1 (one server, stream R1) and 3 (a 3-server "
+        "cluster, stream R3) (default: 1,3)",
+    )
+    g.add_argument(
+        "--sink-without-shovel",
+        action="store_true",
+        help="the yardsticks alone (ingest, baseline, pipelined), no shovel run",
+    )
+    return p
+
+
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     """Options before `--`, and the shovel flags after it."""
     args = list(argv)
@@ -240,6 +292,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
         "stop": [inp, _stop_options()],
         "latency": [_latency_options()],
         "nats": [_nats_options()],
+        "sink": [_sink_options()],
     }
     helps = {
         "throughput": "shovel against dd conv=fdatasync (and the classic design): wall time "
@@ -248,6 +301,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
         "stop": "SIGTERM to exit under full load, p50/p99/max",
         "latency": "submit-to-durable latency at half the generator's full speed",
         "nats": "NATS JetStream: shovel with 1 and 3 replicas against a minimal consumer",
+        "sink": "the JetStream sink: shovel file -> JetStream against a minimal publisher with "
+        "the same guarantees (1 server and R3)",
     }
     for name in MEASUREMENTS:
         sub.add_parser(name, parents=[common, *groups[name]], help=helps[name])
@@ -258,8 +313,9 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
         _stop_options(),
         _latency_options(),
         _nats_options(),
+        _sink_options(),
     ]
-    sub.add_parser("all", parents=[common, *every], help="all five, as `make bench` runs them")
+    sub.add_parser("all", parents=[common, *every], help="all six, as `make bench` runs them")
     return parser.parse_args(args), extra
 
 
@@ -324,6 +380,22 @@ def _run(
             rss_messages=ns.nats_backlogs,
             batch=ns.nats_batch,
             servers=ns.nats_servers,
+            extra=extra,
+        )
+    if "sink" in chosen:
+        need = sink_bench.space_needed(ns.sink_records, ns.sink_servers)
+        check_free_space(workdir, need, "the sink's input and streams")
+        progress(
+            f"== sink: {ns.sink_rounds} rounds of {ns.sink_records:,} records on "
+            f"{' and '.join(f'{n} server(s)' for n in ns.sink_servers)}"
+        )
+        r.sink = sink_bench.measure(
+            workdir,
+            records=ns.sink_records,
+            rounds=ns.sink_rounds,
+            batch=min(ns.sink_batch, 1000),
+            servers=ns.sink_servers,
+            with_shovel=not ns.sink_without_shovel,
             extra=extra,
         )
 
