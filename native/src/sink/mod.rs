@@ -170,6 +170,10 @@ impl Shared {
                 };
             }
             s.committed_sequence = seq;
+            if s.queue.is_empty() && s.inflight == 0 {
+                // Nothing held: every batch handed over is stored, the empty ones too.
+                s.durable = s.submitted;
+            }
         }
         let c = &self.counters;
         c.batches.fetch_add(1, Ordering::Relaxed);
