@@ -135,7 +135,7 @@ container-test: $(INSTALLED)
 	bash deploy/container/setup.sh
 	$(BIN)/python -m pytest deploy/container -p no:cacheprovider
 
-# Checks the deploy files: hadolint on the Dockerfile, the Kubernetes manifest against the API
+# Checks the deploy files: hadolint on the Dockerfile, the Kubernetes manifests against the API
 # schemas of KUBERNETES_VERSION, the compose file against the compose specification's schema,
 # and Prometheus' configuration, alert rules and alert unit tests with promtool. The tools are
 # the `deploy` extra of pyproject.toml, installed with pip without building shovel; promtool
@@ -148,7 +148,7 @@ deploy-check: | $(BIN)/python
 	$(call install-extra,deploy)
 	command -v promtool >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
 	$(BIN)/hadolint --config .hadolint.yaml Dockerfile
-	$(BIN)/kubernetes-validate --strict --kubernetes-version $(KUBERNETES_VERSION) deploy/kubernetes/shovel.yaml
+	$(BIN)/kubernetes-validate --strict --kubernetes-version $(KUBERNETES_VERSION) deploy/kubernetes/*.yaml
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec deploy/compose.yaml
 	promtool check config --lint=all --lint-fatal deploy/prometheus/prometheus.yml
 	promtool check rules --lint=all --lint-fatal deploy/prometheus/alerts.yml
