@@ -819,13 +819,8 @@ def unknown_variables(text: str, known: set[str]) -> set[str]:
     return set(re.findall(r"\bSHOVEL_[A-Z0-9_]+\b", text)) - known
 
 
-# Named by the deploy files before the settings have them: the variable of the JetStream sink
-# (issue 18), which comes with the sink itself. Drop a name here once Settings has it.
-AHEAD_OF_THE_SETTINGS = frozenset({"SHOVEL_SINK"})
-
-
 def test_every_shovel_variable_in_the_deploy_files_is_a_setting() -> None:
-    settings = setting_env_names() | AHEAD_OF_THE_SETTINGS
+    settings = setting_env_names()
     # In the Dockerfile, names declared with ARG are build arguments (the service user's
     # UID and GID), not settings; anywhere else they would be a mistake.
     args = build_args()
@@ -842,7 +837,12 @@ def test_every_shovel_variable_in_the_deploy_files_is_a_setting() -> None:
 
 def test_the_variable_check_sees_the_files_and_a_wrong_name() -> None:
     settings = setting_env_names()
-    assert {"SHOVEL_GRACE_PERIOD_S", "SHOVEL_SHUTDOWN_TIMEOUT_S", "SHOVEL_METRICS_PORT"} <= settings
+    assert {
+        "SHOVEL_GRACE_PERIOD_S",
+        "SHOVEL_SHUTDOWN_TIMEOUT_S",
+        "SHOVEL_METRICS_PORT",
+        "SHOVEL_SINK",
+    } <= settings
     assert unknown_variables(
         "SHOVEL_SHUTDOWN_TIMEOUT_S=30 SHOVEL_SHUTDOWN_TIMEOUT=30 ${SHOVEL_UID}", settings
     ) == {"SHOVEL_SHUTDOWN_TIMEOUT", "SHOVEL_UID"}
