@@ -18,7 +18,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -596,7 +596,7 @@ class NatsCommand:
 
 # The options of the nats CLI that the deploy files give with a value (--NAME VALUE or
 # --NAME=VALUE); any other option is a bare flag. Short names by their long ones.
-NATS_VALUE_OPTIONS = frozenset({"--server", "--subjects", "--replicas", "--storage"})
+NATS_VALUE_OPTIONS = frozenset({"--server", "--subjects", "--replicas", "--storage", "--config"})
 NATS_SHORT_OPTIONS = {"-s": "--server"}
 NATS_CLIENT_PORT = 4222
 
@@ -666,6 +666,57 @@ def stream_creations(commands: list[NatsCommand]) -> dict[str, NatsCommand]:
     return {c.words[2]: c for c in commands if c.words[:2] == ("stream", "add")}
 
 
+def compose_mounted_text(service: str, path: str) -> str:
+    """The text of the file of deploy/ that the compose service sees at `path`."""
+    for volume in compose_service(service).get("volumes", []):
+        if isinstance(volume, dict):  # the long syntax
+            source, target = str(volume.get("source", "")), str(volume["target"])
+        else:  # SOURCE:TARGET[:MODE]
+            source, target = str(volume).split(":")[:2]
+        if target == path:
+            assert source.startswith("."), f"{service}: {path} is not a file of deploy/"
+            return (COMPOSE.parent / source).read_text()
+    raise AssertionError(f"{service}: nothing is mounted at {path}")
+
+
+def kubernetes_mounted_text(workload: str, path: str) -> str:
+    """The text of the ConfigMap key that the workload's containers see at `path`."""
+    spec = kubernetes_workload(workload)["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    file = PurePosixPath(path)
+    for container in spec["containers"]:
+        for mount in container.get("volumeMounts", []):
+            if file.parent != PurePosixPath(mount["mountPath"]) or "subPath" in mount:
+                continue
+            source = volumes[mount["name"]].get("configMap")
+            assert source, f"{workload}: {path} is not in a ConfigMap"
+            assert "items" not in source, f"{workload}: the test reads keys by their own names"
+            [config_map] = [
+                d
+                for d in kubernetes_docs()
+                if d["kind"] == "ConfigMap" and d["metadata"]["name"] == source["name"]
+            ]
+            text = config_map["data"][file.name]
+            assert isinstance(text, str)
+            return text
+    raise AssertionError(f"{workload}: nothing is mounted at {path}")
+
+
+MountedText = Callable[[str, str], str]
+
+
+def stream_config(command: NatsCommand, mounted: MountedText) -> dict[str, Any]:
+    """The stream configuration that `nats stream add STREAM --config FILE` reads: the JSON of
+    the JetStream API, from the file the command's container sees."""
+    assert "--config" in command.options, f"{command.where}: the configuration is not in a file"
+    # The file is the whole configuration: no stream option beside it.
+    assert command.options.keys() == {"--server", "--config"}, command
+    assert not command.flags, command
+    config = json.loads(mounted(command.where, command.options["--config"]))
+    assert isinstance(config, dict), command
+    return config
+
+
 def compose_nats_servers() -> dict[tuple[str, int], str]:
     """The compose services that run a NATS server: (host, client port) -> image."""
     return {
@@ -710,6 +761,16 @@ def test_the_sink_helpers_read_urls_subjects_and_commands() -> None:
     assert command.words == ("stream", "add", "S")
     assert command.flags == {"--y"}
     assert command.servers() == {("n1", 1), ("n2", 4222)}
+    with pytest.raises(AssertionError, match="not in a file"):
+        stream_config(command, lambda where, path: "{}")
+    command = nats_command("here", ["nats", "-s", "n1", "stream", "add", "S", "--config", "/c"])
+    assert stream_config(command, lambda where, path: f'{{"name": "{where}{path}"}}') == {
+        "name": "here/c"
+    }
+    with pytest.raises(AssertionError, match="nothing is mounted at /nowhere"):
+        compose_mounted_text("sink-setup", "/nowhere")
+    with pytest.raises(AssertionError, match="nothing is mounted at /nowhere"):
+        kubernetes_mounted_text("nats-stream-records", "/nowhere/records.json")
 
 
 @pytest.mark.parametrize("name", DEPLOYMENT_NAMES)
@@ -717,25 +778,51 @@ def test_only_the_sink_deployments_write_into_nats(name: str) -> None:
     assert ("SHOVEL_SINK" in deployment(name).env) == (name in SINK_DEPLOYMENTS), name
 
 
-@pytest.mark.parametrize("name", SINK_DEPLOYMENTS)
-def test_the_sink_writes_into_a_stream_made_for_atomic_batches(name: str) -> None:
+def sink_stream(name: str) -> tuple[SinkUrl, dict[str, Any]]:
+    """The sink deployment `name`'s URL, and the configuration of the stream it names, as the
+    same file makes it, on the NATS servers the file runs."""
     sink = sink_url(deployment(name).env["SHOVEL_SINK"])
+    servers: dict[tuple[str, int], str]
+    mounted: MountedText
     if name in COMPOSE_SERVICES:
-        servers, commands = compose_nats_servers(), compose_nats_commands()
+        servers, commands, mounted = (
+            compose_nats_servers(),
+            compose_nats_commands(),
+            compose_mounted_text,
+        )
     else:
         servers, commands = kubernetes_nats_servers(), kubernetes_nats_commands()
+        mounted = kubernetes_mounted_text
     assert sink.servers <= servers.keys(), f"{name}: {sink.servers - servers.keys()} run no NATS"
     created = stream_creations(commands)
     assert sink.stream in created, f"{name}: nothing creates the stream {sink.stream}"
     command = created[sink.stream]
     assert command.servers() <= servers.keys(), command
-    assert any(subject_matches(s, sink.subject) for s in command.options["--subjects"].split(","))
-    # allow_atomic: without it shovel writes batches of one message (with a WARNING).
-    assert "--allow-batch" in command.flags, f"{command.where}: no atomic batches"
-    assert int(command.options.get("--replicas", "1")) <= len(servers)
     if name in COMPOSE_SERVICES:  # shovel starts once the stream is there
         depends_on = compose_service(COMPOSE_SERVICES[name])["depends_on"]
         assert depends_on[command.where]["condition"] == "service_completed_successfully"
+    config = stream_config(command, mounted)
+    assert config.get("num_replicas", 1) <= len(servers), (
+        f"{command.where}: more replicas than servers"
+    )
+    return sink, config
+
+
+@pytest.mark.parametrize("name", SINK_DEPLOYMENTS)
+def test_the_sink_writes_into_a_stream_made_for_atomic_batches(name: str) -> None:
+    sink, config = sink_stream(name)
+    # The nats CLI would create the stream its argument names, whatever the file says.
+    assert config["name"] == sink.stream
+    assert any(subject_matches(s, sink.subject) for s in config["subjects"]), config["subjects"]
+    # Without allow_atomic shovel publishes one record per round trip (with a WARNING).
+    assert config.get("allow_atomic") is True, f"{name}: no atomic batches"
+    # The stream is the checkpoint too: it must outlive a server restart.
+    assert config.get("storage", "file") == "file", config
+
+
+def test_compose_and_kubernetes_make_the_same_stream() -> None:
+    [compose, kubernetes] = [sink_stream(name)[1] for name in SINK_DEPLOYMENTS]
+    assert compose == kubernetes
 
 
 def test_the_nats_servers_take_atomic_batches() -> None:
