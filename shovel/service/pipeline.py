@@ -13,10 +13,10 @@ from collections import deque
 from contextlib import aclosing
 from dataclasses import dataclass
 
-from shovel.batches import Piece, Rejected
+from shovel.batches import Batch, Piece, Rejected
 from shovel.service.queue import BatchQueue
 from shovel.sources import Source
-from shovel.storage import Store
+from shovel.storage import Store, WatchesFailure
 from shovel.storage.rejects import RejectWriter
 
 log = logging.getLogger(__name__)
@@ -144,9 +144,28 @@ def _give_up(
 
 async def run_storage(queue: BatchQueue, storage: Store) -> int:
     """Hands every queued batch to storage until the queue is closed and empty. Returns the
-    number of batches handed over."""
+    number of batches handed over. Storage that can fail with nothing handed to it is
+    watched meanwhile: its error ends the task at once, as a write's would."""
     handed = 0
-    while (batch := await queue.get()) is not None:
-        await storage.write(batch)
-        handed += 1
-    return handed
+    if not isinstance(storage, WatchesFailure):
+        while (batch := await queue.get()) is not None:
+            await storage.write(batch)
+            handed += 1
+        return handed
+    failing = asyncio.ensure_future(storage.failed())
+    getting: asyncio.Future[Batch | None] | None = None
+    try:
+        while True:
+            getting = asyncio.ensure_future(queue.get())
+            await asyncio.wait({getting, failing}, return_when=asyncio.FIRST_COMPLETED)
+            if failing.done():
+                failing.result()
+            batch = await getting
+            if batch is None:
+                return handed
+            await storage.write(batch)
+            handed += 1
+    finally:
+        failing.cancel()
+        if getting is not None:
+            getting.cancel()

@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from shovel._native import (
     FAULT_INJECTION,
@@ -50,6 +50,7 @@ __all__ = [
     "StorageIOError",
     "StorageStats",
     "Store",
+    "WatchesFailure",
 ]
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,16 @@ class Store(Protocol):
     async def write(self, batch: Batch) -> int: ...
     async def flushed(self) -> None: ...
     async def close(self, timeout_s: float) -> Closed: ...
+
+
+@runtime_checkable
+class WatchesFailure(Protocol):
+    """Storage that can fail with nothing handed to it (a remote store whose publishes fail
+    for good): the storage task watches it, not to wait for its next write to find out."""
+
+    async def failed(self) -> None:
+        """Returns never; raises the storage error once one has ended the writes."""
+        ...
 
 
 # How the service opens its storage (Storage.open, unless a caller passes another).

@@ -11,6 +11,7 @@ file descriptor readable; cancelling any wait here abandons the wait, never a pu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -108,9 +109,11 @@ class SinkStore:
                     break
                 await news.wait()
         except BaseException:
-            # Refused, or a stop while connecting: nothing was handed over.
+            # Refused, or a stop while connecting: nothing was handed over, so the close
+            # has nothing to report (and must not take the place of what is raised).
             loop.remove_reader(native.notify_fd())
-            await asyncio.to_thread(native.close, 0.0)
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(native.close, 0.0)
             _log_events(native)
             raise
         loop.remove_reader(native.notify_fd())
@@ -175,6 +178,13 @@ class SinkStore:
     async def flushed(self) -> None:
         """Waits until the stream has acknowledged everything handed over so far."""
         while self._native.durable_seq < self._progress.last_seq:
+            self._native.check()
+            await self._progress.next()
+
+    async def failed(self) -> None:
+        """Returns never; raises SinkError as soon as a permanent error has ended the writes
+        (the storage task would otherwise learn of it only at its next write)."""
+        while True:
             self._native.check()
             await self._progress.next()
 

@@ -336,6 +336,7 @@ impl Sink {
                             writer_id,
                             last_seq: opened.sequence,
                             sent: 0,
+                            source_id: None,
                         };
                         tokio::spawn(writer.run());
                         Ok(opened)
@@ -520,14 +521,18 @@ impl Sink {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .take();
-            if let Some(client) = client {
-                // The last commit's answer is in; what is still queued is given a moment.
+            if let (Some(client), Closed::Done(_)) = (client, &outcome) {
+                // Every commit's answer is in: what the connection still holds (nothing that
+                // matters) is given what is left of the deadline, at most a moment.
+                let left = deadline
+                    .saturating_duration_since(Instant::now())
+                    .min(DRAIN_BOUND);
                 let (tx, rx) = std::sync::mpsc::channel();
                 runtime.handle().spawn(async move {
                     let _ = client.drain().await;
                     let _ = tx.send(());
                 });
-                let _ = rx.recv_timeout(DRAIN_BOUND);
+                let _ = rx.recv_timeout(left);
             }
             runtime.stop_and_join();
         }

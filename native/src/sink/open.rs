@@ -15,6 +15,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use super::protocol::{subject_matches, GotMessage, Last};
+use super::records::OffsetUnit;
 use super::SinkSettings;
 use crate::nats::connect::{self, Link, OpenError};
 use crate::nats::consumer::{answer, Answer, Api};
@@ -183,6 +184,13 @@ async fn look_once(client: &Client, settings: &SinkSettings) -> Result<Opened, S
     if config.sealed {
         return Err(Stop::Open(OpenError::Refused(format!(
             "stream {stream} is sealed: it takes no publishes"
+        ))));
+    }
+    if !config.allow_atomic && settings.unit == OffsetUnit::Batch {
+        return Err(Stop::Open(OpenError::Refused(format!(
+            "stream {stream} does not allow atomic batches (allow_atomic), and this source's \
+             records (a NATS stream's) must be stored a whole batch at a time: set \
+             allow_atomic: true on the stream (nats-server 2.12 or later)"
         ))));
     }
     let server_max = client.server_info().max_payload;

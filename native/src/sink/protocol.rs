@@ -93,6 +93,10 @@ pub enum Verdict {
     Retry(String),
     /// Maybe stored (the reason): read the subject back to know.
     Unsure(String),
+    /// The server had these message ids already (the reason): stored by this run before, or
+    /// (if the subject does not show them) before the subject was emptied, within the
+    /// stream's duplicate window.
+    Duplicate(String),
     /// Ends the run (the reason, for the user).
     Fatal(String),
 }
@@ -113,6 +117,10 @@ pub fn verdict(payload: &[u8], stream: &str, batch_id: Option<&str>, count: usiz
         Ok(ack) if ack.stream != stream => Verdict::Fatal(format!(
             "the subject is stored by stream {:?}, not {stream:?}",
             ack.stream
+        )),
+        Ok(ack) if ack.duplicate => Verdict::Duplicate(format!(
+            "the stream had this message id already (stream sequence {})",
+            ack.seq
         )),
         Ok(ack) => match batch_id {
             Some(id) if ack.batch.as_deref() != Some(id) || ack.count != Some(count as u64) => {
@@ -146,7 +154,11 @@ pub fn api_error(e: &ApiError, stream: &str) -> Verdict {
             Verdict::Fatal(format!("the server refused the batch: {said}"))
         }
         // Duplicates by Nats-Msg-Id: maybe our own batch, stored before.
-        10201 => Verdict::Unsure(said),
+        10201 => Verdict::Duplicate(said),
+        // The same ids being stored right now (a clustered stream): maybe ours, resent.
+        10158 => Verdict::Unsure(said),
+        // Too many requests: later.
+        10167 => Verdict::Retry(said),
         // A cluster electing, a batch the server dropped, too many batches in flight, storage
         // that failed for now, the expected sequence not ready: all can pass.
         _ if e.code >= 500 => Verdict::Retry(said),
@@ -234,11 +246,12 @@ pub fn subject_matches(filter: &str, subject: &str) -> bool {
     }
 }
 
-/// A short, stable id of a source descriptor (the first 16 hex digits of its FNV-1a hash), for
-/// `Nats-Msg-Id`.
-pub fn source_id(descriptor: &str) -> String {
+/// A short, stable id of a source descriptor on a subject (the first 16 hex digits of their
+/// FNV-1a hash), for `Nats-Msg-Id`: the server takes ids as the stream's, so the subject is
+/// in it.
+pub fn source_id(subject: &str, descriptor: &str) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in descriptor.bytes() {
+    for byte in subject.bytes().chain([b'\n']).chain(descriptor.bytes()) {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
@@ -301,6 +314,15 @@ mod tests {
         let many = br#"{"error":{"code":400,"err_code":10210,"description":"too many inflight"}}"#;
         assert!(matches!(verdict(many, "S", None, 1), Verdict::Retry(_)));
         assert!(matches!(verdict(b"nope", "S", None, 1), Verdict::Unsure(_)));
+        let dup = br#"{"stream":"S","seq":4,"duplicate":true}"#;
+        assert!(matches!(verdict(dup, "S", None, 1), Verdict::Duplicate(_)));
+        let again = br#"{"error":{"code":400,"err_code":10201,"description":"duplicate"}}"#;
+        assert!(matches!(
+            verdict(again, "S", Some("b"), 3),
+            Verdict::Duplicate(_)
+        ));
+        let busy = br#"{"error":{"code":409,"err_code":10158,"description":"in process"}}"#;
+        assert!(matches!(verdict(busy, "S", None, 1), Verdict::Unsure(_)));
     }
 
     #[test]
@@ -336,8 +358,9 @@ mod tests {
 
     #[test]
     fn source_ids_are_stable_and_short() {
-        assert_eq!(source_id("x"), source_id("x"));
-        assert_ne!(source_id("x"), source_id("y"));
-        assert_eq!(source_id("").len(), 16);
+        assert_eq!(source_id("s", "x"), source_id("s", "x"));
+        assert_ne!(source_id("s", "x"), source_id("s", "y"));
+        assert_ne!(source_id("s", "x"), source_id("t", "x"));
+        assert_eq!(source_id("", "").len(), 16);
     }
 }

@@ -25,6 +25,11 @@ use crate::nats::consumer::{answer, Answer, Api};
 use crate::nats::events::Level;
 use crate::store::writer::backoff;
 
+/// How an answer of no responders is said (and known again).
+const NO_RESPONDERS: &str = "no responders";
+/// After this many answers of no responders in a row, the writer asks whether the stream is
+/// still there.
+const NO_RESPONDERS_LOOK: u32 = 3;
 /// The longest a batch's sends may take before its outcome is unknown (a connection that is
 /// down holds sends back).
 const SEND_BOUND: Duration = Duration::from_secs(10);
@@ -53,6 +58,8 @@ pub struct Writer {
     pub last_seq: u64,
     /// Batches sent (for their ids).
     pub sent: u64,
+    /// The last descriptor's id in `Nats-Msg-Id` (a hash, made once per descriptor).
+    pub source_id: Option<(Arc<str>, String)>,
 }
 
 impl Writer {
@@ -84,6 +91,7 @@ impl Writer {
     /// Stores `batch`; returns the stream sequence of its last message.
     async fn store(&mut self, batch: &[Message]) -> Result<u64, String> {
         let mut attempt = 0;
+        let mut no_responders = 0;
         loop {
             let sent = match tokio::time::timeout(SEND_BOUND, self.send(batch)).await {
                 Ok(v) => v,
@@ -93,16 +101,25 @@ impl Writer {
                 )),
             };
             let outcome = match sent {
-                Verdict::Unsure(why) => self.settle(batch, why).await?,
+                Verdict::Unsure(why) => self.settle(batch, why, false).await?,
+                Verdict::Duplicate(why) => self.settle(batch, why, true).await?,
                 v => v,
             };
+            if matches!(&outcome, Verdict::Retry(why) if why.starts_with(NO_RESPONDERS)) {
+                no_responders += 1;
+                if no_responders % NO_RESPONDERS_LOOK == 0 {
+                    self.stream_still_there().await?;
+                }
+            } else {
+                no_responders = 0;
+            }
             match outcome {
                 Verdict::Stored(seq) => {
                     self.last_seq = seq;
                     return Ok(seq);
                 }
                 Verdict::Fatal(why) => return Err(why),
-                Verdict::Retry(why) | Verdict::Unsure(why) => {
+                Verdict::Retry(why) | Verdict::Unsure(why) | Verdict::Duplicate(why) => {
                     if let Some(denied) = self.link.denied() {
                         return Err(format!("the NATS server denied the publish: {denied}"));
                     }
@@ -134,7 +151,7 @@ impl Writer {
             .then(|| format!("{}-{}", self.writer_id, self.sent));
         let count = batch.len();
         for (i, message) in batch.iter().enumerate() {
-            let id = msg_id(message, self.unit);
+            let id = self.msg_id(message);
             let h = headers(
                 batch_id.as_deref(),
                 i,
@@ -190,9 +207,32 @@ impl Writer {
         Verdict::Retry("an empty batch".into())
     }
 
+    /// Ends the run if the stream is gone (after answers of no responders: a stream deleted
+    /// while shovel writes gets those, as one electing a leader does).
+    async fn stream_still_there(&self) -> Result<(), String> {
+        let found = answer::<serde_json::Value>(
+            self.client
+                .ask(format!("STREAM.INFO.{}", self.stream), Bytes::new())
+                .await,
+        );
+        match found {
+            Answer::Missing => Err(format!(
+                "stream {} no longer exists on the NATS servers",
+                self.stream
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Finds out whether `batch` was stored, by reading back the last message on the subject.
-    /// Retries the read-back itself until it is answered.
-    async fn settle(&mut self, batch: &[Message], why: String) -> Result<Verdict, String> {
+    /// Retries the read-back itself until it is answered. `duplicate`: the server said it had
+    /// the batch's message ids already.
+    async fn settle(
+        &mut self,
+        batch: &[Message],
+        why: String,
+        duplicate: bool,
+    ) -> Result<Verdict, String> {
         let Some(end) = batch.last() else {
             return Ok(Verdict::Retry(why));
         };
@@ -252,7 +292,20 @@ impl Writer {
                 {
                     Verdict::Stored(seq)
                 }
+                _ if seq == self.last_seq && duplicate => Verdict::Fatal(format!(
+                    "the stream already holds messages with the ids of these records \
+                     (Nats-Msg-Id), but not on {}: the subject was emptied, or this source \
+                     went to another subject of the stream, within the stream's duplicate \
+                     window; wait until the window has passed, or use another subject ({why})",
+                    self.subject
+                )),
                 _ if seq == self.last_seq => Verdict::Retry(why),
+                Some(_) if seq < self.last_seq => Verdict::Fatal(format!(
+                    "messages were removed from {} while this shovel wrote there: the last \
+                     one is now stream sequence {seq}, before the {} it stored last; \
+                     refusing to go on",
+                    self.subject, self.last_seq
+                )),
                 Some(l) => Verdict::Fatal(format!(
                     "another writer stored on {} after this shovel: the last message there \
                      (stream sequence {seq}, offset {}, writer {}) is not ours, where sequence \
@@ -273,12 +326,19 @@ impl Writer {
     }
 }
 
-/// The `Nats-Msg-Id` of `message`: its source's id and its offset (and, where records of a
-/// batch share an offset, its place in the batch).
-fn msg_id(message: &Message, unit: OffsetUnit) -> String {
-    let source = protocol::source_id(&message.source);
-    match unit {
-        OffsetUnit::Batch => format!("{source}:{}.{}", message.offset, message.index),
-        _ => format!("{source}:{}", message.offset),
+impl Writer {
+    /// The `Nats-Msg-Id` of `message`: its source's id on this subject and its offset (and,
+    /// where records of a batch share an offset, its place in the batch).
+    fn msg_id(&mut self, message: &Message) -> String {
+        let known = matches!(&self.source_id, Some((d, _)) if Arc::ptr_eq(d, &message.source));
+        if !known {
+            let id = protocol::source_id(&self.subject, &message.source);
+            self.source_id = Some((message.source.clone(), id));
+        }
+        let source = self.source_id.as_ref().map_or("", |(_, id)| id.as_str());
+        match self.unit {
+            OffsetUnit::Batch => format!("{source}:{}.{}", message.offset, message.index),
+            _ => format!("{source}:{}", message.offset),
+        }
     }
 }
