@@ -460,8 +460,12 @@ impl Link {
                 let text = error.to_string();
                 let text = text.strip_prefix("nats: ").unwrap_or(&text);
                 if text.to_ascii_lowercase().contains("permissions violation") {
-                    *self.denied.lock().unwrap_or_else(PoisonError::into_inner) =
-                        Some(text.to_string());
+                    let mut denied = self.denied.lock().unwrap_or_else(PoisonError::into_inner);
+                    if denied.as_deref() == Some(text) {
+                        // The same denial again (one per publish of a batch): said once.
+                        return;
+                    }
+                    *denied = Some(text.to_string());
                 }
                 self.events
                     .say(Level::Warning, format!("NATS: server error: {text}"));

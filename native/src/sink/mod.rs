@@ -428,14 +428,14 @@ impl Sink {
         let messages = records::cut(parts, records, end_offset, unit, &descriptor, submission)?;
         s.submitted = submission;
         if messages.is_empty() {
-            if s.queue.is_empty() && s.inflight == 0 {
+            // A batch with no record moves the offset past what is set apart (a line kept in
+            // rejected/). Only a message carries an offset into the stream: a record still
+            // queued carries it; otherwise the next record's own offset covers it, and if
+            // none comes, a restart reads that line again and keeps it again (once).
+            if let Some(last) = s.queue.back_mut() {
+                last.offset = last.offset.max(end_offset);
+            } else if s.inflight == 0 {
                 s.durable = submission;
-                s.committed_offset = s.committed_offset.max(end_offset);
-            } else {
-                // An empty batch that moves the offset: carried by the records before it.
-                if let Some(last) = s.queue.back_mut() {
-                    last.offset = last.offset.max(end_offset);
-                }
             }
         }
         for m in messages {
