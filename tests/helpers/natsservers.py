@@ -30,7 +30,7 @@ import nats.js.errors
 import nkeys  # type: ignore[import-untyped]
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerInfo, StreamConfig
+from nats.js.api import ConsumerInfo, StreamConfig, StreamInfo
 
 from shovel.demo.natsserver import find_binary, stop_server
 from shovel.service.laststop import read_report
@@ -361,19 +361,21 @@ def msg_id(i: int) -> str:
     return f"order-{i}"
 
 
-async def create_stream(cluster: Cluster, stream: str, replicas: int) -> None:
-    """Creates `stream` on subjects STREAM.> with `replicas` copies; retries while the
-    cluster elects its leaders."""
+async def create_stream(
+    cluster: Cluster, stream: str, replicas: int, **settings: object
+) -> StreamInfo:
+    """Creates `stream` on subjects STREAM.> with `replicas` copies (and `settings`, fields of
+    StreamConfig); retries while the cluster elects its leaders. Returns the stream's info."""
+    config = StreamConfig(name=stream, subjects=[f"{stream}.>"], num_replicas=replicas)
+    for name, value in settings.items():
+        setattr(config, name, value)
     nc = await cluster.connect()
     try:
         js = nc.jetstream()
         deadline = time.monotonic() + WAIT_S
         while True:
             try:
-                await js.add_stream(
-                    StreamConfig(name=stream, subjects=[f"{stream}.>"], num_replicas=replicas)
-                )
-                return
+                return await js.add_stream(config)
             except (nats.errors.Error, TimeoutError):
                 if time.monotonic() > deadline:
                     raise
@@ -448,6 +450,39 @@ def consumer_info(cluster: Cluster, stream: str, consumer: str) -> ConsumerInfo 
     return on_servers(cluster, ask)
 
 
+def poll(
+    cluster: Cluster,
+    ask: Callable[[Client], Awaitable[T | None]],
+    what: str,
+    *,
+    transient: tuple[type[BaseException], ...] = (),
+    timeout_s: float = WAIT_S,
+    interval_s: float = 0.005,
+    **options: object,
+) -> T:
+    """Asks the servers every `interval_s`, on one connection (`options` for nats.connect),
+    until `ask` answers something other than None; returns that. An error of `transient` is
+    taken for no answer yet. Fails the test after `timeout_s`."""
+
+    async def watch() -> T:
+        nc = await cluster.connect(**options)
+        try:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                with contextlib.suppress(*transient):
+                    answer = await ask(nc)
+                    if answer is not None:
+                        return answer
+                assert time.monotonic() < deadline, (
+                    f"timed out after {timeout_s}s waiting for {what}"
+                )
+                await asyncio.sleep(interval_s)
+        finally:
+            await nc.close()
+
+    return asyncio.run(watch())
+
+
 def wait_for_consumer(
     cluster: Cluster,
     stream: str,
@@ -458,22 +493,11 @@ def wait_for_consumer(
     """Looks at the consumer's state every few milliseconds, on one connection, until
     `predicate` holds; returns that state. Fails the test after WAIT_S."""
 
-    async def watch() -> ConsumerInfo:
-        nc = await cluster.connect()
-        try:
-            js = nc.jetstream()
-            deadline = time.monotonic() + WAIT_S
-            while True:
-                with contextlib.suppress(nats.js.errors.NotFoundError):
-                    info: ConsumerInfo = await js.consumer_info(stream, consumer, timeout=2)
-                    if predicate(info):
-                        return info
-                assert time.monotonic() < deadline, f"timed out after {WAIT_S}s waiting for {what}"
-                await asyncio.sleep(0.005)
-        finally:
-            await nc.close()
+    async def ask(nc: Client) -> ConsumerInfo | None:
+        info: ConsumerInfo = await nc.jetstream().consumer_info(stream, consumer, timeout=2)
+        return info if predicate(info) else None
 
-    return asyncio.run(watch())
+    return poll(cluster, ask, what, transient=(nats.js.errors.NotFoundError,))
 
 
 def ack_floor(cluster: Cluster, stream: str, consumer: str) -> int:
