@@ -130,10 +130,15 @@ class Runs:
         assert last_offset(self.cluster, STREAM, SUBJECT) == done.committed_offset, s.stderr
 
     def interrupt_at(self, k: int, sig: int) -> None:
-        """A run, ended by `sig` once the subject holds `k` messages."""
+        """A run, ended by `sig` once the subject holds `k` messages (more than it holds)."""
+        assert self.count() < k
         s = self.start()
         self.reach(s, k)
         self.stop(s, sig)
+
+    def interrupt_after(self, more: int, sig: int) -> None:
+        """A run, ended by `sig` once it has added `more` messages to the subject."""
+        self.interrupt_at(self.count() + more, sig)
 
     def finish(self) -> str:
         """A run to the end of a file or generate:N: exit 0, clean; returns its log."""
@@ -150,11 +155,11 @@ class Runs:
 
 
 def draw(rng: random.Random, count: int, low: int, high: int) -> list[tuple[int, int]]:
-    """`count` moments in low..high-1, in order, each with a signal: SIGTERM and SIGKILL at
-    least once each (when count >= 2)."""
+    """`count` moments, each a number of messages in low..high-1 that a run adds before it is
+    ended, with its signal: SIGTERM and SIGKILL at least once each (when count >= 2)."""
     signals = [SIGNALS[i % 2] for i in range(count)]
     rng.shuffle(signals)
-    return list(zip(sorted(rng.sample(range(low, high), count)), signals, strict=True))
+    return [(rng.randrange(low, high), sig) for sig in signals]
 
 
 @pytest.fixture
@@ -194,13 +199,14 @@ def test_a_file_through_stops_crashes_and_a_lost_leader_lands_exactly_once(
     with running_cluster(tmp_path, servers) as cluster:
         asyncio.run(make_stream(cluster, STREAM, replicas=servers))
         runs = Runs(cluster, tmp_path, ["--source", str(path)])
-        for k, sig in draw(rng, 4, RECORDS // 50, RECORDS * 6 // 10):
-            runs.interrupt_at(k, sig)
+        for more, sig in draw(rng, 4, RECORDS // 50, RECORDS // 8):
+            runs.interrupt_after(more, sig)
         if servers == 1:
             runs.finish()
         else:
+            before = runs.count()
             s = runs.start()
-            at = runs.reach(s, rng.randrange(RECORDS * 6 // 10, RECORDS * 7 // 10))
+            at = runs.reach(s, before + rng.randrange(RECORDS // 50, RECORDS // 8))
             leader = stream_leader(cluster, STREAM)
             leader.kill()
             # Written through the new leader, while the old one is away.
@@ -220,8 +226,8 @@ def test_the_generator_through_crashes_lands_exactly_once(
     once each, in order, the offset after record i being i+1."""
     source = ["--source", f"generate:{RECORDS}", "--generate-rate", "0"]
     runs = Runs(server, tmp_path, source)
-    for k, sig in draw(rng, 3, RECORDS // 50, RECORDS * 8 // 10):
-        runs.interrupt_at(k, sig)
+    for more, sig in draw(rng, 3, RECORDS // 50, RECORDS // 4):
+        runs.interrupt_after(more, sig)
     runs.finish()
     messages = read_subject(server, STREAM, SUBJECT)
     assert_holds(messages, generated(0, RECORDS), range(1, RECORDS + 1))
@@ -317,48 +323,59 @@ def refused(cluster: Cluster, tmp_path: Path, sink: str) -> str:
     code, err = run_shovel([*args, "--metrics-port", "0"], tmp_path / "log")
     assert code == 1, err
     assert_clean_stderr(err)
-    report = read_report(out)
-    assert report is not None
-    assert report.exit_code == 1, report
     return err
+
+
+def last_error(log: str) -> str:
+    """The last ERROR line of a log."""
+    errors = [line for line in log.splitlines() if " ERROR " in line]
+    assert errors, log
+    return errors[-1]
 
 
 def test_a_stream_that_does_not_exist_is_exit_1(server: Cluster, tmp_path: Path) -> None:
     err = refused(server, tmp_path, sink_url(server, "NOPE", "NOPE.records"))
-    errors = [line for line in err.splitlines() if " ERROR " in line]
-    assert errors, err
-    assert "NOPE" in errors[-1], err
+    assert "stream NOPE does not exist on the NATS servers" in last_error(err), err
     assert subject_count(server, STREAM, SUBJECT) == 0
 
 
 def test_a_subject_outside_the_stream_is_exit_1(server: Cluster, tmp_path: Path) -> None:
     err = refused(server, tmp_path, sink_url(server, STREAM, "OTHER.records"))
-    errors = [line for line in err.splitlines() if " ERROR " in line]
-    assert errors, err
-    assert "OTHER.records" in errors[-1], err
+    why = "subject OTHER.records is not in stream SINK (its subjects: SINK.>)"
+    assert why in last_error(err), err
+
+
+PASSWORD = "pw-7f3a91"
+# Everything but publishing to the stream's subjects.
+DENIED = '{publish: {deny: ["SINK.>"]}}'
 
 
 def test_a_user_without_publish_permission_is_exit_1(tmp_path: Path) -> None:
     """The user may use the JetStream API but not publish to the stream's subjects: exit 1
-    with the server's reason, and nothing in the stream."""
+    with the server's reason (in the stop report too), nothing in the stream, and the password
+    in no line."""
     users = [
         "authorization {",
         "  users = [",
         "    {user: admin, password: admin}",
-        '    {user: reader, password: reader, permissions: {publish: {deny: ["SINK.>"]}}}',
+        f"    {{user: reader, password: {PASSWORD}, permissions: {DENIED}}}",
         "  ]",
         "}",
     ]
     with running_cluster(tmp_path, 1, config=users) as cluster:
         cluster.client_options = {"user": "admin", "password": "admin"}
         asyncio.run(make_stream(cluster, STREAM))
-        sink = sink_url(cluster, STREAM, SUBJECT, user="reader:reader")
+        sink = sink_url(cluster, STREAM, SUBJECT, user=f"reader:{PASSWORD}")
         err = refused(cluster, tmp_path, sink)
-        errors = [line for line in err.splitlines() if " ERROR " in line]
-        assert errors, err
-        assert "ermission" in errors[-1], err
+        why = "the NATS server denied the publish: Permissions Violation for Publish to "
+        why += '"SINK.records"'
+        assert why in last_error(err), err
         assert subject_count(cluster, STREAM, SUBJECT) == 0
-        assert "reader:reader" not in err, "the password is logged"
+        assert PASSWORD not in err
+        report = read_report(tmp_path / "out")
+        assert report is not None
+        assert report.exit_code == 1
+        assert why in (report.detail or ""), report
 
 
 def test_records_over_max_payload_go_to_rejected(tmp_path: Path) -> None:
