@@ -32,7 +32,6 @@ from tests.helpers import (
     generated,
     handles_sigterm,
     read_checkpoint,
-    run_shovel,
     wait_until,
     write_input,
 )
@@ -82,6 +81,11 @@ class Runs:
             "--output-dir", str(self.out),
             "--metrics-port", "0",
             "--status-interval-s", "0",
+            # The reader runs at most a few MiB ahead of the stream: a SIGTERM, which delivers
+            # everything read, ends a run part-way through the input rather than at its end.
+            "--read-chunk-bytes", "256KiB",
+            "--queue-max-batches", "4",
+            "--max-inflight-bytes", "1MiB",
         ]  # fmt: skip
         self.n = 0
 
@@ -199,7 +203,7 @@ def test_a_file_through_stops_crashes_and_a_lost_leader_lands_exactly_once(
     with running_cluster(tmp_path, servers) as cluster:
         asyncio.run(make_stream(cluster, STREAM, replicas=servers))
         runs = Runs(cluster, tmp_path, ["--source", str(path)])
-        for more, sig in draw(rng, 4, RECORDS // 50, RECORDS // 8):
+        for more, sig in draw(rng, 4, RECORDS // 50, RECORDS // 10):
             runs.interrupt_after(more, sig)
         if servers == 1:
             runs.finish()
@@ -226,7 +230,7 @@ def test_the_generator_through_crashes_lands_exactly_once(
     once each, in order, the offset after record i being i+1."""
     source = ["--source", f"generate:{RECORDS}", "--generate-rate", "0"]
     runs = Runs(server, tmp_path, source)
-    for more, sig in draw(rng, 3, RECORDS // 50, RECORDS // 4):
+    for more, sig in draw(rng, 3, RECORDS // 50, RECORDS // 5):
         runs.interrupt_after(more, sig)
     runs.finish()
     messages = read_subject(server, STREAM, SUBJECT)
@@ -316,11 +320,20 @@ def test_a_second_writer_on_the_subject_is_refused(
 # --- permanent errors ---------------------------------------------------------------------
 
 
-def refused(cluster: Cluster, tmp_path: Path, sink: str) -> str:
-    """A run into `sink` that must exit 1 at its start; returns its log."""
-    out = tmp_path / "out"
-    args = ["--source", "generate:1000", "--sink", sink, "--output-dir", str(out)]
-    code, err = run_shovel([*args, "--metrics-port", "0"], tmp_path / "log")
+def run_once(sink: str, tmp_path: Path, *args: str, timeout_s: float = WAIT_S) -> tuple[int, str]:
+    """One run of shovel into `sink` (`args`: its source and options; output directory
+    tmp_path/out) to its end: its exit code and log."""
+    out = str(tmp_path / "out")
+    s = Shovel(
+        ["--sink", sink, "--output-dir", out, "--metrics-port", "0", *args], tmp_path / "log"
+    )
+    STARTED.append(s)
+    return s.wait(timeout_s), s.stderr
+
+
+def refused(tmp_path: Path, sink: str) -> str:
+    """A run into `sink` that must exit 1; returns its log."""
+    code, err = run_once(sink, tmp_path, "--source", "generate:1000")
     assert code == 1, err
     assert_clean_stderr(err)
     return err
@@ -334,13 +347,13 @@ def last_error(log: str) -> str:
 
 
 def test_a_stream_that_does_not_exist_is_exit_1(server: Cluster, tmp_path: Path) -> None:
-    err = refused(server, tmp_path, sink_url(server, "NOPE", "NOPE.records"))
+    err = refused(tmp_path, sink_url(server, "NOPE", "NOPE.records"))
     assert "stream NOPE does not exist on the NATS servers" in last_error(err), err
     assert subject_count(server, STREAM, SUBJECT) == 0
 
 
 def test_a_subject_outside_the_stream_is_exit_1(server: Cluster, tmp_path: Path) -> None:
-    err = refused(server, tmp_path, sink_url(server, STREAM, "OTHER.records"))
+    err = refused(tmp_path, sink_url(server, STREAM, "OTHER.records"))
     why = "subject OTHER.records is not in stream SINK (its subjects: SINK.>)"
     assert why in last_error(err), err
 
@@ -366,7 +379,7 @@ def test_a_user_without_publish_permission_is_exit_1(tmp_path: Path) -> None:
         cluster.client_options = {"user": "admin", "password": "admin"}
         asyncio.run(make_stream(cluster, STREAM))
         sink = sink_url(cluster, STREAM, SUBJECT, user=f"reader:{PASSWORD}")
-        err = refused(cluster, tmp_path, sink)
+        err = refused(tmp_path, sink)
         why = "the NATS server denied the publish: Permissions Violation for Publish to "
         why += '"SINK.records"'
         assert why in last_error(err), err
@@ -380,25 +393,62 @@ def test_a_user_without_publish_permission_is_exit_1(tmp_path: Path) -> None:
 
 def test_records_over_max_payload_go_to_rejected(tmp_path: Path) -> None:
     """The server takes messages of at most 16 KiB: records far over it are kept whole in
-    rejected/ under their offsets, those well under it are written, and the run exits 0."""
+    rejected/ under their offsets, those well under it are written, and the run exits 0. (The
+    file is one read: see the next two tests for a line across reads and a last line over the
+    limit.)"""
     lines = []
     for i in range(3000):
-        size = {700: 40_000, 1500: 100_000, 2999: 20_000}.get(i, 8_000 if i % 500 == 1 else 90)
+        size = {700: 40_000, 1500: 100_000, 2998: 20_000}.get(i, 8_000 if i % 500 == 1 else 90)
         lines.append(b"%06d " % i + bytes(48 + (i * 7 + k) % 75 for k in range(size)) + b"\n")
     data = b"".join(lines)
     path = tmp_path / "in.txt"
     path.write_bytes(data)
     with running_cluster(tmp_path, 1, config=["max_payload: 16384"]) as cluster:
         asyncio.run(make_stream(cluster, STREAM))
-        runs = Runs(cluster, tmp_path, ["--source", str(path)])
-        runs.finish()
+        code, log = run_once(sink_url(cluster, STREAM, SUBJECT), tmp_path, "--source", str(path))
+        assert code == 0, log
+        assert_clean_stderr(log)
         messages = read_subject(cluster, STREAM, SUBJECT)
-    long = {700, 1500, 2999}
+    long = {700, 1500, 2998}
     offsets = line_offsets(data)
     kept = [i for i in range(len(lines)) if i not in long]
     assert_holds(messages, b"".join(lines[i] for i in kept), [offsets[i] for i in kept])
-    rejected = {p.name: p.read_bytes() for p in (runs.out / "rejected").iterdir()}
+    rejected = {p.name: p.read_bytes() for p in (tmp_path / "out" / "rejected").iterdir()}
     assert rejected == {f"{offsets[i] - len(lines[i]):020d}.rec": lines[i] for i in long}
+
+
+def test_a_line_across_two_reads_is_one_message(server: Cluster, tmp_path: Path) -> None:
+    """A line that begins in one read of the file and ends in the next is one record, as is
+    any such line of a file larger than a read (--read-chunk-bytes, 1 MiB unless told)."""
+    data = b"a" * 4000 + b"\n" + b"b" * 200 + b"\n" + b"c\n"
+    path = tmp_path / "in.txt"
+    path.write_bytes(data)
+    sink = sink_url(server, STREAM, SUBJECT)
+    code, log = run_once(sink, tmp_path, "--source", str(path), "--read-chunk-bytes", "4096")
+    assert code == 0, log
+    assert_clean_stderr(log)
+    assert_holds(read_subject(server, STREAM, SUBJECT), data, line_offsets(data))
+
+
+def test_a_last_line_over_the_limit_is_rejected_and_the_run_ends(
+    server: Cluster, tmp_path: Path
+) -> None:
+    """The file's last line is over --max-record-bytes: it is kept in rejected/, every other
+    line is written, and the run ends at the end of the file (exit 0) on its own."""
+    lines = [b"%04d short\n" % i for i in range(100)] + [b"L" * 5000 + b"\n"]
+    data = b"".join(lines)
+    path = tmp_path / "in.txt"
+    path.write_bytes(data)
+    sink = sink_url(server, STREAM, SUBJECT)
+    # A few records: a second is plenty, 20 allow for a loaded machine.
+    args = ("--source", str(path), "--max-record-bytes", "1000")
+    code, log = run_once(sink, tmp_path, *args, timeout_s=20)
+    assert code == 0, log
+    assert_clean_stderr(log)
+    kept = b"".join(lines[:-1])
+    assert_holds(read_subject(server, STREAM, SUBJECT), kept, line_offsets(kept))
+    rejected = {p.name: p.read_bytes() for p in (tmp_path / "out" / "rejected").iterdir()}
+    assert rejected == {f"{len(kept):020d}.rec": lines[-1]}
 
 
 # --- stops that cannot deliver ----------------------------------------------------------------
