@@ -1,15 +1,16 @@
 """The JetStream sink (issue 18) in a real `python -m shovel`: records from a file, a followed
 file and the generator go to a subject of a stream through SIGTERM and SIGKILL at random
 moments, restarts, the stream's leader killed, a restart after the duplicate window, a second
-writer, permanent errors and a stop deadline that cannot be met. After each, the subject holds
-every record exactly once, in order, byte-exact, each with its source offset.
+writer, permanent errors, records too long for the server, lines across two reads of the file,
+and a stop deadline that cannot be met. After each, the subject holds every record exactly
+once, in order, byte-exact, each with its source offset.
 
 The sizes are what CI affords on 2 cores (each test well under a minute): RECORDS records,
 about 14 MB. Issue 18's 1 GB class (some 15 million records) is the bench's and a manual
 run's: SHOVEL_SINK_RECORDS sets RECORDS (the read-back holds the whole subject in memory and
 reads some 30,000 messages a second, so allow for it). Each moment of a signal is a number
-of messages the stream holds, drawn from SHOVEL_SINK_SEED (printed; random unless given):
-what a test asserts does not depend on timing.
+of messages in the stream (or added by the run), drawn from SHOVEL_SINK_SEED (printed with a
+failure; random unless given): what a test asserts does not depend on timing.
 """
 
 from __future__ import annotations
@@ -317,7 +318,7 @@ def test_a_second_writer_on_the_subject_is_refused(
     assert_holds(messages, generated(0, n), range(1, n + 1))
 
 
-# --- permanent errors ---------------------------------------------------------------------
+# --- single runs: permanent errors, records the server cannot take, lines across reads -------
 
 
 def run_once(sink: str, tmp_path: Path, *args: str, timeout_s: float = WAIT_S) -> tuple[int, str]:
