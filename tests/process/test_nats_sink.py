@@ -38,6 +38,7 @@ from tests.helpers import (
 )
 from tests.helpers.faults import summary
 from tests.helpers.natsink import (
+    SinkMessage,
     assert_holds,
     last_offset,
     line_offsets,
@@ -321,13 +322,13 @@ def test_a_second_writer_on_the_subject_is_refused(
 # --- single runs: permanent errors, records the server cannot take, lines across reads -------
 
 
-def run_once(sink: str, tmp_path: Path, *args: str, timeout_s: float = WAIT_S) -> tuple[int, str]:
+def run_once(
+    sink: str, tmp_path: Path, *args: str, timeout_s: float = WAIT_S, name: str = "log"
+) -> tuple[int, str]:
     """One run of shovel into `sink` (`args`: its source and options; output directory
-    tmp_path/out) to its end: its exit code and log."""
+    tmp_path/out; its log tmp_path/`name`) to its end: its exit code and log."""
     out = str(tmp_path / "out")
-    s = Shovel(
-        ["--sink", sink, "--output-dir", out, "--metrics-port", "0", *args], tmp_path / "log"
-    )
+    s = Shovel(["--sink", sink, "--output-dir", out, "--metrics-port", "0", *args], tmp_path / name)
     STARTED.append(s)
     return s.wait(timeout_s), s.stderr
 
@@ -411,11 +412,30 @@ def test_records_over_max_payload_go_to_rejected(tmp_path: Path) -> None:
         assert_clean_stderr(log)
         messages = read_subject(cluster, STREAM, SUBJECT)
     long = {700, 1500, 2998}
+    assert_holds(messages, *kept_records(messages, lines, long))
     offsets = line_offsets(data)
-    kept = [i for i in range(len(lines)) if i not in long]
-    assert_holds(messages, b"".join(lines[i] for i in kept), [offsets[i] for i in kept])
     rejected = {p.name: p.read_bytes() for p in (tmp_path / "out" / "rejected").iterdir()}
     assert rejected == {f"{offsets[i] - len(lines[i]):020d}.rec": lines[i] for i in long}
+
+
+def kept_records(
+    messages: list[SinkMessage], lines: list[bytes], rejected: set[int]
+) -> tuple[bytes, list[int]]:
+    """The records of `lines` but the `rejected` ones, and the offset each of their messages
+    is to carry: the offset after its record, or, for a record that rejected lines follow, the
+    offset after them (the sink puts it on the record before when that one is not sent yet:
+    either is where a restart resumes)."""
+    offsets = line_offsets(b"".join(lines))
+    kept = [i for i in range(len(lines)) if i not in rejected]
+    expected = []
+    for j, i in enumerate(kept):
+        after = i + 1
+        while after in rejected:
+            after += 1
+        carried = offsets[after - 1]
+        got = messages[j].offset if j < len(messages) else None
+        expected.append(carried if got == carried else offsets[i])
+    return b"".join(lines[i] for i in kept), expected
 
 
 def test_a_line_across_two_reads_is_one_message(server: Cluster, tmp_path: Path) -> None:
@@ -435,21 +455,30 @@ def test_a_last_line_over_the_limit_is_rejected_and_the_run_ends(
     server: Cluster, tmp_path: Path
 ) -> None:
     """The file's last line is over --max-record-bytes: it is kept in rejected/, every other
-    line is written, and the run ends at the end of the file (exit 0) on its own."""
+    line is written, and the run ends at the end of the file (exit 0) on its own. Nothing is
+    left for a restart: it reads nothing again (no line rejected again), and the committed
+    offset it reports is the one in the stream."""
     lines = [b"%04d short\n" % i for i in range(100)] + [b"L" * 5000 + b"\n"]
-    data = b"".join(lines)
     path = tmp_path / "in.txt"
-    path.write_bytes(data)
+    path.write_bytes(b"".join(lines))
     sink = sink_url(server, STREAM, SUBJECT)
     # A few records: a second is plenty, 20 allow for a loaded machine.
     args = ("--source", str(path), "--max-record-bytes", "1000")
     code, log = run_once(sink, tmp_path, *args, timeout_s=20)
     assert code == 0, log
     assert_clean_stderr(log)
-    kept = b"".join(lines[:-1])
-    assert_holds(read_subject(server, STREAM, SUBJECT), kept, line_offsets(kept))
+    messages = read_subject(server, STREAM, SUBJECT)
+    assert_holds(messages, *kept_records(messages, lines, {100}))
     rejected = {p.name: p.read_bytes() for p in (tmp_path / "out" / "rejected").iterdir()}
-    assert rejected == {f"{len(kept):020d}.rec": lines[-1]}
+    assert rejected == {f"{1100:020d}.rec": lines[-1]}
+
+    code, log = run_once(sink, tmp_path, *args, timeout_s=20, name="again")
+    assert code == 0, log
+    assert " WARNING " not in log, log
+    done = summary(log)
+    assert done.read == 0, log
+    assert done.committed_offset == last_offset(server, STREAM, SUBJECT), log
+    assert read_subject(server, STREAM, SUBJECT) == messages
 
 
 # --- stops that cannot deliver ----------------------------------------------------------------
