@@ -20,6 +20,7 @@ from pathlib import Path
 from nats.js import JetStreamContext
 
 from tests.helpers import Shovel, wait_until
+from tests.helpers.natsink import make_stream, read_subject
 from tests.helpers.natsservers import (
     Cluster,
     create_stream,
@@ -34,14 +35,6 @@ from tests.helpers.natsservers import (
 MESSAGES = 20_000
 TARGET = "T"
 SUBJECT = "T.moved"
-
-
-async def _create_target(cluster: Cluster) -> None:
-    nc = await cluster.connect()
-    config = {"name": TARGET, "subjects": [f"{TARGET}.>"], "allow_atomic": True}
-    reply = await nc.request(f"$JS.API.STREAM.CREATE.{TARGET}", json.dumps(config).encode())
-    await nc.close()
-    assert b'"error"' not in reply.data, reply.data
 
 
 def _held(cluster: Cluster) -> int:
@@ -63,13 +56,7 @@ def _settled(cluster: Cluster) -> bool:
 
 
 def _records(cluster: Cluster) -> list[dict[str, str | int]]:
-    async def read(js: JetStreamContext) -> list[dict[str, str | int]]:
-        last = (await js.stream_info(TARGET)).state.last_seq
-        return [
-            json.loads((await js.get_msg(TARGET, seq)).data or b"") for seq in range(1, last + 1)
-        ]
-
-    return on_servers(cluster, read)
+    return [json.loads(m.data) for m in read_subject(cluster, TARGET, SUBJECT)]
 
 
 def test_a_stream_moved_into_a_stream_through_kills_holds_each_message_once(
@@ -78,7 +65,7 @@ def test_a_stream_moved_into_a_stream_through_kills_holds_each_message_once(
     rng = random.Random(18)
     with running_cluster(tmp_path, 1) as cluster:
         asyncio.run(create_stream(cluster, "S", 1))
-        asyncio.run(_create_target(cluster))
+        asyncio.run(make_stream(cluster, TARGET))
         asyncio.run(publish(cluster, "S", 0, MESSAGES))
         args = [
             "--source",

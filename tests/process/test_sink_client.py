@@ -5,7 +5,6 @@ acknowledged."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from shovel.batches import Batch
 from shovel.storage import CloseTimeoutError
 from shovel.storage.natsink import SinkStore
 from shovel.storage.sinkurl import parse_sink
+from tests.helpers.natsink import make_stream, read_subject
 from tests.helpers.natsservers import Cluster, running_cluster
 
 STREAM = "OUT"
@@ -27,23 +27,6 @@ SUBJECT = "OUT.records"
 def server(tmp_path: Path) -> Iterator[Cluster]:
     with running_cluster(tmp_path, 1) as cluster:
         yield cluster
-
-
-async def _create(cluster: Cluster) -> None:
-    nc = await cluster.connect()
-    config = {"name": STREAM, "subjects": [f"{STREAM}.>"], "allow_atomic": True}
-    reply = await nc.request(f"$JS.API.STREAM.CREATE.{STREAM}", json.dumps(config).encode())
-    await nc.close()
-    assert b'"error"' not in reply.data, reply.data
-
-
-async def _payloads(cluster: Cluster) -> list[bytes]:
-    nc = await cluster.connect()
-    js = nc.jetstream()
-    info = await js.stream_info(STREAM)
-    got = [(await js.get_msg(STREAM, seq)).data or b"" for seq in range(1, info.state.last_seq + 1)]
-    await nc.close()
-    return got
 
 
 async def _open(cluster: Cluster) -> SinkStore:
@@ -59,8 +42,8 @@ def _batch(first: int, count: int) -> Batch:
 
 
 def test_a_cancelled_wait_abandons_the_wait_not_the_publish(server: Cluster) -> None:
-    async def run() -> list[bytes]:
-        await _create(server)
+    async def run() -> int:
+        await make_stream(server, STREAM)
         sink = await _open(server)
         for first in range(0, 100, 25):
             await sink.write(_batch(first, 25))
@@ -71,10 +54,11 @@ def test_a_cancelled_wait_abandons_the_wait_not_the_publish(server: Cluster) -> 
             await waiting
         closed = await sink.close(30.0)
         assert closed.committed_offset == 100
-        assert sink.stats().records_durable == 100
-        return await _payloads(server)
+        return sink.stats().records_durable
 
-    assert asyncio.run(run()) == [b"record %d" % i for i in range(100)]
+    assert asyncio.run(run()) == 100
+    got = [m.data for m in read_subject(server, STREAM, SUBJECT)]
+    assert got == [b"record %d" % i for i in range(100)]
 
 
 def test_a_close_past_its_deadline_says_what_was_not_acknowledged(server: Cluster) -> None:
@@ -82,7 +66,7 @@ def test_a_close_past_its_deadline_says_what_was_not_acknowledged(server: Cluste
     assert process is not None
 
     async def run() -> int:
-        await _create(server)
+        await make_stream(server, STREAM)
         sink = await _open(server)
         os.kill(process.pid, signal.SIGSTOP)
         try:
