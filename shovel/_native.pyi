@@ -615,6 +615,9 @@ class SinkStats:
     @property
     def ack_latency_sum(self) -> float:
         """The sum of the latencies counted, in seconds."""
+    @property
+    def durable_seq(self) -> int:
+        """The last handed batch every record of which is stored."""
 
 @final
 class NatsSink:

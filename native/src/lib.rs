@@ -112,8 +112,8 @@ fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(natsource::nats_record_line, m)?)?;
     // The JetStream sink: its client, what its open found, its counters, its exception.
     m.add_class::<natsink::NatsSink>()?;
-    m.add_class::<natsink::SinkOpened>()?;
-    m.add_class::<natsink::SinkStats>()?;
+    m.add_class::<sink::open::Opened>()?;
+    m.add_class::<sink::SinkStats>()?;
     let sink_error = py.get_type::<natsink::SinkError>();
     m.add(sink_error.name()?, sink_error)?;
     m.add("SINK_HEADER_ROOM", sink::open::HEADER_ROOM)?;

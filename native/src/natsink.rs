@@ -1,7 +1,8 @@
 //! The JetStream sink's side of the PyO3 boundary: `NatsSink` (a wrapper of
-//! [`sink::Sink`](crate::sink::Sink)), what its open found (`SinkOpened`), its counters
-//! (`SinkStats`) and its exception. Argument conversion and error mapping only; lib.rs
-//! registers what is here.
+//! [`sink::Sink`](crate::sink::Sink)) and its exception. What its open found (`SinkOpened`)
+//! and its counters (`SinkStats`) are the sink's own types, made Python classes by the
+//! `python` feature. Argument conversion and error mapping only; lib.rs registers what is
+//! here.
 //!
 //! As with the store: no awaitable crosses the boundary, no Rust thread calls into Python.
 //! The event loop watches `notify_fd()` and then calls the non-blocking methods; `close`
@@ -9,7 +10,6 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use pyo3::create_exception;
@@ -18,10 +18,11 @@ use pyo3::prelude::*;
 
 use crate::client::{CloseTimeoutError, StorageError};
 use crate::nats::connect::{split_servers, NatsConfig};
+use crate::natsource::duration;
 use crate::reading::Records;
 use crate::sink::open::Opened;
 use crate::sink::records::OffsetUnit;
-use crate::sink::{protocol, Closed, Sink, SinkSettings};
+use crate::sink::{protocol, Closed, Sink, SinkSettings, SinkStats};
 
 create_exception!(
     shovel._native,
@@ -31,80 +32,6 @@ create_exception!(
      take, a denied publish, another writer on the subject, no server within the connect \
      timeout): exit 1, with the reason."
 );
-
-/// `seconds` as a duration; ValueError naming `what` when it is negative or not finite.
-fn duration(what: &str, seconds: f64) -> PyResult<Duration> {
-    Duration::try_from_secs_f64(seconds).map_err(|_| {
-        PyValueError::new_err(format!(
-            "{what} must be a finite number of seconds >= 0, got {seconds}"
-        ))
-    })
-}
-
-/// What the sink's open found in the stream.
-#[pyclass(frozen, get_all, skip_from_py_object, module = "shovel._native")]
-#[derive(Debug, Clone)]
-pub struct SinkOpened {
-    /// The source offset the stream holds everything up to (0: nothing).
-    pub offset: u64,
-    /// The source descriptor stored with it ("" if none).
-    pub source: String,
-    /// The stream sequence of the last message on the subject (0: none).
-    pub sequence: u64,
-    /// Messages on the subject.
-    pub messages: u64,
-    /// Whether the stream takes atomic batches.
-    pub atomic: bool,
-    /// The largest record the stream takes.
-    pub record_limit: usize,
-}
-
-impl From<Opened> for SinkOpened {
-    fn from(o: Opened) -> SinkOpened {
-        SinkOpened {
-            offset: o.offset,
-            source: o.source,
-            sequence: o.sequence,
-            messages: o.messages,
-            atomic: o.atomic,
-            record_limit: o.record_limit,
-        }
-    }
-}
-
-/// A point-in-time copy of the sink's counters (the `shovel_sink_*` metrics, and what the
-/// service reads of any storage).
-#[pyclass(frozen, get_all, skip_from_py_object, module = "shovel._native")]
-#[derive(Debug, Clone)]
-pub struct SinkStats {
-    /// Handed batches not yet wholly stored.
-    pub inflight_writes: u64,
-    /// Records accepted and not yet acknowledged by the stream.
-    pub inflight_records: u64,
-    /// Their bytes.
-    pub inflight_bytes: u64,
-    /// Records the stream acknowledged in this run.
-    pub records_durable: u64,
-    /// Their bytes (newlines counted, as the local store counts).
-    pub bytes_durable: u64,
-    /// The source offset the stream holds everything up to.
-    pub committed_offset: u64,
-    /// The stream sequence of the last message stored.
-    pub committed_sequence: u64,
-    /// Sends and read-backs tried again.
-    pub retries: u64,
-    /// Permanent errors (0 or 1).
-    pub errors: u64,
-    /// Batches stored.
-    pub batches: u64,
-    /// Always 0: the stream, not shovel, syncs.
-    pub fsyncs: u64,
-    /// The acknowledgement latency histogram's cumulative counts, one per bound of
-    /// `NATS_ACK_LATENCY_BOUNDS`, then +Inf.
-    pub ack_latency_buckets: Vec<u64>,
-    /// Their sum, in seconds.
-    pub ack_latency_sum: f64,
-}
 
 /// A JetStream stream as storage. Create it, wait for `opened()`, hand batches over with
 /// `submit`, end with `close`.
@@ -193,10 +120,10 @@ impl NatsSink {
     }
 
     /// What the open found, once done (`None` before); raises SinkError if it failed.
-    fn opened(&self) -> PyResult<Option<SinkOpened>> {
+    fn opened(&self) -> PyResult<Option<Opened>> {
         match self.sink.opened() {
             None => Ok(None),
-            Some(Ok(opened)) => Ok(Some(opened.into())),
+            Some(Ok(opened)) => Ok(Some(opened)),
             Some(Err(e)) => Err(SinkError::new_err(e.message().to_string())),
         }
     }
@@ -251,22 +178,7 @@ impl NatsSink {
 
     /// The counters now.
     fn stats(&self) -> SinkStats {
-        let s = self.sink.stats();
-        SinkStats {
-            inflight_writes: s.inflight_writes,
-            inflight_records: s.inflight_records,
-            inflight_bytes: s.inflight_bytes,
-            records_durable: s.records_durable,
-            bytes_durable: s.bytes_durable,
-            committed_offset: s.committed_offset,
-            committed_sequence: s.committed_sequence,
-            retries: s.retries,
-            errors: s.errors,
-            batches: s.batches,
-            fsyncs: 0,
-            ack_latency_buckets: s.ack_latency_buckets,
-            ack_latency_sum: s.ack_latency_sum,
-        }
+        self.sink.stats()
     }
 
     /// The sequence number of the last handed batch every record of which is stored.

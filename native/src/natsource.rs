@@ -71,7 +71,7 @@ fn open_error(err: OpenError) -> PyErr {
 }
 
 /// `seconds` as a duration; ValueError naming `what` when it is negative or not finite.
-fn duration(what: &str, seconds: f64) -> PyResult<Duration> {
+pub(crate) fn duration(what: &str, seconds: f64) -> PyResult<Duration> {
     Duration::try_from_secs_f64(seconds).map_err(|_| {
         PyValueError::new_err(format!(
             "{what} must be a finite number of seconds >= 0, got {seconds}"

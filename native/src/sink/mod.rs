@@ -221,7 +221,12 @@ impl Shared {
     }
 }
 
-/// A point-in-time copy of the sink's counters.
+/// A point-in-time copy of the sink's counters (the `shovel_sink_*` metrics, and what the
+/// service reads of any storage); Python's `SinkStats`.
+#[cfg_attr(
+    feature = "python",
+    pyo3::pyclass(frozen, get_all, skip_from_py_object, module = "shovel._native")
+)]
 #[derive(Debug, Clone, Default)]
 pub struct SinkStats {
     /// Handed batches not yet wholly stored.
@@ -244,7 +249,10 @@ pub struct SinkStats {
     pub errors: u64,
     /// Batches stored.
     pub batches: u64,
-    /// The acknowledgement latency histogram's cumulative counts (one per bound, then +Inf).
+    /// Always 0: the stream, not shovel, syncs.
+    pub fsyncs: u64,
+    /// The acknowledgement latency histogram's cumulative counts, one per bound of
+    /// `NATS_ACK_LATENCY_BOUNDS`, then +Inf.
     pub ack_latency_buckets: Vec<u64>,
     /// Their sum, in seconds.
     pub ack_latency_sum: f64,
@@ -462,6 +470,7 @@ impl Sink {
             retries: c.retries.load(Ordering::Relaxed),
             errors: c.errors.load(Ordering::Relaxed),
             batches: c.batches.load(Ordering::Relaxed),
+            fsyncs: 0,
             ack_latency_buckets: c
                 .latency_buckets
                 .iter()

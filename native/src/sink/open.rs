@@ -28,7 +28,17 @@ const LOOKUP_RETRY: Duration = Duration::from_secs(1);
 /// bytes): a record may be at most the stream's largest message less this.
 pub const HEADER_ROOM: usize = 4096;
 
-/// What the sink found at open.
+/// What the sink found at open; Python's `SinkOpened`.
+#[cfg_attr(
+    feature = "python",
+    pyo3::pyclass(
+        name = "SinkOpened",
+        frozen,
+        get_all,
+        skip_from_py_object,
+        module = "shovel._native"
+    )
+)]
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Opened {
     /// The source offset the stream holds everything up to (0: nothing).
