@@ -16,10 +16,7 @@ No wait here has a fixed end: a loaded machine only makes them longer. Each ends
 made no progress for STALL_S, longer than ack_wait since what the child left unacknowledged
 comes back only ack_wait after it was delivered. A drain that ends so is incomplete, and the
 accounting then calls what it did not reach unknown, not lost (natstally.py).
-Everything runs on an event loop of its own, on a thread of its own.
-
-nats-py (the 'demo' extra, no longer shovel's) is imported only where a feed uses it: without
-it the demo still imports the figures here and leaves its NATS cells out (cli.py).
+Everything runs on an event loop of its own, on a thread of its own (natsloop.py).
 """
 
 from __future__ import annotations
@@ -27,53 +24,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
-import threading
 import time
-from collections.abc import Awaitable, Coroutine
-from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
 
+from shovel.demo.natsloop import API_TIMEOUT_S, StreamOnThread, answered
 from shovel.demo.natsserver import ACK_WAIT_S
 from shovel.demo.stall import StallClock
-
-if TYPE_CHECKING:
-    from nats.aio.client import Client
 
 CONSUMER = "demo"
 MAX_ACK_PENDING = 50_000
 PUBLISH_FLUSH_EVERY = 1000
-SAMPLE_ACKED_S = 0.05
 # A wait on the server (the stream taking the backlog, the drain) is given up when it has made
 # no progress for this long (see the module docstring).
 STALL_S = ACK_WAIT_S + 6.0
 # The drain's pulls: up to this many messages, each pull waiting up to this long for them.
 DRAIN_BATCH = 1000
 DRAIN_PULL_S = 0.5
-# The feed's requests to the JetStream API (nats-py's default is 5 s): a request that is not
-# answered in time is asked again while the wait it belongs to still makes progress.
-API_TIMEOUT_S = 10.0
-_T = TypeVar("_T")
-
-
-async def _quiet(_e: Exception) -> None:
-    """The feed's connection errors surface as failed calls; nothing to log besides."""
 
 
 def have_nats_py() -> bool:
-    """Whether nats-py, with which the feed fills and drains the streams, is installed."""
+    """Whether nats-py, with which the demo fills, drains and reads back its streams, is
+    installed."""
     return importlib.util.find_spec("nats") is not None
-
-
-async def _answered(request: Awaitable[_T]) -> _T | None:
-    """A JetStream API request's answer, or None when none came in time (the wait it belongs
-    to counts that as no progress, and asks again)."""
-    import nats.errors  # noqa: PLC0415  (the optional 'demo' extra)
-
-    try:
-        return await request
-    except (nats.errors.TimeoutError, TimeoutError):
-        return None
 
 
 def msg_id(n: int) -> str:
@@ -123,33 +95,19 @@ class Deliverable:
     drain_s: float = 0.0
 
 
-class NatsFeed:
+class NatsFeed(StreamOnThread):
     """One run's stream: see the module docstring."""
 
     def __init__(self, url: str, stream: str, messages: int) -> None:
-        self.url = url
-        self.stream = stream
-        self.subject = f"{stream}.orders"
+        super().__init__(url, stream, f"{stream}.orders", f"feed-{stream}")
         self.messages = messages
         # (monotonic time, messages acknowledged), for the timeline.
         self.acked_samples: list[tuple[float, int]] = []
-        self._stop_sampling = asyncio.Event()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name=f"feed-{stream}")
-        self._thread.start()
-        self._nc: Client | None = None
-        self._sampler: asyncio.Task[None] | None = None
 
     @property
     def source(self) -> str:
         """The child's --source."""
         return f"nats://{self.url}/{self.stream}?consumer={CONSUMER}"
-
-    def _call(self, coro: Coroutine[Any, Any, _T], timeout: float | None = None) -> _T:
-        # No timeout but for the clean-up: each wait in `coro` ends when it stops making
-        # progress, however slow the machine.
-        future: Future[_T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        return future.result(timeout)
 
     def start(self) -> None:
         """Creates the stream and its consumer, publishes the messages and waits until the
@@ -157,7 +115,6 @@ class NatsFeed:
         self._call(self._start())
 
     async def _start(self) -> None:
-        import nats  # noqa: PLC0415  (the optional 'demo' extra)
         from nats.js.api import (  # noqa: PLC0415
             AckPolicy,
             ConsumerConfig,
@@ -166,13 +123,8 @@ class NatsFeed:
             StreamConfig,
         )
 
-        self._nc = await nats.connect(
-            [f"nats://{self.url}"],
-            name="shovel-demo-feed",
-            allow_reconnect=False,
-            error_cb=_quiet,
-        )
-        js = self._nc.jetstream(timeout=API_TIMEOUT_S)
+        nc = await self._connect("shovel-demo-feed")
+        js = nc.jetstream(timeout=API_TIMEOUT_S)
         await js.add_stream(
             StreamConfig(name=self.stream, subjects=[self.subject], storage=StorageType.MEMORY)
         )
@@ -187,13 +139,13 @@ class NatsFeed:
             ),
         )
         for n in range(1, self.messages + 1):
-            await self._nc.publish(self.subject, payload(n), headers={"Nats-Msg-Id": msg_id(n)})
+            await nc.publish(self.subject, payload(n), headers={"Nats-Msg-Id": msg_id(n)})
             if n % PUBLISH_FLUSH_EVERY == 0:
-                await self._nc.flush()
-        await self._nc.flush()
+                await nc.flush()
+        await nc.flush()
         stored = StallClock(STALL_S)
         while True:
-            info = await _answered(js.stream_info(self.stream))
+            info = await answered(js.stream_info(self.stream))
             last_seq = info.state.last_seq if info is not None else None
             if last_seq is not None and last_seq >= self.messages:
                 break
@@ -203,25 +155,14 @@ class NatsFeed:
                     f"(it holds {last_seq} of {self.messages})"
                 )
             await asyncio.sleep(0.01)
-        self._sampler = asyncio.create_task(self._sample())
+        self._start_sampling(self._sample_acked)
 
-    async def _sample(self) -> None:
-        import nats.errors  # noqa: PLC0415  (the optional 'demo' extra)
-
+    async def _sample_acked(self) -> None:
         assert self._nc is not None
-        js = self._nc.jetstream()
-        while not self._stop_sampling.is_set():
-            with contextlib.suppress(nats.errors.Error, TimeoutError):
-                info = await js.consumer_info(self.stream, CONSUMER, timeout=1.0)
-                delivered = info.delivered.stream_seq if info.delivered else 0
-                acked = (delivered or 0) - (info.num_ack_pending or 0)
-                self.acked_samples.append((time.monotonic(), acked))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop_sampling.wait(), SAMPLE_ACKED_S)
-
-    def stop_sampling(self) -> None:
-        """Ends the timeline's samples (after the child exited)."""
-        self._loop.call_soon_threadsafe(self._stop_sampling.set)
+        info = await self._nc.jetstream().consumer_info(self.stream, CONSUMER, timeout=1.0)
+        delivered = info.delivered.stream_seq if info.delivered else 0
+        acked = (delivered or 0) - (info.num_ack_pending or 0)
+        self.acked_samples.append((time.monotonic(), acked))
 
     def server_view(self) -> ServerView:
         """The consumer's state now (call after the child exited)."""
@@ -260,7 +201,7 @@ class NatsFeed:
                 # 1. What the server has left (None: it did not answer in time): never
                 # delivered, or delivered and awaiting an acknowledgement (from the child, back
                 # after ack_wait; or from the drain, its acknowledgements not applied yet).
-                info = await _answered(js.consumer_info(self.stream, CONSUMER))
+                info = await answered(js.consumer_info(self.stream, CONSUMER))
                 left = (
                     None if info is None else (info.num_pending or 0) + (info.num_ack_pending or 0)
                 )
@@ -294,23 +235,3 @@ class NatsFeed:
             found.drain_s = round(time.monotonic() - started, 3)
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
-
-    def close(self) -> None:
-        """Deletes the stream, closes the connection, ends the thread."""
-        with contextlib.suppress(Exception):
-            self._call(self._close(), 30)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(30)
-        self._loop.close()
-
-    async def _close(self) -> None:
-        import nats.errors  # noqa: PLC0415  (the optional 'demo' extra)
-
-        self._stop_sampling.set()
-        if self._sampler is not None:
-            with contextlib.suppress(Exception):
-                await self._sampler
-        if self._nc is not None:
-            with contextlib.suppress(nats.errors.Error, TimeoutError):
-                await self._nc.jetstream().delete_stream(self.stream)
-            await self._nc.close()
