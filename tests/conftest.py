@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from shovel.demo.natsserver import HOW_TO_GET, DemoNatsServer, find_binary
 from shovel.service.metrics import Metrics, MetricsServer
 from tests.helpers import write_input
 
@@ -45,5 +46,18 @@ def served() -> Iterator[tuple[Metrics, int]]:
     server.start()
     try:
         yield metrics, server.port
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The demo's NATS server (HOST:PORT), for the tests of what the demo does with a stream."""
+    binary = find_binary()
+    if binary is None:
+        pytest.skip(HOW_TO_GET)
+    server = DemoNatsServer(binary, tmp_path_factory.mktemp("nats"))
+    try:
+        yield server.url
     finally:
         server.stop()

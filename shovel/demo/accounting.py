@@ -2,13 +2,15 @@
 
 The Python client's store is OUTPUT/python-store/records.ndjson; the native client's is the
 concatenation of OUTPUT/segments/*.seg up to the length its checkpoint makes durable (what a
-restart keeps). Every stored line must be, byte for byte, the generator's record for its
-sequence number; lost and duplicated records follow from those numbers and how far the reader
-read.
+restart keeps); a JetStream stream's (the clients of SINK_CLIENTS) is what the demo read back
+from it after the run, a payload a line, in OUTPUT/HELD_FILE (sinkstream.py). Every stored line
+must be, byte for byte, the generator's record for its sequence number; lost and duplicated
+records follow from those numbers and how far the reader read.
 
 A count is only as final as the run it counts: when the run's last process was stopped before
 it finished (a restart that was killed), a record it had not stored yet is not lost, since a
-later restart would read it again from the client's checkpoint: such records are uncounted.
+later restart would read it again from the client's checkpoint: such records are uncounted. So
+are those a stream read back only in part may hold in the messages that were not read.
 """
 
 from __future__ import annotations
@@ -19,18 +21,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shovel._native import read_checkpoint
+from shovel.demo.child import SINK_CLIENTS
 from shovel.demo.pyclient import RECORDS_FILE, STORE_DIR, read_committed
 from shovel.sources import generated_record
 
 SEGMENTS_DIR = "segments"
+# A JetStream stream's messages after the run, read back: each payload and a newline.
+HELD_FILE = "stream-held.ndjson"
 _SEQ_PREFIX = b'{"seq":'
 
 
 def stored_bytes(directory: Path, client: str) -> bytes:
     """The bytes the store holds: for the native client, only what its checkpoint covers."""
-    if client == "python":
+    if client == "python" or client in SINK_CLIENTS:
+        path = (
+            directory / HELD_FILE
+            if client in SINK_CLIENTS
+            else directory / STORE_DIR / RECORDS_FILE
+        )
         try:
-            return (directory / STORE_DIR / RECORDS_FILE).read_bytes()
+            return path.read_bytes()
         except FileNotFoundError:
             return b""
     checkpoint = read_checkpoint(directory)
@@ -113,15 +123,23 @@ def count_lines(data: bytes, parse: Callable[[bytes], int | None]) -> tuple[Coun
     return numbers, invalid
 
 
-def tally(directory: Path, client: str, read: int, resume_at: int | None = None) -> Tally:
+def tally(
+    directory: Path,
+    client: str,
+    read: int,
+    resume_at: int | None = None,
+    unseen: int | None = 0,
+) -> Tally:
     """Counts `directory`'s store against `read`. With `resume_at` (the run's last process did
     not finish: a restart would read on from there), the records from it on that were not
-    stored are uncounted, not lost."""
+    stored are uncounted, not lost. With `unseen` (a stream read back in part: the messages it
+    holds that were not read back; None: unknown how many), as many of the records not seen as
+    those messages may hold are uncounted, not lost."""
     seqs, invalid = count_lines(stored_bytes(directory, client), _seq_of)
     distinct = len(seqs)
     unread = sum(1 for seq in seqs if seq >= read)
     missing = read - (distinct - unread)
-    uncounted = 0
+    uncounted = missing if unseen is None else min(missing, unseen)
     if resume_at is not None:
         uncounted = sum(1 for seq in range(resume_at, read) if seq not in seqs)
     return Tally(

@@ -8,6 +8,9 @@ into the side file (progress.py), then runs one stop pattern over one storage cl
 - the naive patterns of naive.py, over the same reader, queue and storage task.
 With --nats-source the source is a NATS JetStream consumer (shovel's NATS source) and the side
 file counts the messages handed to the reader; only cancel-all and shovel are run over it.
+With --sink the records go to a JetStream stream instead of the output directory, through the
+classic remote client (nats-py, pyremote.py) or shovel's sink (SinkStore: `python -m shovel
+--sink`, which shovel's runner opens itself).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from shovel.demo.naive import (
 from shovel.demo.natsserver import SHOVEL_SHUTDOWN_TIMEOUT_S
 from shovel.demo.progress import PROGRESS_FILE, ProgressWriter
 from shovel.demo.pyclient import PythonStore
+from shovel.demo.pyremote import NatsPyStore
 from shovel.exitcodes import ExitCode
 from shovel.logs import LOG_FORMAT
 from shovel.service import signals
@@ -40,12 +44,21 @@ from shovel.service.startup import source_for
 from shovel.settings import Settings, load_settings
 from shovel.sources import Source
 from shovel.storage import Storage, StorageConfig, Store
+from shovel.storage.natsink import SinkStore
+from shovel.storage.sinkurl import parse_sink
 
 if TYPE_CHECKING:
     from prometheus_client.registry import Collector
 
 PATTERNS = ("no-handler", "asyncio-run", "cancel-all", "aiorun", "shovel")
+# The clients of a local store (the output directory), measured under every stop.
 CLIENTS = ("python", "native")
+# The clients of a JetStream stream (--sink), and the stops each is measured under: the classic
+# remote client under the two that cancel its tasks, shovel's sink under cancel-all and its own
+# runner.
+SINK_CLIENTS = {"nats-py": ("cancel-all", "aiorun"), "sink": ("cancel-all", "shovel")}
+# The clients whose writes are asyncio tasks of their own (a stop comes once one is in flight).
+TASK_CLIENTS = ("python", "nats-py")
 
 
 class CountingSource(Source):
@@ -124,13 +137,16 @@ def _parser() -> argparse.ArgumentParser:
         description="One run of `python -m shovel demo` (started by it, not by hand).",
     )
     p.add_argument("--pattern", choices=PATTERNS, required=True)
-    p.add_argument("--client", choices=CLIENTS, required=True)
+    p.add_argument("--client", choices=[*CLIENTS, *SINK_CLIENTS], required=True)
     p.add_argument("--output-dir", type=Path, required=True)
     p.add_argument("--rate", type=float, required=True, help="records/s; 0: as fast as possible")
     p.add_argument("--latency-ms", type=float, required=True)
     p.add_argument("--count", type=int, default=None, help="records in all (default: endless)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--nats-source", default=None, help="a nats:// source instead of the generator")
+    p.add_argument(
+        "--sink", default=None, help="the nats:// stream of --client nats-py or sink (required)"
+    )
     return p
 
 
@@ -142,6 +158,10 @@ def _settings(args: argparse.Namespace) -> Settings:
         flags = ["--shutdown-timeout-s", str(SHOVEL_SHUTDOWN_TIMEOUT_S)]
     else:
         flags = []
+    if args.client == "sink":
+        # shovel's runner opens the sink itself (SinkStore); the output directory keeps
+        # last-stop.json and rejected/ only.
+        flags += ["--sink", args.sink]
     flags += ["--source", source, "--output-dir", str(args.output_dir)]
     flags += ["--generate-rate", str(args.rate), "--metrics-port", "0", "--status-interval-s", "0"]
     return load_settings(flags)
@@ -155,15 +175,19 @@ def _run_shovel(args: argparse.Namespace, settings: Settings, progress: Progress
         return _counting(args, source_for(settings), progress)
 
     async def open_python_store(config: StorageConfig) -> Store:
+        if args.client == "nats-py":
+            return await NatsPyStore.open(
+                parse_sink(args.sink), config.directory, progress.inflight
+            )
         return PythonStore(config.directory, args.latency_ms / 1000, args.seed, progress.inflight)
 
-    # The runner's stop sequence as the service has it, over the counting source (and the
-    # Python client, when asked for).
+    # The runner's stop sequence as the service has it, over the counting source (and a
+    # Python client, when asked for; with --client sink the runner opens the sink itself).
     code = asyncio.run(
         run_service(
             settings,
             open_source=counting_source_for,
-            open_storage=open_python_store if args.client == "python" else Storage.open,
+            open_storage=open_python_store if args.client in TASK_CLIENTS else Storage.open,
         )
     )
     signals.block_for_exit()
@@ -173,6 +197,9 @@ def _run_shovel(args: argparse.Namespace, settings: Settings, progress: Progress
 def main(argv: list[str] | None = None) -> int:
     """Runs one pattern over one client; returns the exit code."""
     args = _parser().parse_args(argv)
+    if (args.client in SINK_CLIENTS) != (args.sink is not None):
+        sys.stderr.write("--sink goes with --client nats-py or sink, and they with it\n")
+        return ExitCode.USAGE
     if args.pattern == "shovel":
         # As `python -m shovel` does: stop signals are recorded before anything else.
         signals.install_early()
@@ -205,6 +232,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.client == "python":
             return PythonStore(
                 settings.output_dir, args.latency_ms / 1000, args.seed, progress.inflight
+            )
+        if args.client == "nats-py":
+            return await NatsPyStore.open(
+                parse_sink(args.sink), settings.output_dir, progress.inflight
+            )
+        if args.client == "sink":
+            return await SinkStore.open(
+                parse_sink(args.sink),
+                connect_timeout_s=settings.nats_connect_timeout_s,
+                max_inflight_bytes=settings.max_inflight_bytes,
+                offset_unit=source.offset_unit,
             )
         return await Storage.open(settings.storage_config)
 

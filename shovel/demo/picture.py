@@ -21,10 +21,17 @@ from shovel.demo.report import (
 from shovel.demo.runs import Cell, DemoConfig, RunResult
 
 TITLE = "Stopping a running asyncio pipeline: how many records does each way lose?"
-CLIENT_COLOURS = {"python": "tab:orange", "native": "tab:blue"}
+CLIENT_COLOURS = {
+    "python": "tab:orange",
+    "native": "tab:blue",
+    "nats-py": "tab:brown",
+    "sink": "tab:cyan",
+}
 CLIENT_LEGEND = {
     "python": "pure-Python asyncio client (a task per write)",
     "native": "shovel's native (Rust) client",
+    "nats-py": "pure-Python nats-py client into JetStream (a task per record)",
+    "sink": "shovel's JetStream sink (native)",
 }
 LOST = "tab:red"
 DOUBLED = "tab:purple"
@@ -54,10 +61,12 @@ def draw(
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     # The timelines: the cells stopped once by a signal over the generator, a row per client
-    # and a column per stop pattern (no empty panel: every pattern runs over both clients).
+    # and a column per stop pattern (a JetStream store's clients run under some stops only:
+    # their other panels are left blank).
     timed = [c for c in cells if c.source == "generator" and not c.kill_restart]
     patterns = list(dict.fromkeys(c.pattern for c in timed))
     clients = list(dict.fromkeys(c.client for c in timed))
+    keys = {c.key for c in timed}
     answer_height = 1.2 + 0.36 * (len(cells) + len(_groups(cells)))
     fig = plt.figure(figsize=(16, answer_height + 3.0 * len(clients)), layout="constrained")
     # The answer on top, the timelines below (two subfigures: an array, which the stubs do
@@ -73,14 +82,21 @@ def draw(
     )
     axes = below.subplots(len(clients), len(patterns), squeeze=False, sharey="row")
     for row, client in enumerate(clients):
+        drawn, highest = [], 1
         for col, pattern in enumerate(patterns):
             cell = Cell(pattern, client)
-            _timeline(axes[row][col], cell, results[cell.key])
-        axes[row][0].set_ylabel(
+            if cell.key in keys:
+                highest = max(highest, _timeline(axes[row][col], cell, results[cell.key]))
+                drawn.append(axes[row][col])
+            else:
+                axes[row][col].set_axis_off()
+        drawn[0].set_ylabel(
             f"{CLIENT_LEGEND[client].split(' (')[0]}\nrecords read, not stored", fontsize=9
         )
+        # The row's scale on its first panel drawn (the first column's may be blank).
+        drawn[0].tick_params(axis="y", labelleft=True)
         # Room above the lines for each panel's verdict.
-        axes[row][0].set_ylim(0, axes[row][0].get_ylim()[1] * 1.3)
+        drawn[0].set_ylim(0, highest * 1.3)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -198,9 +214,10 @@ def _patch(colour: str, label: str, edge: str | None = None, hatch: str | None =
     return Patch(facecolor=colour, edgecolor=edge or colour, hatch=hatch, label=label)
 
 
-def _timeline(ax: Any, cell: Cell, runs: list[RunResult]) -> None:
+def _timeline(ax: Any, cell: Cell, runs: list[RunResult]) -> int:
     """Read but not yet stored, over time around the signal, for each run; after the exit,
-    what is left (lost, and not counted) in red."""
+    what is left (lost, and not counted) in red. Returns the highest value drawn."""
+    highest = 0
     exits = [r.stop_to_exit_s for r in runs if r.stop_to_exit_s is not None]
     right = max([*(e + 0.12 for e in exits), AFTER_MIN_S])
     colour = CLIENT_COLOURS[cell.client]
@@ -210,6 +227,7 @@ def _timeline(ax: Any, cell: Cell, runs: list[RunResult]) -> None:
         if exit_s is None or not shown:
             continue
         before = [(t, gap) for t, gap in shown if t <= exit_s]
+        highest = max([highest, *(gap for _, gap in before), shown[-1][1]])
         ax.step(
             [t for t, _ in before], [gap for _, gap in before], where="post", color=colour,
             linewidth=0.8, alpha=0.45,
@@ -238,6 +256,7 @@ def _timeline(ax: Any, cell: Cell, runs: list[RunResult]) -> None:
     ax.set_ylim(bottom=0)
     ax.set_xlabel("seconds from the signal (dot: the exit)", fontsize=8)
     ax.tick_params(labelsize=8)
+    return highest
 
 
 def _panel_verdict(s: CellSummary) -> str:

@@ -10,7 +10,8 @@ pending and writes again what was stored since the last save.
 
 It also answers the calls shovel's runner makes on its storage (stats, flushed, close with a
 deadline), so that the demo can run shovel's own stop sequence over this client too. The shape
-(TaskPerWrite) and the checkpoint (NaiveCheckpoint) are for other such clients too.
+(TaskPerWrite) and the checkpoint (NaiveCheckpoint) are also the classic remote client's
+(pyremote.py).
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ class NaiveCheckpoint:
 
 
 class TaskPerWrite:
-    """The classic shape of the demo's pure-Python clients (THE WRONG WAY, on purpose):
+    """The classic shape of both of the demo's pure-Python clients (THE WRONG WAY, on purpose):
     each write is an asyncio task of its own, started by `write()`, which returns at once;
     `close()` awaits the tasks still pending with `asyncio.gather`; the checkpoint is a
     NaiveCheckpoint. A subclass starts its tasks with `_start` and says with `_stored` what

@@ -30,13 +30,23 @@ PATTERN_TITLES = {
     "aiorun": "aiorun.run",
     "shovel": "shovel's runner",
 }
-CLIENT_TITLES = {"python": "Python, a task per write", "native": "shovel's native client"}
+CLIENT_TITLES = {
+    "python": "Python, a task per write",
+    "native": "shovel's native client",
+    "nats-py": "Python (nats-py), a task per record, into a JetStream stream",
+    "sink": "shovel's JetStream sink (--sink), into a JetStream stream",
+}
 # The NATS source's client is async-nats, inside the native module on a runtime of its own.
 NATS_TITLE = "NATS JetStream source (native, async-nats)"
 # What the terminal is given: the headline table fits in it.
 HEADLINE_WIDTH = 100
 # The headline table's and the picture's shorter names.
-CLIENT_SHORT = {"python": "pure Python", "native": "shovel's native"}
+CLIENT_SHORT = {
+    "python": "pure Python",
+    "native": "shovel's native",
+    "nats-py": "nats-py client",
+    "sink": "shovel's sink",
+}
 
 
 def cell_title(cell: Cell) -> tuple[str, str]:
@@ -245,9 +255,17 @@ def nats_settings_line(config: DemoConfig) -> str:
     )
 
 
+SINK_SETTINGS_LINE = (
+    "JetStream store: each run's records go to a stream of its own (in memory, allow_atomic) on "
+    "the demo's nats-server, a message per record; lost = read and not held by the stream "
+    "after the run (read back)"
+)
+
+
 def _settings(config: DemoConfig, cells: list[Cell]) -> list[str]:
     nats = [nats_settings_line(config)] if any(c.source == "nats" for c in cells) else []
-    return [settings_line(config), *nats]
+    sink = [SINK_SETTINGS_LINE] if any(c.sink for c in cells) else []
+    return [settings_line(config), *sink, *nats]
 
 
 HEADLINE_HEADER = ["stop", "client", "lost in", "lost per run, mean", "exit code"]
@@ -384,10 +402,10 @@ def nats_table(cells: list[Cell], results: dict[str, list[RunResult]]) -> str:
 
 FULL_TABLE_NOTE = """\
 Per cell, over its runs. read: records the reader took from the source; stored: lines in the
-store (a record stored twice counts twice); lost: read and never stored; doubled: stored more
-than once; signal to exit: from the stop signal to the process's exit. A run whose count could
-not be completed is "not counted" (the notes say why): what it could not count is unknown, not
-lost."""
+store (a record stored twice counts twice; in a JetStream stream, the messages it holds after
+the run); lost: read and never stored; doubled: stored more than once; signal to exit: from the
+stop signal to the process's exit. A run whose count could not be completed is "not counted"
+(the notes say why): what it could not count is unknown, not lost."""
 
 NATS_TABLE_NOTE = """\
 Means over each cell's runs, against what the NATS server says after the run. A message read

@@ -9,13 +9,17 @@ SIGKILL cell then starts the same child again, which resumes from its checkpoint
 
 A NATS cell's run reads a stream of its own on the demo's NATS server (natsfeed.py), filled
 with a backlog before the child starts; after the exit the server is asked what was
-acknowledged and what it still delivers (natstally.py).
+acknowledged and what it still delivers (natstally.py). A JetStream store's run (a client of
+SINK_CLIENTS) publishes the generator's records into a stream of its own on the same server
+(sinkstream.py), sampled while it runs and read back after the exit: lost is what the reader
+read and the stream does not hold.
 
 No wait on a run that has started has a fixed end (stall.py): a child is killed as hung only
 when, after its signal, it has stored nothing more for STOP_STALL_S, and a restart only when it
 has read and stored nothing for RESTART_STALL_S. A count that could not be completed (a killed
-restart, a drain of the NATS consumer that stalled, a run the demo could not measure) says so
-in `count_incomplete`, and what it could not count is uncounted, never lost.
+restart, a drain of the NATS consumer or a read-back of a stream that stalled, a run the demo
+could not measure) says so in `count_incomplete`, and what it could not count is uncounted,
+never lost.
 """
 
 from __future__ import annotations
@@ -33,9 +37,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from shovel.demo.accounting import LiveCount, Tally, resume_offset, tally
+from shovel.demo.child import SINK_CLIENTS, TASK_CLIENTS
 from shovel.demo.natsfeed import NatsFeed
 from shovel.demo.natstally import NatsFigures, nats_tally
 from shovel.demo.progress import PROGRESS_FILE, read_progress
+from shovel.demo.sinkstream import Held, SinkStream
 from shovel.demo.stall import StallClock
 
 # Under the output directory: a directory per cell, in it one per run (its files and logs).
@@ -49,8 +55,9 @@ SAMPLE_S = 0.01
 KEEP_BEFORE_S = 0.5
 # Bounds: a child that does not start reading is killed and reported.
 START_WAIT_S = 30.0
-# With the Python client, how long past its stop moment a run waits for a write in flight (with
-# no latency there may seldom be one) before it is stopped anyway.
+# With a client whose writes are tasks (TASK_CLIENTS), how long past its stop moment a run
+# waits for a write in flight (with no latency there may seldom be one) before it is stopped
+# anyway.
 INFLIGHT_WAIT_S = 2.0
 # A child that after its signal neither exits nor stores more of what it read for this long is
 # hung: killed and reported. A restart that reads and stores nothing for this long is too.
@@ -64,7 +71,8 @@ KILL_SOURCE_S = STOP_AFTER_S[1] + 2.0
 
 @dataclass(frozen=True, slots=True)
 class Cell:
-    """A pattern over a client, stopped by a signal (SIGKILL: then restarted)."""
+    """A pattern over a client (of the output directory, or of a JetStream stream: SINK_CLIENTS),
+    stopped by a signal (SIGKILL: then restarted)."""
 
     pattern: str
     client: str
@@ -77,6 +85,11 @@ class Cell:
         """A name for files and JSON."""
         key = f"{self.pattern}.{self.client}" + (".kill-restart" if self.kill_restart else "")
         return key + (".nats" if self.source == "nats" else "")
+
+    @property
+    def sink(self) -> bool:
+        """Whether its client stores into a JetStream stream."""
+        return self.client in SINK_CLIENTS
 
     @property
     def signal(self) -> signal.Signals:
@@ -128,8 +141,10 @@ class RunResult:
     traceback: bool = False
     # What went wrong with the run itself (it never started reading, ended early ...).
     problem: str | None = None
-    # With the Python client: whether a write was in flight just before the signal was sent.
+    # With a client of TASK_CLIENTS: whether a write was in flight just before the signal was
+    # sent, and how many (its tasks started and not finished).
     inflight_at_stop: bool | None = None
+    writes_in_flight_at_stop: int | None = None
     # Records read when the SIGKILL came (SIGKILL cells).
     read_at_kill: int | None = None
     tally: Tally | None = None
@@ -141,6 +156,8 @@ class RunResult:
     # NATS cells: the server's figures, and (seconds from the signal, messages acknowledged).
     nats: NatsFigures | None = None
     acked_timeline: list[tuple[float, int]] = field(default_factory=list)
+    # JetStream store cells: what the stream held after the run, as read back.
+    held: Held | None = None
 
     def as_json(self) -> dict[str, object]:
         """For results.json."""
@@ -174,6 +191,7 @@ class _Child:
         *,
         restart: bool = False,
         nats_source: str | None = None,
+        sink: str | None = None,
     ) -> None:
         # A restart runs the rest of the source at full speed.
         rate = "0" if restart else str(config.rate)
@@ -184,6 +202,8 @@ class _Child:
             args += ["--count", str(config.kill_source_records)]
         if nats_source is not None:
             args += ["--nats-source", nats_source]
+        if sink is not None:
+            args += ["--sink", sink]
         self.log = directory / ("restart.log" if restart else "child.log")
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(
@@ -251,11 +271,18 @@ class Runs:
         *,
         restart: bool = False,
         nats_source: str | None = None,
+        sink: str | None = None,
     ) -> Iterator[_Child]:
         """A child for the length of the block, ended on the way out (killed if it still
         runs); its exit code, and whether its log holds a traceback, go into `result`."""
         child = _Child(
-            cell, self.config, directory, result.run, restart=restart, nats_source=nats_source
+            cell,
+            self.config,
+            directory,
+            result.run,
+            restart=restart,
+            nats_source=nats_source,
+            sink=sink,
         )
         self._children.add(child)
         try:
@@ -274,6 +301,8 @@ class Runs:
         try:
             if cell.source == "nats":
                 self._one_nats(cell, directory, result)
+            elif cell.sink:
+                self._one_sink(cell, directory, result)
             else:
                 self._one_generator(cell, directory, result)
         except Exception as e:
@@ -285,7 +314,7 @@ class Runs:
     def _one_generator(self, cell: Cell, directory: Path, result: RunResult) -> None:
         """A run over the generator."""
         with self._running(cell, directory, result) as child:
-            self._stop(cell, child, directory, result)
+            self._stop(cell, child, directory, result, LiveCount(directory, cell.client).now)
         read = _read_end(directory)
         resume_at = None
         if cell.kill_restart and result.problem is None:
@@ -316,7 +345,9 @@ class Runs:
         try:
             feed.start()
             with self._running(cell, directory, result, nats_source=feed.source) as child:
-                moments = self._stop(cell, child, directory, result)
+                moments = self._stop(
+                    cell, child, directory, result, LiveCount(directory, cell.client).now
+                )
             exited_at = moments[1] if moments is not None else time.monotonic()
             feed.stop_sampling()
             view = feed.server_view()
@@ -334,13 +365,33 @@ class Runs:
         finally:
             feed.close()
 
+    def _one_sink(self, cell: Cell, directory: Path, result: RunResult) -> None:
+        """A run into its own JetStream stream (see the module docstring)."""
+        assert self.nats_url is not None
+        name = f"SINK_{cell.pattern}_{cell.client}_{result.run}".replace("-", "_")
+        stream = SinkStream(self.nats_url, name)
+        try:
+            stream.start()
+            with self._running(cell, directory, result, sink=stream.sink) as child:
+                self._stop(cell, child, directory, result, stream.now)
+            result.held = held = stream.read_back(directory)
+            result.tally = tally(directory, cell.client, _read_end(directory), unseen=held.unseen)
+            result.count_incomplete = held.incomplete
+        finally:
+            stream.close()
+
     def _stop(
-        self, cell: Cell, child: _Child, directory: Path, result: RunResult
+        self,
+        cell: Cell,
+        child: _Child,
+        directory: Path,
+        result: RunResult,
+        stored_now: Callable[[], int],
     ) -> tuple[float, float] | None:
-        """Waits for the stop moment, signals, samples until the exit; returns when it was
-        signalled and when it exited (None: it was never signalled)."""
+        """Waits for the stop moment, signals, samples until the exit (`stored_now`: the
+        records stored so far); returns when it was signalled and when it exited (None: it was
+        never signalled)."""
         progress_path = directory / PROGRESS_FILE
-        stored = LiveCount(directory, cell.client)
         samples: list[tuple[float, int, int]] = []
         last_read = 0
 
@@ -350,7 +401,7 @@ class Runs:
             inflight = 0
             if p is not None:
                 last_read, inflight = p.read_end, p.inflight
-            samples.append((time.monotonic(), last_read, stored.now()))
+            samples.append((time.monotonic(), last_read, stored_now()))
             return inflight
 
         started = time.monotonic()
@@ -364,8 +415,8 @@ class Runs:
                 return None
             time.sleep(SAMPLE_S)
         stop_at = time.monotonic() + result.stop_after_s
-        # With the Python client, the stop comes while a write is in flight: the moment
-        # every pattern must survive, and the same condition for each of them.
+        # With a client whose writes are tasks, the stop comes while a write is in flight: the
+        # moment every pattern must survive, and the same condition for each of them.
         while True:
             inflight = sample()
             if child.proc.poll() is not None:
@@ -373,20 +424,21 @@ class Runs:
                 return None
             now = time.monotonic()
             if now >= stop_at and (
-                cell.client != "python" or inflight > 0 or now >= stop_at + INFLIGHT_WAIT_S
+                cell.client not in TASK_CLIENTS or inflight > 0 or now >= stop_at + INFLIGHT_WAIT_S
             ):
                 break
             time.sleep(SAMPLE_S)
-        if cell.client == "python":
+        if cell.client in TASK_CLIENTS:
             result.inflight_at_stop = inflight > 0
+            result.writes_in_flight_at_stop = inflight
         signalled = time.monotonic()
         child.proc.send_signal(cell.signal)
         # The stop gets somewhere while what was read and not stored yet shrinks (a child that
         # reads on as fast as it stores is not stopping).
         stopping = StallClock(STOP_STALL_S)
         while child.proc.poll() is None:
-            _, read_now, stored_now = samples[-1]
-            if not stopping.moving(stored_now - read_now):
+            _, read_last, stored_last = samples[-1]
+            if not stopping.moving(stored_last - read_last):
                 result.hung = True
                 child.proc.kill()
                 child.proc.wait()

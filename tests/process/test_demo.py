@@ -1,8 +1,8 @@
 """`python -m shovel demo` in its short form: the naive patterns lose what the demonstration
-says they lose, shovel's runner loses nothing in any cell (over a NATS JetStream stream too),
-and every count is checked against the files the runs left behind. On a machine kept busy the
-demo still counts everything (its waits are bounded by progress, not by time), and a count
-that cannot be completed is shown as unknown, never as a loss."""
+says they lose, shovel's runner loses nothing in any cell (into and from a NATS JetStream
+stream too), and every count is checked against the files the runs left behind. On a machine
+kept busy the demo still counts everything (its waits are bounded by progress, not by time),
+and a count that cannot be completed is shown as unknown, never as a loss."""
 
 from __future__ import annotations
 
@@ -25,9 +25,9 @@ from nats.js.client import JetStreamContext
 
 from shovel.demo import cli, natsfeed, natstally, picture, report
 from shovel.demo import runs as demo_runs
-from shovel.demo.accounting import Tally, tally
+from shovel.demo.accounting import HELD_FILE, Tally, tally
 from shovel.demo.natsfeed import CONSUMER, Deliverable, NatsFeed, ServerView, msg_id, payload
-from shovel.demo.natsserver import HOW_TO_GET, DemoNatsServer, find_binary
+from shovel.demo.natsserver import HOW_TO_GET
 from shovel.demo.natstally import nats_tally
 from shovel.demo.progress import PROGRESS_FILE, read_progress
 from shovel.demo.pyclient import RECORDS_FILE, STORE_DIR
@@ -52,7 +52,9 @@ SHORT = [
     *("--runs", "1", "--rate", "2000", "--latency-ms", "200", "--jobs", "2"),
     *("--nats-messages", "20000"),
 ]
-GENERATOR_CELLS = 12
+# Over the generator: into the output directory, and (SINK_CELLS) into a JetStream stream.
+GENERATOR_CELLS = 16
+SINK_CELLS = ("cancel-all.nats-py", "cancel-all.sink", "aiorun.nats-py", "shovel.sink")
 NATS_CELLS = ("cancel-all.native.nats", "shovel.native.nats")
 # On a busy machine: three runs at a time over streams of 40,000 messages (the default), which
 # before the demo's waits were bounded by progress was enough for its drain of the NATS consumer
@@ -110,6 +112,7 @@ def test_shovels_runner_loses_and_doubles_nothing_in_any_cell(
     assert {c["key"] for c in shovel_cells} == {
         "shovel.python",
         "shovel.native",
+        "shovel.sink",
         "shovel.native.kill-restart",
         "shovel.native.nats",
     }
@@ -124,6 +127,11 @@ def test_shovels_runner_loses_and_doubles_nothing_in_any_cell(
             # Byte for byte: exactly records 0..read-1, each once.
             if cell["source"] == "nats":
                 _assert_stored_messages(directory, t["read"])
+            elif cell["client"] == "sink":
+                # The stream holds them in order: one message a record, as read.
+                assert (directory / HELD_FILE).read_bytes() == generated(0, t["read"])
+                assert run["held"]["messages"] == t["read"]
+                assert "allow_atomic is off" not in (directory / "child.log").read_text()
             elif cell["client"] == "native":
                 assert stored_bytes(directory) == generated(0, t["read"])
                 assert committed(directory) == t["read"]
@@ -176,6 +184,41 @@ def test_over_nats_cancel_all_loses_nothing_and_exits_1_with_a_traceback(
         assert not run["hung"], run
         assert run["exit_codes"] == [1], run
         assert run["traceback"], run
+
+
+def test_into_jetstream_cancel_all_keeps_in_order_what_reached_shovels_sink_and_exits_1(
+    short_demo: ShortDemo,
+) -> None:
+    """The sink's publishes run in the native module, out of cancel-all's reach, and the naive
+    main's `finally` closes it: the stream holds, in order and once each, every record handed
+    to the sink (what sat in the queue at the signal is all it can lose). Exit 1, with a
+    traceback."""
+    out, results, _, _ = short_demo
+    for run in _cells(results)["cancel-all.sink"]["runs"]:
+        t = run["tally"]
+        directory = out / RUNS_DIR / "cancel-all.sink" / str(run["run"])
+        assert (directory / HELD_FILE).read_bytes() == generated(0, t["stored"])
+        assert t["stored"] + t["lost"] == t["read"], t
+        assert not run["hung"], run
+        assert run["exit_codes"] == [1], run
+        assert run["traceback"], run
+
+
+def test_into_jetstream_the_classic_client_exits_as_its_stop_makes_it(
+    short_demo: ShortDemo,
+) -> None:
+    """The classic client (nats-py, a task per record) under cancel-all exits 1 with a
+    traceback, under aiorun 0; whatever it lost, the stream holds no record twice and none that
+    was not read, and each stop came with its publishes in flight counted."""
+    _, results, _, _ = short_demo
+    for key, code in (("cancel-all.nats-py", 1), ("aiorun.nats-py", 0)):
+        for run in _cells(results)[key]["runs"]:
+            t = run["tally"]
+            assert (t["duplicated"], t["unread"], t["invalid"]) == (0, 0, 0), (key, t)
+            assert run["exit_codes"] == [code], (key, run)
+            assert run["traceback"] == (code == 1), (key, run)
+            assert run["writes_in_flight_at_stop"] is not None, (key, run)
+            assert run["held"]["incomplete"] is None, (key, run)
 
 
 def test_the_nats_accounting_agrees_with_the_server(
@@ -246,10 +289,11 @@ def _seq(line: bytes) -> int:
 
 def _recount(directory: Path, client: str, read: int) -> dict[str, int]:
     """The run's tally, counted here from its files without the demo's own counting: the
-    store's bytes (the native client's only as far as its checkpoint makes durable), each line
-    checked against the generator's record for its sequence number."""
-    if client == "python":
-        path = directory / STORE_DIR / RECORDS_FILE
+    store's bytes (the native client's only as far as its checkpoint makes durable; a JetStream
+    stream's as read back after the run), each line checked against the generator's record for
+    its sequence number."""
+    if client in ("python", "nats-py", "sink"):
+        path = directory / STORE_DIR / RECORDS_FILE if client == "python" else directory / HELD_FILE
         data = path.read_bytes() if path.exists() else b""
     else:
         checkpoint = read_checkpoint(directory)
@@ -343,6 +387,8 @@ def test_stdout_is_a_narrow_headline_table_and_says_where_the_full_tables_are(
     by_key = {cell["key"]: row for cell, row in zip(results["cells"], rows[1:], strict=True)}
     assert by_key["cancel-all.python"][2] == "1/1 runs"
     assert by_key["shovel.native"][2:] == ["0/1 runs", "0", "0"]
+    assert by_key["shovel.sink"][2:] == ["0/1 runs", "0", "0"]
+    assert by_key["cancel-all.sink"][4] == "1"
     assert by_key["no-handler.python"][4] == "killed (SIGTERM)"
     assert by_key["shovel.native.kill-restart"][4] == "killed, then 0"
     assert stdout.splitlines()[-1] == (
@@ -440,7 +486,7 @@ def test_a_cells_runs_are_run_together_so_that_cells_finish_one_by_one(
 def test_help_explains_the_flags_and_bad_flags_exit_2(tmp_path: Path) -> None:
     done = _demo(["--help"])
     assert done.returncode == 0
-    flags = ("--runs", "--rate", "--latency-ms", "--seed", "--output-dir", "--jobs")
+    flags = ("--runs", "--rate", "--latency-ms", "--seed", "--output-dir", "--jobs", "--cells")
     for flag in (*flags, "--nats-messages"):
         assert flag in done.stdout
     text = " ".join(done.stdout.split())
@@ -463,6 +509,19 @@ def test_help_explains_the_flags_and_bad_flags_exit_2(tmp_path: Path) -> None:
     assert refused.returncode == 2
     assert "not a demo's" in refused.stderr
     assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_cells_runs_only_the_cells_it_names(tmp_path: Path) -> None:
+    out = tmp_path / "shovel-demo"
+    done = _demo(["--cells", "shovel.sink,no-such-*", "--runs", "1", "--output-dir", str(out)])
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert [cell["key"] for cell in results["cells"]] == ["shovel.sink"]
+    run = results["cells"][0]["runs"][0]
+    assert (run["tally"]["lost"], run["tally"]["duplicated"], run["exit_codes"]) == (0, 0, [0])
+    none = _demo(["--cells", "no-such-*", "--output-dir", str(tmp_path / "none")])
+    assert none.returncode == 2
+    assert "--cells no-such-* names no cell" in none.stderr
 
 
 def _clean_run(cell: Cell, run: int = 0) -> RunResult:
@@ -496,7 +555,7 @@ def _demo_with_runs(
 
     monkeypatch.setattr(Runs, "run_all", run_all)
     out.mkdir()
-    return cli._run(DemoConfig(1, 1000.0, 10.0, 1, out, 1), False, None, None)
+    return cli._run(DemoConfig(1, 1000.0, 10.0, 1, out, 1), cli._cells(False), None, [])
 
 
 def test_without_matplotlib_the_demo_says_how_to_get_the_picture(
@@ -847,19 +906,6 @@ def test_a_loss_in_an_incomplete_count_is_still_a_loss(
     assert picture._verdict(summarize([lossy])).startswith("lost records in 1 of 1 runs")
 
 
-@pytest.fixture(scope="module")
-def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A demo NATS server (HOST:PORT) for the tests of the drain."""
-    binary = find_binary()
-    if binary is None:
-        pytest.skip(HOW_TO_GET)
-    server = DemoNatsServer(binary, tmp_path_factory.mktemp("nats"))
-    try:
-        yield server.url
-    finally:
-        server.stop()
-
-
 @contextmanager
 def _feed(url: str, stream: str, messages: int) -> Iterator[NatsFeed]:
     feed = NatsFeed(url, stream, messages)
@@ -898,12 +944,12 @@ def _drain(feed: NatsFeed, exited_at: float) -> tuple[ServerView, Deliverable]:
 
 
 def test_the_drain_waits_for_what_the_child_left_unacknowledged(
-    nats_url: str, monkeypatch: pytest.MonkeyPatch
+    demo_nats_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The 100 messages the child held come back only ack_wait after it took them: the drain
     gets them, and everything else, and then the server has nothing left."""
-    with _feed(nats_url, "HELD", 3000) as feed:
-        view, found = _drain(feed, _child(nats_url, "HELD", acked=200, held=100))
+    with _feed(demo_nats_url, "HELD", 3000) as feed:
+        view, found = _drain(feed, _child(demo_nats_url, "HELD", acked=200, held=100))
     assert (view.ack_floor, view.num_ack_pending, view.num_pending) == (200, 100, 2700)
     assert (found.complete, found.stalled) == (True, None)
     assert found.seqs == set(range(201, 3001))
@@ -916,13 +962,13 @@ def test_the_drain_waits_for_what_the_child_left_unacknowledged(
 
 
 def test_a_drain_that_stalls_is_incomplete_and_what_it_missed_is_unknown(
-    nats_url: str, monkeypatch: pytest.MonkeyPatch
+    demo_nats_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # What the child holds comes back only after a minute, long after the drain gives up.
     monkeypatch.setattr(natsfeed, "ACK_WAIT_S", 60.0)
     monkeypatch.setattr(natsfeed, "STALL_S", 1.0)
-    with _feed(nats_url, "STALLS", 3000) as feed:
-        view, found = _drain(feed, _child(nats_url, "STALLS", acked=200, held=100))
+    with _feed(demo_nats_url, "STALLS", 3000) as feed:
+        view, found = _drain(feed, _child(demo_nats_url, "STALLS", acked=200, held=100))
     assert not found.complete
     assert found.stalled is not None
     assert "nothing new for 1 s with 100 messages still pending" in found.stalled
@@ -933,7 +979,7 @@ def test_a_drain_that_stalls_is_incomplete_and_what_it_missed_is_unknown(
 
 
 def test_a_slow_drain_goes_on_while_it_gets_somewhere(
-    nats_url: str, monkeypatch: pytest.MonkeyPatch
+    demo_nats_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every pull of the drain slowed down, as on a busy machine: in all it takes several
     times STALL_S, and still gets every message, since each pull brings new ones."""
@@ -947,8 +993,8 @@ def test_a_slow_drain_goes_on_while_it_gets_somewhere(
         await asyncio.sleep(0.1)
         return await fetch(self, *args, **kwargs)
 
-    with _feed(nats_url, "SLOW", 3000) as feed:
-        exited_at = _child(nats_url, "SLOW", acked=0, held=0)
+    with _feed(demo_nats_url, "SLOW", 3000) as feed:
+        exited_at = _child(demo_nats_url, "SLOW", acked=0, held=0)
         monkeypatch.setattr(JetStreamContext.PullSubscription, "fetch", slow_fetch)
         view, found = _drain(feed, exited_at)
     assert found.complete
