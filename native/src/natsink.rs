@@ -17,8 +17,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use crate::client::{CloseTimeoutError, StorageError};
-use crate::nats::connect::{split_servers, NatsConfig};
-use crate::natsource::duration;
+use crate::natsource::{duration, nats_config};
 use crate::reading::Records;
 use crate::sink::open::Opened;
 use crate::sink::records::OffsetUnit;
@@ -65,7 +64,6 @@ impl NatsSink {
         offset_unit: &str,
         writer_id: String,
     ) -> PyResult<NatsSink> {
-        split_servers(&servers).map_err(PyValueError::new_err)?;
         if !(1..=protocol::MAX_BATCH).contains(&batch) {
             return Err(PyValueError::new_err(format!(
                 "batch must be from 1 to {}, got {batch}",
@@ -73,18 +71,8 @@ impl NatsSink {
             )));
         }
         let unit = OffsetUnit::parse(offset_unit).map_err(PyValueError::new_err)?;
-        let connect_timeout = connect_timeout_s
-            .map(|s| duration("connect_timeout_s", s))
-            .transpose()?;
         let settings = SinkSettings {
-            config: NatsConfig {
-                servers,
-                creds,
-                tls_ca,
-                tls_cert,
-                tls_key,
-                connect_timeout,
-            },
+            config: nats_config(servers, creds, tls_ca, tls_cert, tls_key, connect_timeout_s)?,
             stream,
             subject,
             batch,

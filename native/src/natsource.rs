@@ -70,6 +70,36 @@ fn open_error(err: OpenError) -> PyErr {
     }
 }
 
+/// The connection settings the source and the sink take alike: the servers (their form
+/// checked), credentials, TLS files (a certificate with its key) and the connect timeout.
+pub(crate) fn nats_config(
+    servers: Vec<String>,
+    creds: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    connect_timeout_s: Option<f64>,
+) -> PyResult<NatsConfig> {
+    // The URLs' form is checked here, before any connection: the same check as at open.
+    split_servers(&servers).map_err(PyValueError::new_err)?;
+    if tls_cert.is_some() != tls_key.is_some() {
+        return Err(PyValueError::new_err(
+            "tls_cert and tls_key go together: a client certificate needs its key",
+        ));
+    }
+    let connect_timeout = connect_timeout_s
+        .map(|s| duration("connect_timeout_s", s))
+        .transpose()?;
+    Ok(NatsConfig {
+        servers,
+        creds,
+        tls_ca,
+        tls_cert,
+        tls_key,
+        connect_timeout,
+    })
+}
+
 /// `seconds` as a duration; ValueError naming `what` when it is negative or not finite.
 pub(crate) fn duration(what: &str, seconds: f64) -> PyResult<Duration> {
     Duration::try_from_secs_f64(seconds).map_err(|_| {
@@ -220,8 +250,6 @@ impl NatsSource {
         tls_key: Option<PathBuf>,
         connect_timeout_s: Option<f64>,
     ) -> PyResult<Self> {
-        // The URLs' form is checked here, before any connection: the same check as at open.
-        split_servers(&servers).map_err(PyValueError::new_err)?;
         // The messages name the first server, without its user information.
         let server = servers
             .first()
@@ -233,14 +261,7 @@ impl NatsSource {
                  max_unacked {max_unacked}"
             )));
         }
-        if tls_cert.is_some() != tls_key.is_some() {
-            return Err(PyValueError::new_err(
-                "tls_cert and tls_key go together: a client certificate needs its key",
-            ));
-        }
-        let connect_timeout = connect_timeout_s
-            .map(|s| duration("connect_timeout_s", s))
-            .transpose()?;
+        let config = nats_config(servers, creds, tls_ca, tls_cert, tls_key, connect_timeout_s)?;
         let settings = SourceSettings {
             spec: ConsumerSpec {
                 stream,
@@ -252,14 +273,7 @@ impl NatsSource {
                 server,
                 batch,
             },
-            config: NatsConfig {
-                servers,
-                creds,
-                tls_ca,
-                tls_cert,
-                tls_key,
-                connect_timeout,
-            },
+            config,
             batch,
             max_unacked,
             output_dir,

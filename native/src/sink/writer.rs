@@ -120,23 +120,16 @@ impl Writer {
                 }
                 Verdict::Fatal(why) => return Err(why),
                 Verdict::Retry(why) | Verdict::Unsure(why) | Verdict::Duplicate(why) => {
-                    if let Some(denied) = self.link.denied() {
-                        return Err(format!("the NATS server denied the publish: {denied}"));
-                    }
-                    attempt += 1;
-                    self.shared.retried();
-                    let wait = backoff(attempt.min(16));
-                    self.link.events().say(
-                        Level::Warning,
+                    self.pause(&mut attempt, "the publish", |wait, attempt| {
                         format!(
                             "NATS sink: {why}; sending the batch of {} records again in {} ms \
                              (attempt {})",
                             batch.len(),
                             wait.as_millis(),
                             attempt + 1
-                        ),
-                    );
-                    tokio::time::sleep(wait).await;
+                        )
+                    })
+                    .await?;
                 }
             }
         }
@@ -262,24 +255,15 @@ impl Writer {
                     return Err(format!("reading back {} failed: {e}", self.subject))
                 }
                 Answer::NotNow(e) => {
-                    if let Some(denied) = self.link.denied() {
-                        return Err(format!(
-                            "the NATS server denied the sink's request: {denied}"
-                        ));
-                    }
-                    attempt += 1;
-                    self.shared.retried();
-                    let wait = backoff(attempt.min(16));
-                    self.link.events().say(
-                        Level::Warning,
+                    self.pause(&mut attempt, "the sink's request", |wait, _| {
                         format!(
                             "NATS sink: {why}, and reading back {} failed: {e}; trying again \
                              in {} ms",
                             self.subject,
                             wait.as_millis()
-                        ),
-                    );
-                    tokio::time::sleep(wait).await;
+                        )
+                    })
+                    .await?;
                     continue;
                 }
             };
@@ -327,6 +311,26 @@ impl Writer {
 }
 
 impl Writer {
+    /// Before trying again: ends the run if the server denied `what` (a denied request gets
+    /// no answer, only a permissions violation); else counts the retry, says `line(wait,
+    /// attempt)` and waits the store's backoff for the next attempt.
+    async fn pause(
+        &self,
+        attempt: &mut u32,
+        what: &str,
+        line: impl FnOnce(Duration, u32) -> String,
+    ) -> Result<(), String> {
+        if let Some(denied) = self.link.denied() {
+            return Err(format!("the NATS server denied {what}: {denied}"));
+        }
+        *attempt += 1;
+        self.shared.retried();
+        let wait = backoff((*attempt).min(16));
+        self.link.events().say(Level::Warning, line(wait, *attempt));
+        tokio::time::sleep(wait).await;
+        Ok(())
+    }
+
     /// The `Nats-Msg-Id` of `message`: its source's id on this subject and its offset (and,
     /// where records of a batch share an offset, its place in the batch).
     fn msg_id(&mut self, message: &Message) -> String {
